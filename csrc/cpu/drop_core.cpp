@@ -1,0 +1,202 @@
+// CPU implementation of the shared pieces declared in drop_core.h.
+//
+// Memory traffic of a fused drop (padded, R rows, S tokens, V visual, k kept, D hidden, e bytes
+// per element): the scores read 2·R·V·D·e (hidden and prev, visual tokens only), the
+// compaction reads and writes R·(S − V + k)·D·e; masks, scores and indices are O(R·S).
+// Parallelism: scores over tokens, selection over segments, gathers over output tokens.
+#include "drop_core.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+
+namespace v2drop::cpu {
+namespace {
+
+constexpr int kLanes = 16;
+
+// Sum of squared differences in float32 with kLanes independent accumulators (vectorised by
+// the compiler) and a fixed-order tree reduction: the result depends only on the row's data,
+// never on threads or position, so equal rows give bit-equal scores.
+template <typename scalar_t>
+float squared_distance(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
+                       int64_t n) {
+  float acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      const float d = static_cast<float>(a[i + l]) - static_cast<float>(b[i + l]);
+      acc[l] += d * d;
+    }
+  }
+  for (int l = 0; i < n; ++i, ++l) {
+    const float d = static_cast<float>(a[i]) - static_cast<float>(b[i]);
+    acc[l] += d * d;
+  }
+  for (int width = kLanes / 2; width > 0; width /= 2) {
+    for (int l = 0; l < width; ++l) acc[l] += acc[l + width];
+  }
+  return acc[0];
+}
+
+template <typename scalar_t>
+void variation_scores_impl(const at::Tensor& hidden, const at::Tensor& prev,
+                           const at::Tensor& vis_mask, at::Tensor& scores) {
+  const int64_t S = hidden.size(1), D = hidden.size(2);
+  const scalar_t* h = hidden.const_data_ptr<scalar_t>();
+  const scalar_t* p = prev.const_data_ptr<scalar_t>();
+  const bool* m = vis_mask.const_data_ptr<bool>();
+  float* out = scores.mutable_data_ptr<float>();
+  const int64_t hr = hidden.stride(0), hs = hidden.stride(1);
+  const int64_t pr = prev.stride(0), ps = prev.stride(1);
+  const int64_t mr = vis_mask.stride(0), ms = vis_mask.stride(1);
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(D, 1));
+  at::parallel_for(0, scores.numel(), grain, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t r = t / S, s = t % S;
+      out[t] = m[r * mr + s * ms]
+                   ? std::sqrt(squared_distance(h + r * hr + s * hs, p + r * pr + s * ps, D))
+                   : 0.0f;
+    }
+  });
+}
+
+template <typename index_t>
+void gather_tokens(const at::Tensor& hidden, const at::Tensor& vis_mask,
+                   const at::Tensor& position_ids, const at::Tensor& keep_pos,
+                   at::Tensor& hidden_out, at::Tensor& position_ids_out,
+                   at::Tensor& vis_mask_out) {
+  const int64_t R = keep_pos.size(0), Sout = keep_pos.size(1), D = hidden.size(2);
+  const int64_t P = position_ids.size(0);
+  const int64_t row_bytes = D * static_cast<int64_t>(hidden.element_size());
+  const char* h = static_cast<const char*>(hidden.const_data_ptr());
+  const int64_t hr = hidden.stride(0) * hidden.element_size();
+  const int64_t hs = hidden.stride(1) * hidden.element_size();
+  const bool* m = vis_mask.const_data_ptr<bool>();
+  const int64_t mr = vis_mask.stride(0), ms = vis_mask.stride(1);
+  const index_t* pos = position_ids.const_data_ptr<index_t>();
+  const int64_t pp = position_ids.stride(0), pr = position_ids.stride(1),
+                ps = position_ids.stride(2);
+  const int64_t* keep = keep_pos.const_data_ptr<int64_t>();
+  char* ho = static_cast<char*>(hidden_out.mutable_data_ptr());
+  index_t* po = position_ids_out.mutable_data_ptr<index_t>();
+  bool* mo = vis_mask_out.mutable_data_ptr<bool>();
+  const int64_t n = R * Sout;
+  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(row_bytes, 1));
+  at::parallel_for(0, n, grain, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t r = t / Sout, src = keep[t];
+      std::memcpy(ho + t * row_bytes, h + r * hr + src * hs, row_bytes);
+      mo[t] = m[r * mr + src * ms];
+      for (int64_t q = 0; q < P; ++q) po[q * n + t] = pos[q * pp + r * pr + src * ps];
+    }
+  });
+}
+
+}  // namespace
+
+std::vector<int64_t> count_visual_rows(const at::Tensor& vis_mask) {
+  const int64_t R = vis_mask.size(0), S = vis_mask.size(1);
+  const bool* m = vis_mask.const_data_ptr<bool>();
+  const int64_t mr = vis_mask.stride(0), ms = vis_mask.stride(1);
+  std::vector<int64_t> counts(R, 0);
+  for (int64_t r = 0; r < R; ++r) {
+    int64_t c = 0;
+    for (int64_t s = 0; s < S; ++s) c += m[r * mr + s * ms];
+    counts[r] = c;
+  }
+  return counts;
+}
+
+std::vector<Segment> padded_segments(const char* op, const at::Tensor& vis_mask,
+                                     int64_t num_visual, int64_t k) {
+  const int64_t B = vis_mask.size(0), S = vis_mask.size(1);
+  const std::vector<int64_t> counts = count_visual_rows(vis_mask);
+  if (B == 0) return {};
+  if (num_visual < 0) {
+    num_visual = counts[0];
+    TORCH_CHECK_VALUE(k <= num_visual, op, ": k must be in [1, V=", num_visual,
+                      "] (visual tokens per row in vis_mask), got ", k);
+  }
+  std::vector<Segment> segments(B);
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK_VALUE(counts[b] == num_visual, op, ": every row of vis_mask must hold ",
+                      num_visual, " visual tokens, row ", b, " holds ", counts[b]);
+    segments[b] = Segment{b, 0, S, k, 0};
+  }
+  return segments;
+}
+
+void variation_scores(const at::Tensor& hidden, const at::Tensor& prev,
+                      const at::Tensor& vis_mask, at::Tensor& scores) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hidden.scalar_type(),
+                                  "v2drop_variation_scores", [&] {
+                                    variation_scores_impl<scalar_t>(hidden, prev, vis_mask,
+                                                                    scores);
+                                  });
+}
+
+void select_segment(const at::Tensor& scores, const at::Tensor& vis_mask, const Segment& seg,
+                    std::vector<uint64_t>& scratch, int64_t* out) {
+  TORCH_INTERNAL_ASSERT(seg.len < (int64_t{1} << 32));
+  const float* sc = scores.const_data_ptr<float>() + seg.row * scores.stride(0);
+  const bool* m = vis_mask.const_data_ptr<bool>() + seg.row * vis_mask.stride(0);
+  const int64_t ms = vis_mask.stride(1);
+  scratch.clear();
+  for (int64_t i = 0; i < seg.len; ++i) {
+    const int64_t s = seg.begin + i;
+    if (m[s * ms]) scratch.push_back(rank_key(sc[s], i));
+  }
+  TORCH_INTERNAL_ASSERT(seg.k <= static_cast<int64_t>(scratch.size()));
+  if (seg.k < static_cast<int64_t>(scratch.size())) {
+    std::nth_element(scratch.begin(), scratch.begin() + seg.k, scratch.end(),
+                     std::greater<uint64_t>());
+  }
+  for (int64_t j = 0; j < seg.k; ++j) {
+    out[j] = seg.begin + static_cast<int64_t>(~static_cast<uint32_t>(scratch[j]));
+  }
+  std::sort(out, out + seg.k);
+}
+
+void compact_segments(const at::Tensor& hidden, const at::Tensor& vis_mask,
+                      const at::Tensor& position_ids, const at::Tensor& scores,
+                      const std::vector<Segment>& segments, at::Tensor& hidden_out,
+                      at::Tensor& position_ids_out, at::Tensor& keep_pos,
+                      at::Tensor& vis_mask_out) {
+  int64_t* keep = keep_pos.mutable_data_ptr<int64_t>();
+  const int64_t Sout = keep_pos.size(1), ms = vis_mask.stride(1);
+  at::parallel_for(0, static_cast<int64_t>(segments.size()), 1, [&](int64_t i0, int64_t i1) {
+    std::vector<uint64_t> scratch;
+    std::vector<int64_t> selected;
+    for (int64_t i = i0; i < i1; ++i) {
+      const Segment& seg = segments[i];
+      selected.resize(seg.k);
+      select_segment(scores, vis_mask, seg, scratch, selected.data());
+      // Merge the text tokens with the selected visual tokens, in position order.
+      const bool* m = vis_mask.const_data_ptr<bool>() + seg.row * vis_mask.stride(0);
+      int64_t* dst = keep + seg.row * Sout + seg.out_begin;
+      int64_t next = 0;
+      for (int64_t s = seg.begin; s < seg.begin + seg.len; ++s) {
+        if (!m[s * ms]) {
+          *dst++ = s;
+        } else if (next < seg.k && selected[next] == s) {
+          *dst++ = s;
+          ++next;
+        }
+      }
+    }
+  });
+  if (position_ids.scalar_type() == at::kLong) {
+    gather_tokens<int64_t>(hidden, vis_mask, position_ids, keep_pos, hidden_out,
+                           position_ids_out, vis_mask_out);
+  } else {
+    gather_tokens<int32_t>(hidden, vis_mask, position_ids, keep_pos, hidden_out,
+                           position_ids_out, vis_mask_out);
+  }
+}
+
+}  // namespace v2drop::cpu

@@ -1,0 +1,63 @@
+"""Build of v2drop_kernels._C.
+
+CPU kernels are always built. CUDA sources (csrc/cuda/*.cu and their bindings csrc/cuda/*.cpp)
+are added when the installed torch was built with CUDA and a CUDA toolkit is found, unless
+V2DROP_NO_CUDA=1; V2DROP_FORCE_CUDA=1 builds them even without a visible GPU (cross-compiling).
+Build against the installed torch with `pip install --no-build-isolation -e .`.
+"""
+
+import glob
+import os
+
+import torch
+from packaging.version import Version
+from setuptools import find_packages, setup
+from torch.utils import cpp_extension
+
+MIN_TORCH = Version("2.6.0")
+if Version(torch.__version__.split("+")[0]) < MIN_TORCH:
+    raise RuntimeError(f"v2drop_kernels needs torch >= {MIN_TORCH}, found {torch.__version__}")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _want_cuda() -> bool:
+    if os.environ.get("V2DROP_NO_CUDA") == "1":
+        return False
+    has_toolkit = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+    return has_toolkit and (torch.cuda.is_available() or os.environ.get("V2DROP_FORCE_CUDA") == "1")
+
+
+def _extension():
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+    sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    debug = os.environ.get("V2DROP_DEBUG") == "1"
+    cxx_flags = ["-O0", "-g"] if debug else ["-O3"]
+    # No FMA contraction: the float32 sums of squares give the same bits on every x86 build.
+    cxx_flags += ["-std=c++17", "-ffp-contract=off", "-DPy_LIMITED_API=0x03090000"]
+    kwargs = dict(
+        name="v2drop_kernels._C",
+        extra_compile_args={"cxx": cxx_flags},
+        py_limited_api=True,
+        include_dirs=[os.path.join(HERE, "csrc")],
+    )
+    cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+    cuda_sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
+    if _want_cuda() and cuda_sources:
+        kwargs["extra_compile_args"]["nvcc"] = ["-O3", "-std=c++17", "-lineinfo"]
+        kwargs["define_macros"] = [("V2DROP_WITH_CUDA", "1")]
+        return cpp_extension.CUDAExtension(sources=sources + cuda_sources, **kwargs)
+    return cpp_extension.CppExtension(sources=sources, **kwargs)
+
+
+setup(
+    name="v2drop_kernels",
+    version="0.1.0",
+    description="Fused variation-aware visual token dropping (V2Drop) kernels for LVLMs",
+    packages=find_packages(include=["v2drop_kernels", "v2drop_kernels.*"]),
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": cpp_extension.BuildExtension},
+    options={"bdist_wheel": {"py_limited_api": "cp39"}},
+    python_requires=">=3.10",
+    install_requires=["torch>=2.6"],
+)

@@ -1,0 +1,137 @@
+"""Reference implementation of every v2drop op: plain PyTorch, written to be obviously right.
+
+This module is the specification: every backend is tested against it, and it is the "eager"
+baseline of the benchmarks (it prunes the way the public V²Drop code does: norm, topk, sort,
+index). It makes the copies and host syncs a plain implementation makes; speed is the kernels'
+job. Arguments are validated by the ops, not here.
+
+Ranking rule (all selections): higher score first; equal scores -> lower position first; NaN
+ranks below every number, so a NaN token is kept only when fewer than k others exist.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+
+def variation_scores(hidden: Tensor, prev: Tensor, vis_mask: Tensor) -> Tensor:
+    """``‖hidden − prev‖₂`` over the last dim in float32 where ``vis_mask``, 0 elsewhere."""
+    norm = torch.linalg.vector_norm(hidden.float() - prev.float(), dim=-1)
+    return torch.where(vis_mask, norm, torch.zeros_like(norm))
+
+
+def select_topk(scores: Tensor, vis_mask: Tensor, k: int) -> Tensor:
+    """Positions of the ``k`` best-ranked visual tokens of each row of ``scores [B, S]``, ascending.
+
+    Every row of ``vis_mask [B, S]`` must hold the same number V >= k of visual tokens.
+    """
+    batch = vis_mask.shape[0]
+    vis_pos = vis_mask.nonzero()[:, 1].view(batch, -1)  # [B, V], ascending in each row
+    vis_scores = scores.gather(1, vis_pos)
+    # A stable ascending sort of −score ranks higher scores first, keeps equal scores in position
+    # order, and puts NaN (which sorts above every number) last.
+    order = torch.sort(-vis_scores, dim=1, stable=True).indices[:, :k]
+    return vis_pos.gather(1, order).sort(dim=1).values
+
+
+def variation_topk(hidden: Tensor, prev: Tensor, vis_mask: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Reference of ``v2drop.variation_topk``: ``(keep_idx int64[B, k], scores float32[B, S])``."""
+    scores = variation_scores(hidden, prev, vis_mask)
+    return select_topk(scores, vis_mask, k), scores
+
+
+def compact(
+    hidden: Tensor, vis_mask: Tensor, position_ids: Tensor, keep_idx: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Keeps the text tokens and the visual tokens at ``keep_idx``, in their original order.
+
+    Returns ``(hidden_out [B, S', D], position_ids_out [B, S'] or [3, B, S'], keep_pos int64[B, S'],
+    vis_mask_out bool[B, S'])``.
+    """
+    batch, _, dim = hidden.shape
+    keep = (~vis_mask).scatter(1, keep_idx, True)
+    keep_pos = keep.nonzero()[:, 1].view(batch, -1)
+    hidden_out = hidden.gather(1, keep_pos[..., None].expand(-1, -1, dim))
+    index = keep_pos.expand(*position_ids.shape[:-2], *keep_pos.shape)
+    position_ids_out = position_ids.expand(*position_ids.shape[:-2], batch, -1).gather(-1, index)
+    return hidden_out, position_ids_out, keep_pos, vis_mask.gather(1, keep_pos)
+
+
+def variation_drop(
+    hidden: Tensor, prev: Tensor, vis_mask: Tensor, position_ids: Tensor, num_visual: int, k: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Reference of ``v2drop.variation_drop``.
+
+    Returns ``(hidden_out, position_ids_out, keep_pos, vis_mask_out, scores)`` with
+    ``S' = S − num_visual + k`` tokens per row.
+    """
+    assert bool((vis_mask.sum(1) == num_visual).all()), "every row must hold num_visual visual tokens"
+    keep_idx, scores = variation_topk(hidden, prev, vis_mask, k)
+    return (*compact(hidden, vis_mask, position_ids, keep_idx), scores)
+
+
+def variation_drop_varlen(
+    hidden: Tensor,
+    prev: Tensor,
+    vis_mask: Tensor,
+    position_ids: Tensor,
+    cu_seqlens: Tensor,
+    num_visual: Sequence[int],
+    k: Sequence[int],
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Reference of ``v2drop.variation_drop_varlen``: the padded op applied to each sequence.
+
+    ``hidden/prev [T, D]``, ``vis_mask [T]``, ``position_ids [T]`` or ``[3, T]``, ``cu_seqlens``
+    int32 ``[B + 1]``. Returns ``(hidden_out [T', D], position_ids_out, keep_pos int64[T']`` (global
+    indices into the input, ascending)``, vis_mask_out [T'], cu_seqlens_out int32[B + 1],
+    scores float32[T])``.
+    """
+    bounds = cu_seqlens.tolist()
+    scores = variation_scores(hidden, prev, vis_mask)
+    outs: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+    for b, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
+        mask = vis_mask[None, start:end]
+        assert int(mask.sum()) == num_visual[b], "sequence must hold num_visual[b] visual tokens"
+        keep_idx = select_topk(scores[None, start:end], mask, k[b])
+        h, p, pos, m = compact(hidden[None, start:end], mask, position_ids[..., None, start:end], keep_idx)
+        outs.append((h[0], p[..., 0, :], pos[0] + start, m[0]))
+    lengths = torch.tensor([0] + [o[2].numel() for o in outs], dtype=torch.int32)
+    cu_out = lengths.cumsum(0, dtype=torch.int32).to(cu_seqlens.device)
+    hidden_out = torch.cat([o[0] for o in outs], dim=0)
+    position_ids_out = torch.cat([o[1] for o in outs], dim=-1)
+    keep_pos = torch.cat([o[2] for o in outs])
+    vis_mask_out = torch.cat([o[3] for o in outs])
+    return hidden_out, position_ids_out, keep_pos, vis_mask_out, cu_out, scores
+
+
+def _seq_index(cache: Tensor, keep_pos: Tensor, seq_dim: int) -> Tensor:
+    """``keep_pos`` shaped to gather ``cache`` along ``seq_dim``."""
+    shape = [1] * cache.dim()
+    shape[0], shape[seq_dim] = keep_pos.shape
+    size = list(cache.shape)
+    size[seq_dim] = keep_pos.shape[1]
+    return keep_pos.view(shape).expand(size)
+
+
+def kv_compact(caches: Sequence[Tensor], keep_pos: Tensor, seq_dim: int) -> list[Tensor]:
+    """Reference of ``v2drop.kv_compact``: ``cache[b, keep_pos[b, j]]`` along ``seq_dim``.
+
+    ``[B, S, H, Dh]`` (seq_dim 1) and ``[B, H, S, Dh]`` (seq_dim 2) with ``keep_pos [B, n]``; packed
+    ``[T, H, Dh]`` (seq_dim 0) with ``keep_pos [n]``.
+    """
+    if keep_pos.dim() == 1:
+        return [cache.index_select(0, keep_pos) for cache in caches]
+    seq_dim = seq_dim % 4
+    return [cache.gather(seq_dim, _seq_index(cache, keep_pos, seq_dim)) for cache in caches]
+
+
+def kv_compact_(caches: Sequence[Tensor], keep_pos: Tensor, seq_dim: int) -> None:
+    """Reference of ``v2drop.kv_compact_``: the first n entries along ``seq_dim`` of each cache
+    become the kept ones; the rest is left as it was."""
+    n = keep_pos.shape[-1]
+    seq_dim = seq_dim % caches[0].dim()
+    for cache, out in zip(caches, kv_compact(caches, keep_pos, seq_dim)):
+        cache.narrow(seq_dim, 0, n).copy_(out)
