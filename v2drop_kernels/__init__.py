@@ -5,7 +5,9 @@ Importing the package loads the compiled library (``v2drop_kernels._C``), which 
 the specification is :mod:`v2drop_kernels.reference`.
 """
 
-from . import _C  # noqa: F401  (registers torch.ops.v2drop.*)
+import torch  # noqa: F401  (loads libtorch, which _C links against)
+
+from . import _C  # noqa: F401,E402  (registers torch.ops.v2drop.*)
 from . import fake  # noqa: F401  (registers the fake kernels)
 from .ops import (
     available_backends,

@@ -1,0 +1,135 @@
+"""Input builders and comparison rules shared by the tests (and imported by the benchmarks)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor
+
+from v2drop_kernels import reference
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")),
+]
+LAYOUTS = ["contiguous", "strided", "transposed"]
+
+
+def k_values(num_visual: int) -> dict[str, int]:
+    """k = 1, a middle value, and V (all kept)."""
+    return {"one": 1, "mid": num_visual // 2 + 1 if num_visual > 1 else 1, "all": num_visual}
+
+
+def make_mask(batch: int, seq: int, num_visual: int, num_images: int, gen: torch.Generator) -> Tensor:
+    """bool[B, S]: each row holds ``num_visual`` visual tokens in ``num_images`` runs (images) at
+    random offsets, different in every row."""
+    mask = torch.zeros(batch, seq, dtype=torch.bool)
+    num_images = max(1, min(num_images, num_visual))
+    for b in range(batch):
+        cuts = sorted(torch.randperm(num_visual - 1, generator=gen)[: num_images - 1].add(1).tolist())
+        sizes = [e - s for s, e in zip([0, *cuts], [*cuts, num_visual])]
+        text = seq - num_visual
+        gaps = sorted(torch.randint(0, text + 1, (num_images,), generator=gen).tolist())
+        pos = 0
+        for i, size in enumerate(sizes):
+            start = gaps[i] + pos
+            mask[b, start : start + size] = True
+            pos += size
+    assert bool((mask.sum(1) == num_visual).all())
+    return mask
+
+
+def _place(values: Tensor, layout: str) -> Tensor:
+    """The same values [B, S, D] in a buffer with the given layout (last dim always contiguous)."""
+    batch, seq, dim = values.shape
+    if layout == "contiguous":
+        return values.contiguous()
+    if layout == "strided":  # a slice of a larger buffer: padded batch/sequence strides, odd offset
+        buf = torch.full((2 * batch, seq + 3, dim + 5), float("nan"), dtype=values.dtype, device=values.device)
+        view = buf[::2, 1 : seq + 1, 3 : dim + 3]
+        view.copy_(values)
+        return view
+    if layout == "transposed":  # stored [S, B, D]
+        return values.transpose(0, 1).contiguous().transpose(0, 1)
+    raise ValueError(layout)
+
+
+def make_hidden(
+    batch: int,
+    seq: int,
+    dim: int,
+    dtype: torch.dtype,
+    device: str,
+    gen: torch.Generator,
+    *,
+    integer: bool = False,
+    layout: str = "contiguous",
+) -> tuple[Tensor, Tensor]:
+    """(hidden, prev) [B, S, D]. ``integer``: small integers, so every score is exact in float32
+    (and ties are common); otherwise prev ~ N(0, 1) plus a per-token amount of change."""
+    if integer:
+        prev = torch.randint(-3, 4, (batch, seq, dim), generator=gen).float()
+        hidden = torch.randint(-3, 4, (batch, seq, dim), generator=gen).float()
+    else:
+        prev = torch.randn(batch, seq, dim, generator=gen)
+        amount = torch.rand(batch, seq, 1, generator=gen) * 2
+        hidden = prev + amount * torch.randn(batch, seq, dim, generator=gen)
+    hidden = _place(hidden.to(dtype=dtype, device=device), layout)
+    prev = _place(prev.to(dtype=dtype, device=device), layout)
+    return hidden, prev
+
+
+def score_error_bound(hidden: Tensor, prev: Tensor, vis_mask: Tensor) -> tuple[Tensor, float]:
+    """(float64 truth, bound): the flash-attention rule — a kernel's error against the float64
+    truth may be at most twice the reference's own float32 error, plus a few ulps of the largest
+    score (the reference can be exact where the kernel rounds differently)."""
+    norm = torch.linalg.vector_norm(hidden.double() - prev.double(), dim=-1)
+    truth = torch.where(vis_mask, norm, torch.zeros_like(norm))
+    ref = reference.variation_scores(hidden, prev, vis_mask).double()
+    ref_err = _abs_err(ref, truth)
+    finite = truth[torch.isfinite(truth)]
+    floor = 4 * torch.finfo(torch.float32).eps * (float(finite.abs().max()) if finite.numel() else 0.0)
+    return truth, 2 * ref_err + floor
+
+
+def _abs_err(x: Tensor, truth: Tensor) -> float:
+    same = (x == truth) | (x.isnan() & truth.isnan())
+    err = torch.where(same, torch.zeros_like(truth), (x - truth).abs())
+    return float(err.max()) if err.numel() else 0.0
+
+
+def assert_scores_close(scores: Tensor, hidden: Tensor, prev: Tensor, vis_mask: Tensor) -> float:
+    """Checks dtype, shape, NaN placement, zeros off the visual tokens and the error bound; returns
+    the bound."""
+    assert scores.dtype == torch.float32 and scores.shape == vis_mask.shape
+    truth, bound = score_error_bound(hidden.cpu(), prev.cpu(), vis_mask.cpu())
+    scores = scores.cpu()
+    assert torch.equal(scores.isnan(), truth.isnan()), "NaN scores in the wrong places"
+    assert bool((scores[~vis_mask.cpu()] == 0).all()), "non-visual scores must be 0"
+    err = _abs_err(scores.double(), truth)
+    assert err <= bound, f"score error {err:.3g} > bound {bound:.3g}"
+    return bound
+
+
+def assert_selection(keep_idx: Tensor, scores: Tensor, hidden: Tensor, prev: Tensor, vis_mask: Tensor, k: int, tol: float) -> None:
+    """The selection is exactly the contract's ranking of the returned scores, and it is the
+    reference's selection up to tokens whose reference score lies within ``tol`` of the row's
+    k-th best (near-ties that float32 rounding may order either way)."""
+    keep_idx, scores, vis_mask = keep_idx.cpu(), scores.cpu(), vis_mask.cpu()
+    assert keep_idx.dtype == torch.int64 and keep_idx.shape == (vis_mask.shape[0], k)
+    assert torch.equal(keep_idx, reference.select_topk(scores, vis_mask, k))
+    ref_scores = reference.variation_scores(hidden.cpu(), prev.cpu(), vis_mask)
+    ref_idx = reference.select_topk(ref_scores, vis_mask, k)
+    for b in range(keep_idx.shape[0]):
+        got, want = set(keep_idx[b].tolist()), set(ref_idx[b].tolist())
+        if got == want:
+            continue
+        kth = ref_scores[b, ref_idx[b]].nan_to_num(-1.0).min()
+        for pos in got ^ want:
+            assert abs(float(ref_scores[b, pos]) - float(kth)) <= tol, f"row {b}: position {pos} is not a near-tie"
+
+
+def assert_unchanged(before: list[Tensor], after: list[Tensor]) -> None:
+    for x, y in zip(before, after):
+        torch.testing.assert_close(x, y, rtol=0, atol=0, equal_nan=True)

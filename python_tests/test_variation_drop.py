@@ -1,0 +1,110 @@
+"""v2drop.variation_drop (fused score + select + compaction) against the reference."""
+
+import pytest
+import torch
+
+import v2drop_kernels as v2d
+from helpers import DEVICES, DTYPES, LAYOUTS, assert_scores_close, assert_selection, assert_unchanged, k_values, make_hidden, make_mask
+from test_variation_topk import SHAPES, shape_id
+from v2drop_kernels import reference
+
+
+def make_position_ids(batch, seq, kind, device, gen):
+    if kind == "int64":
+        return torch.arange(seq, device=device).expand(batch, seq)  # stride 0 over the batch
+    if kind == "int32":
+        return (torch.arange(seq) + torch.randint(0, 5, (batch, 1), generator=gen)).int().to(device)
+    if kind == "mrope":  # [3, B, S]: temporal/height/width ids
+        return torch.randint(0, 4 * seq, (3, batch, seq), generator=gen).to(device)
+    raise ValueError(kind)
+
+
+def check_drop(out, hidden, prev, vis_mask, position_ids, num_visual, k, *, exact):
+    batch, seq, dim = hidden.shape
+    seq_out = seq - num_visual + k
+    assert out.hidden.shape == (batch, seq_out, dim) and out.hidden.dtype == hidden.dtype
+    assert out.position_ids.shape == (*position_ids.shape[:-2], batch, seq_out)
+    assert out.position_ids.dtype == position_ids.dtype
+    assert out.keep_pos.shape == (batch, seq_out) and out.keep_pos.dtype == torch.int64
+    assert out.vis_mask.shape == (batch, seq_out) and out.vis_mask.dtype == torch.bool
+    keep_idx = out.keep_pos[out.vis_mask].view(batch, k)
+    if exact:
+        ref = reference.variation_drop(hidden, prev, vis_mask, position_ids, num_visual, k)
+        for got, want in zip(out, ref):
+            assert torch.equal(got, want)
+        return
+    bound = assert_scores_close(out.scores, hidden, prev, vis_mask)
+    assert_selection(keep_idx, out.scores, hidden, prev, vis_mask, k, tol=2 * bound)
+    # Given the selection, the compaction is exact.
+    ref = reference.compact(hidden, vis_mask, position_ids, keep_idx)
+    for got, want in zip(out[:4], ref):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("k_kind", ["one", "mid", "all"])
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("device", DEVICES)
+def test_matches_reference(device, dtype, shape, k_kind):
+    batch, seq, dim, num_visual, images = shape
+    gen = torch.Generator().manual_seed(hash((seq, dim, num_visual, "drop")) % 2**31)
+    hidden, prev = make_hidden(batch, seq, dim, dtype, device, gen)
+    vis_mask = make_mask(batch, seq, num_visual, images, gen).to(device)
+    position_ids = make_position_ids(batch, seq, "int64", device, gen)
+    k = k_values(num_visual)[k_kind]
+    inputs = [hidden.clone(), prev.clone(), vis_mask.clone(), position_ids.clone()]
+
+    out = v2d.variation_drop(hidden, prev, vis_mask, position_ids, k, num_visual=num_visual)
+
+    check_drop(out, hidden, prev, vis_mask, position_ids, num_visual, k, exact=False)
+    assert_unchanged(inputs, [hidden, prev, vis_mask, position_ids])
+
+
+@pytest.mark.parametrize("pos_kind", ["int64", "int32", "mrope"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("device", DEVICES)
+def test_exact_on_integer_data(device, dtype, layout, pos_kind):
+    batch, seq, dim, num_visual = 3, 83, 769, 64
+    gen = torch.Generator().manual_seed(7)
+    hidden, prev = make_hidden(batch, seq, dim, dtype, device, gen, integer=True, layout=layout)
+    vis_mask = make_mask(batch, seq, num_visual, 3, gen).to(device)
+    position_ids = make_position_ids(batch, seq, pos_kind, device, gen)
+    for k in k_values(num_visual).values():
+        out = v2d.variation_drop(hidden, prev, vis_mask, position_ids, k, num_visual=num_visual)
+        check_drop(out, hidden, prev, vis_mask, position_ids, num_visual, k, exact=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_progressive_schedule(device):
+    """The LLaVA-1.5 V²Drop schedule 576 -> 288 -> 144 -> 1: each stage feeds the next with the
+    compacted hidden states, position ids and mask; positions stay the original ones."""
+    gen = torch.Generator().manual_seed(3)
+    batch, seq, dim, num_visual = 2, 640, 64, 576
+    hidden, prev = make_hidden(batch, seq, dim, torch.bfloat16, device, gen)
+    vis_mask = make_mask(batch, seq, num_visual, 1, gen).to(device)
+    position_ids = torch.arange(seq, device=device).expand(batch, seq)
+    original = torch.arange(seq, device=device).expand(batch, seq)
+    for k in (288, 144, 1):
+        out = v2d.variation_drop(hidden, prev, vis_mask, position_ids, k, num_visual=num_visual)
+        ref = reference.variation_drop(hidden, prev, vis_mask, position_ids, num_visual, k)
+        assert torch.equal(out.keep_pos, ref[2]) and torch.equal(out.hidden, ref[0])
+        original = original.gather(1, out.keep_pos)
+        assert torch.equal(out.position_ids, original)
+        assert int(out.vis_mask.sum(1).unique()) == k
+        # The next stage: the layer's output is a new state; the dropped layer's input the old one.
+        prev = out.hidden
+        hidden = out.hidden + torch.randn(out.hidden.shape, generator=gen).to(device, torch.bfloat16)
+        vis_mask, position_ids, num_visual = out.vis_mask, out.position_ids, k
+    assert hidden.shape == (batch, seq - 576 + 1, dim)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_defaults(device):
+    """position_ids=None means arange(S); num_visual=None reads V from the mask."""
+    gen = torch.Generator().manual_seed(5)
+    hidden, prev = make_hidden(2, 50, 16, torch.float32, device, gen)
+    vis_mask = make_mask(2, 50, 30, 2, gen).to(device)
+    out = v2d.variation_drop(hidden, prev, vis_mask, None, 10)
+    ref = reference.variation_drop(hidden, prev, vis_mask, torch.arange(50, device=device).expand(2, 50), 30, 10)
+    assert torch.equal(out.keep_pos, ref[2]) and torch.equal(out.position_ids, ref[1])
