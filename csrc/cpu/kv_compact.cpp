@@ -9,6 +9,8 @@
 // j in increasing order within one (tensor, b, h) never reads an entry it has overwritten.
 #include <ATen/ATen.h>
 #include <ATen/MemoryOverlap.h>
+
+#include <utility>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -21,6 +23,24 @@ namespace {
 at::Tensor bshd_view(const at::Tensor& cache, int64_t seq_dim) {
   if (cache.dim() == 3) return cache.unsqueeze(0);
   return seq_dim == 2 ? cache.permute({0, 2, 1, 3}) : cache;
+}
+
+// Whether two tensors of one storage may touch the same bytes (conservative: compares the
+// spans from their first to their last element; disjoint slices of one buffer pass).
+bool byte_ranges_intersect(const at::Tensor& a, const at::Tensor& b) {
+  if (a.numel() == 0 || b.numel() == 0 || !a.storage().is_alias_of(b.storage())) return false;
+  auto span = [](const at::Tensor& t) {
+    const char* lo = static_cast<const char*>(t.data_ptr());
+    const char* hi = lo;
+    for (int64_t d = 0; d < t.dim(); ++d) {
+      const int64_t step = (t.size(d) - 1) * t.stride(d) * t.element_size();
+      (step < 0 ? lo : hi) += step;
+    }
+    return std::make_pair(lo, hi + t.element_size());
+  };
+  const auto [a_lo, a_hi] = span(a);
+  const auto [b_lo, b_hi] = span(b);
+  return a_lo < b_hi && b_lo < a_hi;
 }
 
 // Checks keep_pos values against the sequence length (and strict increase for in place);
@@ -86,8 +106,8 @@ void kv_compact_inplace_cpu(at::TensorList caches, const at::Tensor& keep_pos, i
     TORCH_CHECK(at::has_internal_overlap(caches[i]) != at::MemOverlap::Yes, op, ": caches[", i,
                 "] has overlapping elements (an expanded tensor?) and cannot be written in place");
     for (size_t j = 0; j < i; ++j) {
-      TORCH_CHECK(at::get_overlap_status(caches[i], caches[j]) == at::MemOverlapStatus::No, op,
-                  ": caches[", j, "] and caches[", i, "] share memory");
+      TORCH_CHECK(!byte_ranges_intersect(caches[i], caches[j]), op, ": caches[", j,
+                  "] and caches[", i, "] share memory");
     }
   }
   const at::Tensor keep = checked_keep_pos(op, keep_pos, caches[0].size(seq_dim), true);
