@@ -1,0 +1,65 @@
+"""CPU micro-benchmark of the fused v2drop.variation_drop against the eager reference and the
+torch.compile'd reference, on LLaVA-1.5, LLaVA-NeXT and video shapes in float32 and bfloat16.
+
+Run: `make bench` (or `pytest bench/bench_cpu.py --benchmark-only`). Prints a table (median,
+ratio to the eager reference, fraction of measured copy bandwidth) and writes
+bench/results/cpu_variation_drop.{json,md}. Inputs come from the tests' builders.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import v2drop_kernels  # noqa: F401
+from conftest import copy_bandwidth_gbs, record
+from helpers import make_hidden, make_mask
+from v2drop_kernels import reference
+
+# name -> (B, S, D, V, images, k)
+SHAPES = {
+    "llava-1.5": (1, 640, 4096, 576, 1, 288),
+    "llava-next": (1, 2944, 4096, 2880, 5, 1440),
+    "video-32x196": (1, 6336, 3584, 6272, 32, 3136),
+}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PROVIDERS = ["v2drop-cpu", "reference", "reference-compiled"]
+_compiled = torch.compile(reference.variation_drop)
+_BANDWIDTH: list[float] = []
+
+
+def bytes_moved(batch, seq, dim, num_visual, k, elem) -> int:
+    """Bytes the fused op must move: the visual rows of hidden and prev once for the scores, the
+    surviving rows read and written once for the compaction."""
+    return 2 * batch * num_visual * dim * elem + 2 * batch * (seq - num_visual + k) * dim * elem
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_variation_drop(benchmark, shape, dtype, provider):
+    batch, seq, dim, num_visual, images, k = SHAPES[shape]
+    gen = torch.Generator().manual_seed(0)
+    hidden, prev = make_hidden(batch, seq, dim, DTYPES[dtype], "cpu", gen)
+    mask = make_mask(batch, seq, num_visual, images, gen)
+    pos = torch.arange(seq).expand(batch, seq)
+    fn = {
+        "v2drop-cpu": torch.ops.v2drop.variation_drop,
+        "reference": reference.variation_drop,
+        "reference-compiled": _compiled,
+    }[provider]
+    args = (hidden, prev, mask, pos, num_visual, k)
+    expected = torch.ops.v2drop.variation_drop(*args)
+    got = fn(*args)  # warm-up (and compilation), checked against the kernel
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[2], expected[2])
+
+    benchmark.pedantic(fn, args=args, rounds=15, warmup_rounds=2, iterations=1)
+    if not _BANDWIDTH:
+        _BANDWIDTH.append(copy_bandwidth_gbs())
+    median = benchmark.stats.stats.median
+    moved = bytes_moved(batch, seq, dim, num_visual, k, hidden.element_size())
+    record({
+        "shape": shape, "dtype": dtype, "provider": provider, "median_ms": median * 1e3,
+        "bytes": moved, "gbs": moved / median / 1e9, "copy_gbs": _BANDWIDTH[0],
+        "bandwidth_fraction": moved / median / 1e9 / _BANDWIDTH[0],
+    })
