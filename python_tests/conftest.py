@@ -1,8 +1,16 @@
-"""Test configuration: the package is imported here so that the ops are registered once."""
+"""Test configuration, run before any test module imports the package.
+
+Without a GPU the Triton backend runs on CPU tensors under the Triton interpreter, which must be
+switched on before the kernels are defined (i.e. before v2drop_kernels is imported).
+"""
 
 import os
 
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 # Keep CPU kernels and the reference on the same thread count in every test run.
 os.environ.setdefault("OMP_NUM_THREADS", str(min(2, os.cpu_count() or 1)))
 
-import v2drop_kernels  # noqa: E402,F401  (registers torch.ops.v2drop.*)
+import v2drop_kernels  # noqa: E402,F401  (registers torch.ops.v2drop.* and torch.ops.v2drop_triton.*)

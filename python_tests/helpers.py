@@ -6,13 +6,36 @@ import pytest
 import torch
 from torch import Tensor
 
+import v2drop_kernels as v2d
 from v2drop_kernels import reference
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+HAS_CUDA = torch.cuda.is_available()
+TRITON_DEVICE = "cuda" if HAS_CUDA else "cpu"
+TRITON_OK = TRITON_DEVICE in v2d.ops._TRITON_DEVICES
+INTERPRETED = TRITON_OK and TRITON_DEVICE == "cpu"  # Triton on CPU tensors, slow: small shapes only
+
+# Every backend of the ops, as the `backend` argument of the Python API.
+BACKENDS = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")),
+    pytest.param("triton", marks=pytest.mark.skipif(not TRITON_OK, reason="needs triton (GPU, or TRITON_INTERPRET=1)")),
+]
+# Backends that accept a device (the tests where the device alone picks the kernel).
 DEVICES = [
     "cpu",
-    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")),
+    pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")),
 ]
+INTERPRETER_MAX_ELEMENTS = 600_000  # tokens × hidden size the interpreter is given
+
+
+def device_of(backend: str) -> str:
+    return TRITON_DEVICE if backend == "triton" else backend
+
+
+def skip_if_too_big_for_interpreter(backend: str, elements: int) -> None:
+    if backend == "triton" and INTERPRETED and elements > INTERPRETER_MAX_ELEMENTS:
+        pytest.skip("large shape: the Triton backend runs it on a GPU (too slow for the interpreter)")
 LAYOUTS = ["contiguous", "strided", "transposed"]
 
 

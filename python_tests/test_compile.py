@@ -4,10 +4,20 @@ import pytest
 import torch
 
 import v2drop_kernels as v2d
-from helpers import DEVICES, DTYPES, make_hidden, make_mask
+from helpers import HAS_CUDA, TRITON_OK, DTYPES, device_of, make_hidden, make_mask
 from v2drop_kernels import reference
 
-ops = torch.ops.v2drop
+# Under the Triton interpreter, triton_op runs eagerly but not through opcheck or torch.compile:
+# those checks run for the Triton backend on a GPU only.
+BACKENDS = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")),
+    pytest.param("triton", marks=pytest.mark.skipif(not (TRITON_OK and HAS_CUDA), reason="Triton opcheck/compile need a GPU")),
+]
+
+
+def namespace(backend):
+    return torch.ops.v2drop_triton if backend == "triton" else torch.ops.v2drop
 
 
 def padded_samples(device):
@@ -19,21 +29,24 @@ def padded_samples(device):
             yield hidden, prev, mask, num_visual, k, batch, seq
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_opcheck_variation_topk(device):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_opcheck_variation_topk(backend):
+    ops, device = namespace(backend), device_of(backend)
     for hidden, prev, mask, _, k, _, _ in padded_samples(device):
         torch.library.opcheck(ops.variation_topk.default, (hidden, prev, mask, k))
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_opcheck_variation_drop(device):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_opcheck_variation_drop(backend):
+    ops, device = namespace(backend), device_of(backend)
     for hidden, prev, mask, num_visual, k, batch, seq in padded_samples(device):
         for pos in (torch.arange(seq, device=device).expand(batch, seq), torch.zeros(3, batch, seq, dtype=torch.int32, device=device)):
             torch.library.opcheck(ops.variation_drop.default, (hidden, prev, mask, pos, num_visual, k))
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_opcheck_variation_drop_varlen(device):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_opcheck_variation_drop_varlen(backend):
+    ops, device = namespace(backend), device_of(backend)
     gen = torch.Generator().manual_seed(1)
     mask = torch.cat([make_mask(1, 20, 12, 1, gen)[0], torch.zeros(5, dtype=torch.bool), make_mask(1, 9, 9, 1, gen)[0]]).to(device)
     cu = torch.tensor([0, 20, 25, 34], dtype=torch.int32, device=device)
@@ -43,8 +56,9 @@ def test_opcheck_variation_drop_varlen(device):
             torch.library.opcheck(ops.variation_drop_varlen.default, (hidden[0], prev[0], mask, pos, cu, [12, 0, 9], [4, 0, 9]))
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_opcheck_kv_compact(device):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_opcheck_kv_compact(backend):
+    ops, device = namespace(backend), device_of(backend)
     gen = torch.Generator().manual_seed(2)
     keep = torch.stack([torch.randperm(30, generator=gen)[:11].sort().values for _ in range(2)]).to(device)
     for seq_dim, shape in ((2, (2, 4, 30, 16)), (1, (2, 30, 4, 16))):
@@ -56,19 +70,20 @@ def test_opcheck_kv_compact(device):
     torch.library.opcheck(ops.kv_compact_.default, (packed, keep[0], 0))
 
 
-def pipeline(hidden, prev, vis_mask, position_ids, k_cache, v_cache, num_visual: int, k: int):
+def pipeline(hidden, prev, vis_mask, position_ids, k_cache, v_cache, num_visual: int, k: int, backend: str):
     """A pruning step as a decoder would write it: drop, then compact that layer's K/V."""
-    out = v2d.variation_drop(hidden, prev, vis_mask, position_ids, k, num_visual=num_visual)
-    k_out, v_out = v2d.kv_compact([k_cache, v_cache], out.keep_pos, 2)
-    v2d.kv_compact_([k_cache, v_cache], out.keep_pos, 2)
-    keep_idx, scores = v2d.variation_topk(out.hidden * 2, out.hidden, out.vis_mask, 1)
+    out = v2d.variation_drop(hidden, prev, vis_mask, position_ids, k, num_visual=num_visual, backend=backend)
+    k_out, v_out = v2d.kv_compact([k_cache, v_cache], out.keep_pos, 2, backend=backend)
+    v2d.kv_compact_([k_cache, v_cache], out.keep_pos, 2, backend=backend)
+    keep_idx, scores = v2d.variation_topk(out.hidden * 2, out.hidden, out.vis_mask, 1, backend=backend)
     return out.hidden + 1, out.position_ids, out.keep_pos, k_out, v_out, keep_idx, scores
 
 
 @pytest.mark.parametrize("dynamic", [False, True])
-@pytest.mark.parametrize("device", DEVICES)
-def test_torch_compile_fullgraph(device, dynamic):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_compile_fullgraph(backend, dynamic):
     torch._dynamo.reset()
+    device = device_of(backend)
     gen = torch.Generator().manual_seed(3)
     batch, seq, dim, num_visual, k = 2, 83, 32, 64, 17
     hidden, prev = make_hidden(batch, seq, dim, torch.bfloat16, device, gen)
@@ -79,7 +94,7 @@ def test_torch_compile_fullgraph(device, dynamic):
 
     compiled = torch.compile(pipeline, fullgraph=True, dynamic=dynamic)
     k_c, v_c = k_cache.clone(), v_cache.clone()
-    got = compiled(hidden, prev, mask, pos, k_c, v_c, num_visual, k)
+    got = compiled(hidden, prev, mask, pos, k_c, v_c, num_visual, k, backend)
 
     drop = reference.variation_drop(hidden, prev, mask, pos, num_visual, k)
     k_ref, v_ref = reference.kv_compact([k_cache, v_cache], drop[2], 2)
@@ -92,3 +107,14 @@ def test_torch_compile_fullgraph(device, dynamic):
         else:
             assert torch.equal(a, b), name
     assert torch.equal(k_c[:, :, : seq - num_visual + k], k_ref) and torch.equal(v_c[:, :, : seq - num_visual + k], v_ref)
+
+
+@pytest.mark.skipif(not (TRITON_OK and not HAS_CUDA), reason="the interpreter variant of the Triton opcheck")
+def test_opcheck_triton_schema_under_interpreter():
+    """What opcheck can check of the Triton ops under the interpreter (its fake-tensor and AOT
+    checks need a GPU, see test_opcheck_* above): schemas and autograd registration."""
+    for hidden, prev, mask, num_visual, k, batch, seq in padded_samples("cpu"):
+        pos = torch.arange(seq).expand(batch, seq)
+        for op, args in ((torch.ops.v2drop_triton.variation_topk, (hidden, prev, mask, k)),
+                         (torch.ops.v2drop_triton.variation_drop, (hidden, prev, mask, pos, num_visual, k))):
+            torch.library.opcheck(op.default, args, test_utils=("test_schema", "test_autograd_registration"))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import v2drop_kernels as v2d
-from helpers import DEVICES, DTYPES, make_hidden, make_mask
+from helpers import BACKENDS, DEVICES, DTYPES, TRITON_DEVICE, TRITON_OK, device_of, make_hidden, make_mask
 from v2drop_kernels import reference
 
 
@@ -15,53 +15,58 @@ def rows_with_scores(values, device, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("device", DEVICES)
-def test_ties_go_to_the_lower_position(device, dtype):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ties_go_to_the_lower_position(backend, dtype):
+    device = device_of(backend)
     hidden, prev = rows_with_scores([1, 2, 2, 1, 2, 1, 3], device, dtype)
     mask = torch.ones(1, 7, dtype=torch.bool, device=device)
-    assert v2d.variation_topk(hidden, prev, mask, 1)[0].tolist() == [[6]]
-    assert v2d.variation_topk(hidden, prev, mask, 3)[0].tolist() == [[1, 2, 6]]
-    assert v2d.variation_topk(hidden, prev, mask, 5)[0].tolist() == [[0, 1, 2, 4, 6]]
+    assert v2d.variation_topk(hidden, prev, mask, 1, backend=backend)[0].tolist() == [[6]]
+    assert v2d.variation_topk(hidden, prev, mask, 3, backend=backend)[0].tolist() == [[1, 2, 6]]
+    assert v2d.variation_topk(hidden, prev, mask, 5, backend=backend)[0].tolist() == [[0, 1, 2, 4, 6]]
     # All equal (hidden == prev: every score 0): the first k visual positions.
     zero = torch.zeros(2, 9, 4, dtype=dtype, device=device)
     mask = torch.zeros(2, 9, dtype=torch.bool, device=device)
     mask[0, 2:7] = True
     mask[1, [0, 3, 4, 5, 8]] = True
-    assert v2d.variation_topk(zero, zero, mask, 3)[0].tolist() == [[2, 3, 4], [0, 3, 4]]
+    assert v2d.variation_topk(zero, zero, mask, 3, backend=backend)[0].tolist() == [[2, 3, 4], [0, 3, 4]]
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf - inf, on purpose
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("device", DEVICES)
-def test_nan_ranks_below_every_number_and_inf_above(device, dtype):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_ranks_below_every_number_and_inf_above(backend, dtype):
+    device = device_of(backend)
     nan, inf = float("nan"), float("inf")
     hidden, prev = rows_with_scores([nan, 0.0, nan, 5.0, inf, 0.0, nan], device, dtype)
     mask = torch.ones(1, 7, dtype=torch.bool, device=device)
     expected = {1: [4], 2: [3, 4], 4: [1, 3, 4, 5], 5: [0, 1, 3, 4, 5], 7: list(range(7))}
     for k, want in expected.items():
-        keep, scores = v2d.variation_topk(hidden, prev, mask, k)
+        keep, scores = v2d.variation_topk(hidden, prev, mask, k, backend=backend)
         assert keep.tolist() == [want], k
         assert torch.equal(keep, reference.variation_topk(hidden, prev, mask, k)[0])
     assert scores[0, [0, 2, 6]].isnan().all() and scores[0, 4].isinf()
     # inf - inf is NaN: a token whose both states are inf scores NaN.
     both_inf = torch.full((1, 2, 3), inf, dtype=dtype, device=device)
-    assert v2d.variation_topk(both_inf, both_inf, mask[:, :2], 1)[1].isnan().all()
+    assert v2d.variation_topk(both_inf, both_inf, mask[:, :2], 1, backend=backend)[1].isnan().all()
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_nan_in_text_tokens_is_ignored(device):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_in_text_tokens_is_ignored(backend):
+    device = device_of(backend)
     gen = torch.Generator().manual_seed(0)
     hidden, prev = make_hidden(2, 40, 16, torch.float32, device, gen)
     mask = make_mask(2, 40, 20, 2, gen).to(device)
     hidden_nan = hidden.clone()
     hidden_nan[~mask] = float("nan")
-    a = v2d.variation_topk(hidden, prev, mask, 7)
-    b = v2d.variation_topk(hidden_nan, prev, mask, 7)
+    a = v2d.variation_topk(hidden, prev, mask, 7, backend=backend)
+    b = v2d.variation_topk(hidden_nan, prev, mask, 7, backend=backend)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_several_images_per_row(device):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_several_images_per_row(backend):
     """Visual tokens from several images in one row are ranked together."""
+    device = device_of(backend)
     gen = torch.Generator().manual_seed(1)
     mask = torch.zeros(1, 30, dtype=torch.bool, device=device)
     mask[0, 2:10] = True  # image 1
@@ -69,7 +74,7 @@ def test_several_images_per_row(device):
     mask[0, 25:29] = True  # image 3
     hidden, prev = make_hidden(1, 30, 8, torch.float32, device, gen, integer=True)
     for k in (1, 5, 17):
-        assert torch.equal(v2d.variation_topk(hidden, prev, mask, k)[0], reference.variation_topk(hidden, prev, mask, k)[0])
+        assert torch.equal(v2d.variation_topk(hidden, prev, mask, k, backend=backend)[0], reference.variation_topk(hidden, prev, mask, k)[0])
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -105,6 +110,10 @@ def test_backend_choice(device):
     native = v2d.variation_topk(hidden, prev, mask, 4, backend=device)
     ref = v2d.variation_topk(hidden, prev, mask, 4, backend="reference")
     assert torch.equal(native[0], ref[0]) and torch.equal(native[1], ref[1])
+    if TRITON_OK and device == TRITON_DEVICE:
+        assert "triton" in v2d.available_backends(device)
+        tri = v2d.variation_topk(hidden, prev, mask, 4, backend="triton")
+        assert torch.equal(tri[0], ref[0]) and torch.equal(tri[1], ref[1])
     with pytest.raises(ValueError, match="backend"):
         v2d.variation_topk(hidden, prev, mask, 4, backend="tpu")
     other = "cuda" if device == "cpu" else "cpu"

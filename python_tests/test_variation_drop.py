@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import v2drop_kernels as v2d
-from helpers import DEVICES, DTYPES, LAYOUTS, assert_scores_close, assert_selection, assert_unchanged, k_values, make_hidden, make_mask
+from helpers import BACKENDS, DTYPES, LAYOUTS, device_of, skip_if_too_big_for_interpreter, assert_scores_close, assert_selection, assert_unchanged, k_values, make_hidden, make_mask
 from test_variation_topk import SHAPES, shape_id
 from v2drop_kernels import reference
 
@@ -44,9 +44,11 @@ def check_drop(out, hidden, prev, vis_mask, position_ids, num_visual, k, *, exac
 @pytest.mark.parametrize("k_kind", ["one", "mid", "all"])
 @pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("device", DEVICES)
-def test_matches_reference(device, dtype, shape, k_kind):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_matches_reference(backend, dtype, shape, k_kind):
     batch, seq, dim, num_visual, images = shape
+    skip_if_too_big_for_interpreter(backend, batch * seq * dim)
+    device = device_of(backend)
     gen = torch.Generator().manual_seed(hash((seq, dim, num_visual, "drop")) % 2**31)
     hidden, prev = make_hidden(batch, seq, dim, dtype, device, gen)
     vis_mask = make_mask(batch, seq, num_visual, images, gen).to(device)
@@ -54,7 +56,7 @@ def test_matches_reference(device, dtype, shape, k_kind):
     k = k_values(num_visual)[k_kind]
     inputs = [hidden.clone(), prev.clone(), vis_mask.clone(), position_ids.clone()]
 
-    out = v2d.variation_drop(hidden, prev, vis_mask, position_ids, k, num_visual=num_visual)
+    out = v2d.variation_drop(hidden, prev, vis_mask, position_ids, k, num_visual=num_visual, backend=backend)
 
     check_drop(out, hidden, prev, vis_mask, position_ids, num_visual, k, exact=False)
     assert_unchanged(inputs, [hidden, prev, vis_mask, position_ids])
@@ -63,30 +65,32 @@ def test_matches_reference(device, dtype, shape, k_kind):
 @pytest.mark.parametrize("pos_kind", ["int64", "int32", "mrope"])
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("device", DEVICES)
-def test_exact_on_integer_data(device, dtype, layout, pos_kind):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_exact_on_integer_data(backend, dtype, layout, pos_kind):
     batch, seq, dim, num_visual = 3, 83, 769, 64
+    device = device_of(backend)
     gen = torch.Generator().manual_seed(7)
     hidden, prev = make_hidden(batch, seq, dim, dtype, device, gen, integer=True, layout=layout)
     vis_mask = make_mask(batch, seq, num_visual, 3, gen).to(device)
     position_ids = make_position_ids(batch, seq, pos_kind, device, gen)
     for k in k_values(num_visual).values():
-        out = v2d.variation_drop(hidden, prev, vis_mask, position_ids, k, num_visual=num_visual)
+        out = v2d.variation_drop(hidden, prev, vis_mask, position_ids, k, num_visual=num_visual, backend=backend)
         check_drop(out, hidden, prev, vis_mask, position_ids, num_visual, k, exact=True)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_progressive_schedule(device):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_progressive_schedule(backend):
     """The LLaVA-1.5 V²Drop schedule 576 -> 288 -> 144 -> 1: each stage feeds the next with the
     compacted hidden states, position ids and mask; positions stay the original ones."""
     gen = torch.Generator().manual_seed(3)
+    device = device_of(backend)
     batch, seq, dim, num_visual = 2, 640, 64, 576
     hidden, prev = make_hidden(batch, seq, dim, torch.bfloat16, device, gen)
     vis_mask = make_mask(batch, seq, num_visual, 1, gen).to(device)
     position_ids = torch.arange(seq, device=device).expand(batch, seq)
     original = torch.arange(seq, device=device).expand(batch, seq)
     for k in (288, 144, 1):
-        out = v2d.variation_drop(hidden, prev, vis_mask, position_ids, k, num_visual=num_visual)
+        out = v2d.variation_drop(hidden, prev, vis_mask, position_ids, k, num_visual=num_visual, backend=backend)
         ref = reference.variation_drop(hidden, prev, vis_mask, position_ids, num_visual, k)
         assert torch.equal(out.keep_pos, ref[2]) and torch.equal(out.hidden, ref[0])
         original = original.gather(1, out.keep_pos)
@@ -99,12 +103,13 @@ def test_progressive_schedule(device):
     assert hidden.shape == (batch, seq - 576 + 1, dim)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_defaults(device):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_defaults(backend):
     """position_ids=None means arange(S); num_visual=None reads V from the mask."""
     gen = torch.Generator().manual_seed(5)
+    device = device_of(backend)
     hidden, prev = make_hidden(2, 50, 16, torch.float32, device, gen)
     vis_mask = make_mask(2, 50, 30, 2, gen).to(device)
-    out = v2d.variation_drop(hidden, prev, vis_mask, None, 10)
+    out = v2d.variation_drop(hidden, prev, vis_mask, None, 10, backend=backend)
     ref = reference.variation_drop(hidden, prev, vis_mask, torch.arange(50, device=device).expand(2, 50), 30, 10)
     assert torch.equal(out.keep_pos, ref[2]) and torch.equal(out.position_ids, ref[1])

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import v2drop_kernels as v2d
-from helpers import DEVICES, DTYPES, LAYOUTS, assert_scores_close, assert_selection, assert_unchanged, k_values, make_hidden, make_mask
+from helpers import BACKENDS, DTYPES, LAYOUTS, device_of, skip_if_too_big_for_interpreter, assert_scores_close, assert_selection, assert_unchanged, k_values, make_hidden, make_mask
 from v2drop_kernels import reference
 
 # (B, S, D, V, images per row): D in 8, 769, 4096; S in 7, 83, 640, 3000; B in 1, 3.
@@ -28,16 +28,18 @@ def shape_id(shape):
 @pytest.mark.parametrize("k_kind", ["one", "mid", "all"])
 @pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("device", DEVICES)
-def test_matches_reference(device, dtype, shape, k_kind):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_matches_reference(backend, dtype, shape, k_kind):
     batch, seq, dim, num_visual, images = shape
+    skip_if_too_big_for_interpreter(backend, batch * seq * dim)
+    device = device_of(backend)
     gen = torch.Generator().manual_seed(hash((seq, dim, num_visual)) % 2**31)
     hidden, prev = make_hidden(batch, seq, dim, dtype, device, gen)
     vis_mask = make_mask(batch, seq, num_visual, images, gen).to(device)
     k = k_values(num_visual)[k_kind]
     inputs = [hidden.clone(), prev.clone(), vis_mask.clone()]
 
-    keep_idx, scores = v2d.variation_topk(hidden, prev, vis_mask, k)
+    keep_idx, scores = v2d.variation_topk(hidden, prev, vis_mask, k, backend=backend)
 
     assert keep_idx.device == hidden.device and scores.device == hidden.device
     bound = assert_scores_close(scores, hidden, prev, vis_mask)
@@ -48,16 +50,18 @@ def test_matches_reference(device, dtype, shape, k_kind):
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("shape", [(1, 7, 8, 3, 1), (3, 83, 769, 64, 2), (3, 640, 4096, 576, 2)], ids=shape_id)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("device", DEVICES)
-def test_exact_on_integer_data(device, dtype, shape, layout):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_exact_on_integer_data(backend, dtype, shape, layout):
     """Small integers make every score exact, so indices and scores must equal the reference's
     bit for bit, with many ties — whatever the batch/sequence strides."""
     batch, seq, dim, num_visual, images = shape
+    skip_if_too_big_for_interpreter(backend, batch * seq * dim)
+    device = device_of(backend)
     gen = torch.Generator().manual_seed(seq + dim)
     hidden, prev = make_hidden(batch, seq, dim, dtype, device, gen, integer=True, layout=layout)
     vis_mask = make_mask(batch, seq, num_visual, images, gen).to(device)
     for k in k_values(num_visual).values():
-        keep_idx, scores = v2d.variation_topk(hidden, prev, vis_mask, k)
+        keep_idx, scores = v2d.variation_topk(hidden, prev, vis_mask, k, backend=backend)
         ref_idx, ref_scores = reference.variation_topk(hidden, prev, vis_mask, k)
         assert torch.equal(keep_idx, ref_idx)
         assert torch.equal(scores, ref_scores)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import v2drop_kernels as v2d
-from helpers import DEVICES, DTYPES, assert_scores_close, assert_selection, assert_unchanged, make_hidden, make_mask
+from helpers import BACKENDS, DTYPES, device_of, skip_if_too_big_for_interpreter, assert_scores_close, assert_selection, assert_unchanged, make_hidden, make_mask
 from v2drop_kernels import reference
 
 # Per sequence: (length, visual tokens, images, k). Rows differ in V; one has no image.
@@ -32,15 +32,17 @@ def make_packed(rows, dim, dtype, device, gen, *, integer=False, mrope=False):
 @pytest.mark.parametrize("mrope", [False, True], ids=["pos1d", "mrope"])
 @pytest.mark.parametrize("rows", list(ROWS), ids=str)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("device", DEVICES)
-def test_matches_reference(device, dtype, rows, mrope):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_matches_reference(backend, dtype, rows, mrope):
     gen = torch.Generator().manual_seed(11)
     spec = ROWS[rows]
+    skip_if_too_big_for_interpreter(backend, sum(r[0] for r in spec) * 769)
+    device = device_of(backend)
     num_visual, k = [r[1] for r in spec], [r[3] for r in spec]
     for integer in (True, False):
         hidden, prev, vis_mask, position_ids, cu = make_packed(spec, 769, dtype, device, gen, integer=integer, mrope=mrope)
         inputs = [t.clone() for t in (hidden, prev, vis_mask, position_ids, cu)]
-        out = v2d.variation_drop_varlen(hidden, prev, vis_mask, position_ids, cu, k, num_visual=num_visual)
+        out = v2d.variation_drop_varlen(hidden, prev, vis_mask, position_ids, cu, k, num_visual=num_visual, backend=backend)
         ref = reference.variation_drop_varlen(hidden, prev, vis_mask, position_ids, cu, num_visual, k)
         assert_unchanged(inputs, [hidden, prev, vis_mask, position_ids, cu])
         assert out.cu_seqlens.dtype == torch.int32 and torch.equal(out.cu_seqlens, ref[4])
@@ -64,17 +66,18 @@ def test_matches_reference(device, dtype, rows, mrope):
         assert torch.equal(out.vis_mask, vis_mask[out.keep_pos])
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_same_as_padded_per_row(device):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_same_as_padded_per_row(backend):
     """Packing B equal rows gives the padded op's result, row by row."""
     gen = torch.Generator().manual_seed(2)
+    device = device_of(backend)
     batch, seq, dim, num_visual, k = 3, 83, 64, 60, 17
     hidden, prev = make_hidden(batch, seq, dim, torch.bfloat16, device, gen)
     vis_mask = make_mask(batch, seq, num_visual, 2, gen).to(device)
     position_ids = torch.arange(seq, device=device).expand(batch, seq)
-    padded = v2d.variation_drop(hidden, prev, vis_mask, position_ids, k, num_visual=num_visual)
+    padded = v2d.variation_drop(hidden, prev, vis_mask, position_ids, k, num_visual=num_visual, backend=backend)
     cu = torch.arange(0, (batch + 1) * seq, seq, dtype=torch.int32, device=device)
-    packed = v2d.variation_drop_varlen(hidden.flatten(0, 1), prev.flatten(0, 1), vis_mask.flatten(), position_ids.flatten(), cu, k)
+    packed = v2d.variation_drop_varlen(hidden.flatten(0, 1), prev.flatten(0, 1), vis_mask.flatten(), position_ids.flatten(), cu, k, backend=backend)
     offsets = torch.arange(batch, device=device)[:, None] * seq
     assert torch.equal(packed.keep_pos, (padded.keep_pos + offsets).flatten())
     assert torch.equal(packed.hidden, padded.hidden.flatten(0, 1))
@@ -82,11 +85,12 @@ def test_same_as_padded_per_row(device):
     assert packed.cu_seqlens.tolist() == [i * (seq - num_visual + k) for i in range(batch + 1)]
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_num_visual_and_int_k_defaults(device):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_num_visual_and_int_k_defaults(backend):
     gen = torch.Generator().manual_seed(4)
+    device = device_of(backend)
     spec = ROWS["llava-mix"]
     hidden, prev, vis_mask, position_ids, cu = make_packed(spec, 32, torch.float32, device, gen)
-    out = v2d.variation_drop_varlen(hidden, prev, vis_mask, position_ids, cu, 3)
+    out = v2d.variation_drop_varlen(hidden, prev, vis_mask, position_ids, cu, 3, backend=backend)
     ref = reference.variation_drop_varlen(hidden, prev, vis_mask, position_ids, cu, [576, 0, 576, 3], [3, 0, 3, 3])
     assert torch.equal(out.keep_pos, ref[2]) and torch.equal(out.cu_seqlens, ref[4])

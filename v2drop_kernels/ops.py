@@ -1,8 +1,8 @@
 """Python API of the v2drop ops.
 
-Each function calls ``torch.ops.v2drop.<op>`` (the CPU or CUDA kernel, picked by the tensors'
-device) or, with ``backend="reference"``, the plain-PyTorch reference. ``backend=None`` picks the
-fastest available for the device. Semantics of every op: README.md and
+Each function calls ``torch.ops.v2drop.<op>`` (``backend="cpu"`` or ``"cuda"``: the C++ kernel of
+the tensors' device), ``torch.ops.v2drop_triton.<op>`` (``backend="triton"``) or the plain-PyTorch
+reference (``backend="reference"``). ``backend=None`` picks the fastest available for the device. Semantics of every op: README.md and
 :mod:`v2drop_kernels.reference`. The ops are for inference: they have no autograd formula.
 """
 
@@ -15,17 +15,23 @@ from torch import Tensor
 
 from . import reference
 
-BACKENDS = ("cpu", "cuda", "reference")
+BACKENDS = ("cpu", "cuda", "triton", "reference")
 
-# Read once at import (a module constant is free to read inside torch.compile).
+# Read once at import (module constants are free to read inside torch.compile).
 _HAS_CUDA_KERNELS = torch._C._dispatch_has_kernel_for_dispatch_key("v2drop::variation_topk", "CUDA")
+try:
+    from .triton import runs_on as _triton_runs_on
+except ImportError:
+    _triton_runs_on = None
+_TRITON_DEVICES = tuple(kind for kind in ("cpu", "cuda") if _triton_runs_on is not None and _triton_runs_on(kind))
 
 
 def available_backends(device: torch.device | str) -> list[str]:
     """Backends that run on ``device``, fastest first."""
     kind = torch.device(device).type
     native = [kind] if kind == "cpu" or (kind == "cuda" and _HAS_CUDA_KERNELS) else []
-    return native + ["reference"]
+    triton = ["triton"] if kind in _TRITON_DEVICES else []
+    return native + triton + ["reference"]
 
 
 def _backend(backend: str | None, tensor: Tensor) -> str:
@@ -33,11 +39,21 @@ def _backend(backend: str | None, tensor: Tensor) -> str:
         return available_backends(tensor.device)[0]
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
-    if backend != "reference" and tensor.device.type != backend:
+    if backend in ("cpu", "cuda") and tensor.device.type != backend:
         raise ValueError(f"backend={backend!r} needs tensors on {backend}, got {tensor.device}")
     if backend == "cuda" and not _HAS_CUDA_KERNELS:
         raise RuntimeError("v2drop_kernels was built without CUDA kernels; rebuild with a CUDA torch")
+    if backend == "triton" and tensor.device.type not in _TRITON_DEVICES:
+        raise RuntimeError(
+            f"backend='triton' cannot run on {tensor.device} here: it needs triton and a CUDA device "
+            "(or TRITON_INTERPRET=1 set before import, for CPU tensors)"
+        )
     return backend
+
+
+def _ops(backend: str):
+    """The op namespace of a native backend."""
+    return torch.ops.v2drop_triton if backend == "triton" else torch.ops.v2drop
 
 
 class DropOutput(NamedTuple):
@@ -65,9 +81,10 @@ def variation_topk(hidden: Tensor, prev: Tensor, vis_mask: Tensor, k: int, *, ba
         with the largest ``‖hidden − prev‖₂``, ascending (equal scores: lower position first; NaN
         below every number), and the scores (0 at non-visual positions).
     """
-    if _backend(backend, hidden) == "reference":
+    chosen = _backend(backend, hidden)
+    if chosen == "reference":
         return reference.variation_topk(hidden, prev, vis_mask, k)
-    return torch.ops.v2drop.variation_topk(hidden, prev, vis_mask, k)
+    return _ops(chosen).variation_topk(hidden, prev, vis_mask, k)
 
 
 def variation_drop(
@@ -98,10 +115,11 @@ def variation_drop(
         position_ids = torch.arange(hidden.shape[1], device=hidden.device).expand(hidden.shape[0], -1)
     if num_visual is None:
         num_visual = int(vis_mask[0].sum()) if vis_mask.shape[0] else 0
-    if _backend(backend, hidden) == "reference":
+    chosen = _backend(backend, hidden)
+    if chosen == "reference":
         out = reference.variation_drop(hidden, prev, vis_mask, position_ids, num_visual, k)
     else:
-        out = torch.ops.v2drop.variation_drop(hidden, prev, vis_mask, position_ids, num_visual, k)
+        out = _ops(chosen).variation_drop(hidden, prev, vis_mask, position_ids, num_visual, k)
     return DropOutput(*out)
 
 
@@ -141,10 +159,11 @@ def variation_drop_varlen(
     if isinstance(k, int):
         k = [k if v > 0 else 0 for v in num_visual]
     num_visual, k = list(num_visual), list(k)
-    if _backend(backend, hidden) == "reference":
+    chosen = _backend(backend, hidden)
+    if chosen == "reference":
         out = reference.variation_drop_varlen(hidden, prev, vis_mask, position_ids, cu_seqlens, num_visual, k)
     else:
-        out = torch.ops.v2drop.variation_drop_varlen(hidden, prev, vis_mask, position_ids, cu_seqlens, num_visual, k)
+        out = _ops(chosen).variation_drop_varlen(hidden, prev, vis_mask, position_ids, cu_seqlens, num_visual, k)
     hidden_out, position_ids_out, keep_pos, vis_mask_out, cu_out, scores = out
     return DropOutput(hidden_out, position_ids_out, keep_pos, vis_mask_out, scores, cu_out)
 
@@ -160,10 +179,11 @@ def kv_compact(caches: Tensor | Sequence[Tensor], keep_pos: Tensor, seq_dim: int
     """
     single = isinstance(caches, Tensor)
     tensors = [caches] if single else list(caches)
-    if _backend(backend, keep_pos) == "reference":
+    chosen = _backend(backend, keep_pos)
+    if chosen == "reference":
         outs = reference.kv_compact(tensors, keep_pos, seq_dim)
     else:
-        outs = torch.ops.v2drop.kv_compact(tensors, keep_pos, seq_dim)
+        outs = _ops(chosen).kv_compact(tensors, keep_pos, seq_dim)
     return outs[0] if single else list(outs)
 
 
@@ -175,7 +195,8 @@ def kv_compact_(caches: Tensor | Sequence[Tensor], keep_pos: Tensor, seq_dim: in
     so a captured CUDA graph stays valid.
     """
     tensors = [caches] if isinstance(caches, Tensor) else list(caches)
-    if _backend(backend, keep_pos) == "reference":
+    chosen = _backend(backend, keep_pos)
+    if chosen == "reference":
         reference.kv_compact_(tensors, keep_pos, seq_dim)
     else:
-        torch.ops.v2drop.kv_compact_(tensors, keep_pos, seq_dim)
+        _ops(chosen).kv_compact_(tensors, keep_pos, seq_dim)
