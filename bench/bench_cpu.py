@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import v2drop_kernels  # noqa: F401
+from common import drop_bytes
 from conftest import copy_bandwidth_gbs, record
 from helpers import make_hidden, make_mask
 from v2drop_kernels import reference
@@ -26,12 +27,6 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 PROVIDERS = ["v2drop-cpu", "reference", "reference-compiled"]
 _compiled = torch.compile(reference.variation_drop)
 _BANDWIDTH: list[float] = []
-
-
-def bytes_moved(batch, seq, dim, num_visual, k, elem) -> int:
-    """Bytes the fused op must move: the visual rows of hidden and prev once for the scores, the
-    surviving rows read and written once for the compaction."""
-    return 2 * batch * num_visual * dim * elem + 2 * batch * (seq - num_visual + k) * dim * elem
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -57,9 +52,9 @@ def test_variation_drop(benchmark, shape, dtype, provider):
     if not _BANDWIDTH:
         _BANDWIDTH.append(copy_bandwidth_gbs())
     median = benchmark.stats.stats.median
-    moved = bytes_moved(batch, seq, dim, num_visual, k, hidden.element_size())
+    moved = drop_bytes(batch, seq, dim, num_visual, k, hidden.element_size())
     record({
-        "shape": shape, "dtype": dtype, "provider": provider, "median_ms": median * 1e3,
-        "bytes": moved, "gbs": moved / median / 1e9, "copy_gbs": _BANDWIDTH[0],
-        "bandwidth_fraction": moved / median / 1e9 / _BANDWIDTH[0],
+        "shape": shape, "dtype": dtype, "provider": provider, "median ms": median * 1e3,
+        "bytes": moved, "GB/s": moved / median / 1e9, "copy GB/s": _BANDWIDTH[0],
+        "fraction of copy bandwidth": moved / median / 1e9 / _BANDWIDTH[0],
     })

@@ -1,24 +1,24 @@
-"""Benchmark plumbing: the test helpers on the path, a CPU copy-bandwidth probe, and a summary
-table (median, ratio to the eager reference, fraction of measured bandwidth) printed at the end and
-written to bench/results/ as JSON and markdown."""
+"""Plumbing of the CPU benchmark (bench_cpu.py): the test helpers on the path, a CPU
+copy-bandwidth probe, and a summary table (median, ratio to the eager reference, fraction of
+measured bandwidth) printed at the end and written to bench/results/cpu_variation_drop.{json,md}."""
 
 from __future__ import annotations
 
-import datetime
-import json
 import os
 import platform
-import subprocess
 import sys
 import time
 
-import pytest
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python_tests"))
+sys.path.insert(0, os.path.dirname(__file__))
 
-RESULTS = os.path.join(os.path.dirname(__file__), "results")
+from common import git_commit, markdown_table, today, write_results  # noqa: E402
+
 ROWS: list[dict] = []
+COLUMNS = [("shape", ""), ("dtype", ""), ("provider", ""), ("median ms", ".2f"), ("x vs eager reference", ".2f"),
+           ("GB/s", ".1f"), ("fraction of copy bandwidth", ".0%")]
 
 
 def copy_bandwidth_gbs(nbytes: int = 256 << 20, repeats: int = 7) -> float:
@@ -34,51 +34,27 @@ def copy_bandwidth_gbs(nbytes: int = 256 << 20, repeats: int = 7) -> float:
     return 2 * nbytes / sorted(times)[repeats // 2] / 1e9
 
 
-@pytest.fixture(scope="session")
-def bandwidth_gbs() -> float:
-    return copy_bandwidth_gbs()
-
-
 def record(row: dict) -> None:
     ROWS.append(row)
-
-
-def _commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True, stderr=subprocess.DEVNULL).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def pytest_terminal_summary(terminalreporter):
     if not ROWS:
         return
-    ref = {(r["shape"], r["dtype"]): r["median_ms"] for r in ROWS if r["provider"] == "reference"}
+    ref = {(r["shape"], r["dtype"]): r["median ms"] for r in ROWS if r["provider"] == "reference"}
     for r in ROWS:
         base = ref.get((r["shape"], r["dtype"]))
-        r["speedup_vs_reference"] = round(base / r["median_ms"], 2) if base else None
-    header = "| shape | dtype | provider | median ms | × vs eager reference | GB/s | fraction of copy bandwidth |"
-    lines = [header, "|" + "---|" * 7]
-    for r in ROWS:
-        lines.append(
-            f"| {r['shape']} | {r['dtype']} | {r['provider']} | {r['median_ms']:.2f} | {r['speedup_vs_reference']} "
-            f"| {r['gbs']:.1f} | {r['bandwidth_fraction']:.0%} |"
-        )
+        r["x vs eager reference"] = base / r["median ms"] if base else None
     meta = {
-        "device": f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "device": f"CPU {platform.machine()}, {torch.get_num_threads()} threads",
         "torch": torch.__version__,
-        "commit": _commit(),
-        "date": datetime.date.today().isoformat(),
-        "copy_bandwidth_gbs": ROWS[0]["copy_gbs"],
+        "commit": git_commit(),
+        "date": today(),
+        "copy bandwidth GB/s (read + write)": round(ROWS[0]["copy GB/s"], 1),
     }
+    table = markdown_table(COLUMNS, ROWS)
     terminalreporter.write_line("")
-    terminalreporter.write_line(f"v2drop CPU benchmark — {meta['device']}, measured copy bandwidth {meta['copy_bandwidth_gbs']:.1f} GB/s")
-    for line in lines:
+    terminalreporter.write_line("v2drop CPU benchmark — " + "; ".join(f"{k}: {v}" for k, v in meta.items()))
+    for line in table:
         terminalreporter.write_line(line)
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "cpu_variation_drop.json"), "w") as f:
-        json.dump({"meta": meta, "rows": ROWS}, f, indent=1)
-    with open(os.path.join(RESULTS, "cpu_variation_drop.md"), "w") as f:
-        f.write(f"# CPU benchmark: fused variation_drop\n\n{meta['device']}; torch {meta['torch']}; commit {meta['commit']}; "
-                f"{meta['date']}; measured copy bandwidth {meta['copy_bandwidth_gbs']:.1f} GB/s (read + write).\n\n")
-        f.write("\n".join(lines) + "\n")
+    write_results("cpu_variation_drop", "CPU benchmark: fused variation_drop", meta, ROWS, table)
