@@ -18,6 +18,9 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 namespace v2drop::cpu {
 namespace {
@@ -128,6 +131,7 @@ void gather_tokens(const at::Tensor& hidden, const at::Tensor& vis_mask,
                 ps = position_ids.stride(2);
   const int64_t* keep = keep_pos.const_data_ptr<int64_t>();
   char* ho = static_cast<char*>(hidden_out.mutable_data_ptr());
+  prefer_huge_pages(ho, hidden_out.nbytes());
   index_t* po = position_ids_out.mutable_data_ptr<index_t>();
   bool* mo = vis_mask_out.mutable_data_ptr<bool>();
   const int64_t n = R * Sout;
@@ -143,6 +147,19 @@ void gather_tokens(const at::Tensor& hidden, const at::Tensor& vis_mask,
 }
 
 }  // namespace
+
+void prefer_huge_pages(void* data, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr size_t kHuge = size_t{2} << 20, kMinBytes = size_t{32} << 20;
+  if (bytes < kMinBytes) return;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHuge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+  (void)data;
+  (void)bytes;
+#endif
+}
 
 std::vector<int64_t> count_visual_rows(const at::Tensor& vis_mask) {
   const int64_t R = vis_mask.size(0), S = vis_mask.size(1);

@@ -39,6 +39,12 @@ inline uint64_t rank_key(float score, int64_t local_pos) {
          static_cast<uint32_t>(~static_cast<uint32_t>(local_pos));
 }
 
+// Asks Linux for transparent huge pages on a fresh output of >= 32 MiB before it is first
+// written. glibc serves such sizes with a new mmap on every call, and faulting it in 4 KiB pages
+// costs more than the copy itself (measured: a 46 MB gather took 31 ms, 4.9 ms into memory
+// already faulted). Only a hint about memory the op just allocated; a no-op elsewhere.
+void prefer_huge_pages(void* data, size_t bytes);
+
 // Visual tokens per row of a [R, S] bool mask.
 std::vector<int64_t> count_visual_rows(const at::Tensor& vis_mask);
 

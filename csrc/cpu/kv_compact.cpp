@@ -15,6 +15,7 @@
 #include <torch/library.h>
 
 #include "../checks.h"
+#include "drop_core.h"
 
 namespace v2drop::cpu {
 namespace {
@@ -92,6 +93,7 @@ std::vector<at::Tensor> kv_compact_cpu(at::TensorList caches, const at::Tensor& 
     std::vector<int64_t> shape = cache.sizes().vec();
     shape[seq_dim] = keep.size(1);
     at::Tensor out = at::empty(shape, cache.options());
+    prefer_huge_pages(out.data_ptr(), out.nbytes());
     at::Tensor out_view = bshd_view(out, seq_dim);
     gather_rows(bshd_view(cache, seq_dim), keep, out_view);
     outs.push_back(out);
