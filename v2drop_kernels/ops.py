@@ -2,8 +2,9 @@
 
 Each function calls ``torch.ops.v2drop.<op>`` (``backend="cpu"`` or ``"cuda"``: the C++ kernel of
 the tensors' device), ``torch.ops.v2drop_triton.<op>`` (``backend="triton"``) or the plain-PyTorch
-reference (``backend="reference"``). ``backend=None`` picks the fastest available for the device. Semantics of every op: README.md and
-:mod:`v2drop_kernels.reference`. The ops are for inference: they have no autograd formula.
+reference (``backend="reference"``). ``backend=None`` picks the fastest available for the device.
+Semantics of every op: README.md and :mod:`v2drop_kernels.reference`. The ops are for inference:
+they have no autograd formula.
 """
 
 from __future__ import annotations
