@@ -9,12 +9,7 @@ import torch  # noqa: F401  (loads libtorch, which _C links against)
 
 from . import _C  # noqa: F401,E402  (registers torch.ops.v2drop.*)
 from . import fake  # noqa: F401  (registers the fake kernels)
-
-try:  # the Triton backend (torch.ops.v2drop_triton.*), when triton is installed
-    from . import triton as _triton_backend  # noqa: F401
-except ImportError:
-    _triton_backend = None
-from .ops import (
+from .ops import (  # ops imports the Triton backend (torch.ops.v2drop_triton.*) when triton is installed
     available_backends,
     kv_compact,
     kv_compact_,

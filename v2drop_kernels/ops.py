@@ -20,7 +20,7 @@ BACKENDS = ("cpu", "cuda", "triton", "reference")
 
 # Read once at import (module constants are free to read inside torch.compile).
 _HAS_CUDA_KERNELS = torch._C._dispatch_has_kernel_for_dispatch_key("v2drop::variation_topk", "CUDA")
-try:
+try:  # importing the Triton backend registers torch.ops.v2drop_triton.*
     from .triton import runs_on as _triton_runs_on
 except ImportError:
     _triton_runs_on = None

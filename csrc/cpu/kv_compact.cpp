@@ -9,10 +9,10 @@
 // j in increasing order within one (tensor, b, h) never reads an entry it has overwritten.
 #include <ATen/ATen.h>
 #include <ATen/MemoryOverlap.h>
-
-#include <utility>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include <utility>
 
 #include "../checks.h"
 #include "drop_core.h"
