@@ -1,0 +1,52 @@
+"""A tiny random HF LLaVA checkpoint on disk, and prompts for it (shared by the model tests)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+IMAGE_TOKEN = 299
+TOKENS_PER_IMAGE = 49  # 28 px image, 4 px patches
+TEXT_LAYERS = 6
+
+
+def save_tiny_llava(folder: Path, seed: int = 0, tie: bool = False) -> Path:
+    """Builds a random ``transformers`` LlavaForConditionalGeneration and saves it (safetensors)."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    torch.manual_seed(seed)
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=28, patch_size=4)
+    text = LlamaConfig(hidden_size=64, intermediate_size=160, num_hidden_layers=TEXT_LAYERS, num_attention_heads=4,
+                       num_key_value_heads=2, vocab_size=300, max_position_embeddings=512, initializer_range=0.08,
+                       pad_token_id=0, eos_token_id=2, bos_token_id=1, tie_word_embeddings=tie)
+    cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN, tie_word_embeddings=tie)
+    model = LlavaForConditionalGeneration(cfg).eval()
+    model.save_pretrained(folder)
+    return folder
+
+
+def prompt(before: list[int], images: int, after: list[int]) -> torch.Tensor:
+    """Token ids: text, ``images`` image placeholders (49 tokens each), text."""
+    parts = [torch.tensor(before)]
+    for i in range(images):
+        parts.append(torch.full((TOKENS_PER_IMAGE,), IMAGE_TOKEN))
+        if i + 1 < images:
+            parts.append(torch.tensor([11 + i]))
+    parts.append(torch.tensor(after))
+    return torch.cat(parts)
+
+
+def left_pad(prompts: list[torch.Tensor], pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """HF-style left padding: ``input_ids [B, S]`` and ``attention_mask [B, S]``."""
+    width = max(p.numel() for p in prompts)
+    ids = torch.full((len(prompts), width), pad)
+    mask = torch.zeros(len(prompts), width, dtype=torch.long)
+    for row, p in enumerate(prompts):
+        ids[row, width - p.numel():] = p
+        mask[row, width - p.numel():] = 1
+    return ids, mask

@@ -1,0 +1,231 @@
+"""A LLaVA-1.5-style model in plain PyTorch: CLIP vision tower → projector → Llama decoder.
+
+    model = load_llava("path/to/llava-1.5-7b-hf", dtype=torch.bfloat16, device="cuda")
+    out = model.generate(prompts, pixel_values, max_new_tokens=32, policy=V2Drop())
+
+``prompts`` are token ids in which every image appears as ``tokens_per_image`` copies of the
+image token (what the HF processor produces); ``pixel_values`` hold the images in prompt order.
+A batch of prompts of different lengths runs either left-padded (``layout="padded"``: SDPA, every
+row must hold the same number of images) or packed (``layout="packed"``: varlen attention, any
+number of images per row). The vision tower is ``transformers``' ``CLIPVisionModel``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .cache import KVCache
+from .config import LlavaConfig
+from .decoder import Decoder, PrefillTrace
+from .llama import LlamaModel, Rotary
+from .policies import Policy
+from .tokens import Tokens
+
+
+class Projector(nn.Module):
+    """``linear_2(act(linear_1(features)))``: vision width → text width."""
+
+    def __init__(self, cfg: LlavaConfig):
+        super().__init__()
+        from transformers.activations import ACT2FN
+
+        layers = 1 if isinstance(cfg.vision_feature_layer, int) else len(cfg.vision_feature_layer)
+        width = cfg.text.hidden_size
+        self.linear_1 = nn.Linear(cfg.vision["hidden_size"] * layers, width, bias=cfg.projector_bias)
+        self.act = ACT2FN[cfg.projector_hidden_act]
+        self.linear_2 = nn.Linear(width, width, bias=cfg.projector_bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear_2(self.act(self.linear_1(x)))
+
+
+@dataclass
+class Generation:
+    """Result of :meth:`Llava.generate`."""
+
+    tokens: Tensor  # int64 [B, n] generated ids (after EOS a row repeats the pad id)
+    trace: PrefillTrace  # visual tokens per row entering each layer, scores of each drop
+    cache_lengths: list[int]  # KV entries per layer after prefill (columns, padding included)
+    layer_positions: list[Tensor]  # per layer int64 [B, L]: prompt index of each KV entry (-1: padding)
+    kv_cache_bytes: int  # bytes of the KV entries in use after prefill
+    timings_ms: dict[str, float] = field(default_factory=dict)  # vision, prefill, decode
+    peak_memory_bytes: int | None = None  # CUDA allocator peak over the call (None on CPU)
+    prefill_logits: Tensor | None = None  # [B, vocab] logits of the last prompt token
+
+
+class Llava(nn.Module):
+    def __init__(self, cfg: LlavaConfig):
+        super().__init__()
+        from transformers import CLIPVisionConfig, CLIPVisionModel
+
+        self.cfg = cfg
+        self.vision_tower = CLIPVisionModel(CLIPVisionConfig(**cfg.vision))
+        self.multi_modal_projector = Projector(cfg)
+        self.language_model = LlamaModel(cfg.text)
+        self.lm_head = nn.Linear(cfg.text.hidden_size, cfg.text.vocab_size, bias=False)
+        if cfg.text.tie_word_embeddings:
+            self.lm_head.weight = self.language_model.embed_tokens.weight
+        self.rotary = Rotary(cfg.text)
+        self.decoder = Decoder(self.language_model, cfg.text, self.rotary)
+
+    # -- inputs -------------------------------------------------------------------------------------
+    def image_features(self, pixel_values: Tensor) -> Tensor:
+        """``[N, 3, H, W]`` → ``[N, tokens_per_image, hidden]`` in the decoder's dtype."""
+        dtype = self.multi_modal_projector.linear_1.weight.dtype
+        out = self.vision_tower(pixel_values.to(dtype), output_hidden_states=True)
+        layers = self.cfg.vision_feature_layer
+        picked = [out.hidden_states[i] for i in ([layers] if isinstance(layers, int) else layers)]
+        if self.cfg.vision_feature_select_strategy == "default":
+            picked = [h[:, 1:] for h in picked]  # drop CLS
+        return self.multi_modal_projector(torch.cat(picked, dim=-1))
+
+    def _embed(self, ids: Tensor, features: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Token embeddings with the image features written over the image tokens (in order)."""
+        hidden = self.language_model.embed_tokens(ids)
+        vis = ids == self.cfg.image_token_id
+        if features is not None:
+            flat = features.reshape(-1, features.shape[-1])
+            if int(vis.sum()) != flat.shape[0]:
+                raise ValueError(f"the prompts hold {int(vis.sum())} image tokens but the images give {flat.shape[0]} features")
+            hidden = hidden.masked_scatter(vis.unsqueeze(-1), flat.to(hidden.dtype))
+        elif bool(vis.any()):
+            raise ValueError("the prompts hold image tokens but no pixel_values were given")
+        return hidden, vis
+
+    def tokens(self, prompts: Sequence[Tensor], features: Tensor | None, layout: str) -> Tokens:
+        """The prefill input: ``padded`` (left padding, same image count per row) or ``packed``."""
+        device = self.lm_head.weight.device
+        prompts = [torch.as_tensor(p, dtype=torch.long, device=device).flatten() for p in prompts]
+        lengths = [p.numel() for p in prompts]
+        if min(lengths) < 1:
+            raise ValueError("every prompt needs at least one token")
+        if layout == "packed":
+            ids = torch.cat(prompts)
+            hidden, vis = self._embed(ids, features)
+            cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=device)
+            pos = torch.cat([torch.arange(n, device=device) for n in lengths])
+            visual = [int((p == self.cfg.image_token_id).sum()) for p in prompts]
+            return Tokens(hidden, pos, pos, vis, visual, cu_seqlens=cu, max_len=max(lengths))
+        if layout != "padded":
+            raise ValueError(f"layout must be 'padded', 'packed' or 'auto', got {layout!r}")
+        width, pad = max(lengths), self.cfg.text.pad_token_id or 0
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long, device=device)
+        valid = torch.zeros(len(prompts), width, dtype=torch.bool, device=device)
+        for row, p in enumerate(prompts):
+            ids[row, width - p.numel():] = p
+            valid[row, width - p.numel():] = True
+        hidden, vis = self._embed(ids, features)
+        visual = vis.sum(1).tolist()
+        if len(set(visual)) > 1:
+            raise ValueError(f"layout='padded' needs the same number of image tokens per row, got {visual}; use layout='packed'")
+        index = valid.long().cumsum(1) - 1  # index in the row's own prompt; -1 on padding
+        pos = index.clamp_min(0)  # HF's rule: left padding sits at position 0
+        return Tokens(hidden, pos, index, vis, visual, valid=None if bool(valid.all()) else valid)
+
+    # -- forward and generation ---------------------------------------------------------------------
+    @torch.inference_mode()
+    def forward(self, prompts: Sequence[Tensor], pixel_values: Tensor | None = None, policy: Policy | None = None,
+                layout: str = "padded", backend: str | None = None) -> tuple[Tensor, Tokens]:
+        """Prefill only: logits of every surviving token and the final :class:`Tokens`."""
+        features = None if pixel_values is None else self.image_features(pixel_values)
+        tokens = self.tokens(prompts, features, layout)
+        tokens.backend = backend
+        tokens = self.decoder.prefill(tokens, policy or Policy())
+        return self.lm_head(tokens.hidden).float(), tokens
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompts: Sequence[Tensor],
+        pixel_values: Tensor | None = None,
+        *,
+        max_new_tokens: int = 16,
+        policy: Policy | None = None,
+        layout: str = "auto",
+        backend: str | None = None,
+        progress: bool = False,
+    ) -> Generation:
+        """Greedy generation. ``layout="auto"`` packs only when rows hold different image counts."""
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        policy = policy or Policy()
+        device = self.lm_head.weight.device
+        cuda = device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        clock = _Clock(cuda)
+
+        features = None if pixel_values is None else self.image_features(pixel_values)
+        clock.lap("vision")
+        if layout == "auto":
+            counts = {int((torch.as_tensor(p) == self.cfg.image_token_id).sum()) for p in prompts}
+            layout = "padded" if len(counts) == 1 else "packed"
+        tokens = self.tokens(prompts, features, layout)
+        tokens.backend = backend
+        cache, trace = KVCache(len(self.language_model.layers), max_new_tokens - 1), PrefillTrace()
+        tokens = self.decoder.prefill(tokens, policy, cache, trace)
+        last = tokens.last_index()
+        if tokens.packed:
+            final, next_pos = tokens.hidden[last].unsqueeze(1), tokens.position_ids[last] + 1
+        else:
+            final, next_pos = tokens.hidden[:, -1:], tokens.position_ids[:, -1] + 1
+        logits = prefill_logits = self.lm_head(final)[:, -1].float()
+        trace.scores = {layer: s for layer, s in tokens.notes.get("scores", {}).items()}
+        cache_lengths, kv_bytes = cache.lengths(), cache.nbytes()
+        clock.lap("prefill")
+
+        eos = self.cfg.text.eos_token_id
+        eos = torch.tensor(eos if isinstance(eos, list) else [] if eos is None else [eos], device=device)
+        pad = self.cfg.text.pad_token_id if self.cfg.text.pad_token_id is not None else (int(eos[0]) if eos.numel() else 0)
+        done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+        out = []
+        steps = range(max_new_tokens)
+        if progress:
+            from tqdm import tqdm
+
+            steps = tqdm(steps, desc="decode", unit="tok", leave=False)
+        for step in steps:
+            nxt = logits.argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+            out.append(nxt)
+            done |= torch.isin(nxt, eos)
+            if step == max_new_tokens - 1 or bool(done.all()):
+                break
+            hidden = self.language_model.embed_tokens(nxt)[:, None]
+            hidden = self.decoder.decode(hidden, (next_pos + step)[:, None], cache)
+            logits = self.lm_head(hidden)[:, -1].float()
+        clock.lap("decode")
+        return Generation(
+            tokens=torch.stack(out, dim=1),
+            trace=trace,
+            cache_lengths=cache_lengths,
+            layer_positions=list(cache.orig_pos),
+            kv_cache_bytes=kv_bytes,
+            timings_ms=clock.laps,
+            peak_memory_bytes=torch.cuda.max_memory_allocated(device) if cuda else None,
+            prefill_logits=prefill_logits,
+        )
+
+
+class _Clock:
+    """Wall-clock laps (synchronising CUDA first, so each lap holds its own kernels)."""
+
+    def __init__(self, cuda: bool):
+        self.cuda, self.laps = cuda, {}
+        self._sync()
+        self.t = time.perf_counter()
+
+    def _sync(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def lap(self, name: str) -> None:
+        self._sync()
+        now = time.perf_counter()
+        self.laps[name] = (now - self.t) * 1e3
+        self.t = now

@@ -1,0 +1,25 @@
+"""Pruning policies: none, V²Drop, PyramidDrop, FastV. One file each; see :mod:`.base`."""
+
+from .base import Policy, kept_count, parse_keep
+from .fastv import FastV
+from .pdrop import PyramidDrop
+from .v2drop import V2Drop
+
+POLICIES = {"none": Policy, "v2drop": V2Drop, "pdrop": PyramidDrop, "fastv": FastV}
+
+
+def make_policy(name: str, layers=None, keep=None) -> Policy:
+    """A policy by name, with optional layers and keep schedule (counts or ratios)."""
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {name!r}; choose one of {sorted(POLICIES)}")
+    if name == "none":
+        return Policy()
+    kwargs = {}
+    if layers is not None:
+        kwargs["k" if name == "fastv" else "layers"] = layers[0] if name == "fastv" else layers
+    if keep is not None:
+        kwargs["keep"] = keep[0] if name == "fastv" else keep
+    return POLICIES[name](**kwargs)
+
+
+__all__ = ["POLICIES", "FastV", "Policy", "PyramidDrop", "V2Drop", "kept_count", "make_policy", "parse_keep"]

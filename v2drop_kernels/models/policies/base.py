@@ -1,0 +1,93 @@
+"""What a pruning policy is, and the helpers every policy shares.
+
+A policy is a small object with three hooks the decoder calls during prefill (see
+:mod:`v2drop_kernels.models.decoder`):
+
+- ``keeps_prev(i)``: keep the input of layer ``i`` (V²Drop scores before layer ``i + 1`` against it);
+- ``before_layer(i, tokens) -> tokens``: drop tokens before layer ``i`` runs;
+- ``inside_attention(i, tokens, q, k) -> Selection | None``: drop tokens inside layer ``i`` after its
+  queries/keys are computed (RoPE applied), so their K/V are reused through KV compaction.
+
+Adding a policy is one file in this folder plus one line in ``POLICIES`` (``__init__.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from ..attention import last_query_attention
+from ..tokens import Selection, Tokens
+
+Keep = Sequence[int | float]
+
+
+class Policy:
+    """No pruning (and the defaults of every hook)."""
+
+    name = "none"
+    layers: tuple[int, ...] = ()
+
+    def check(self, num_layers: int) -> None:
+        """Raises ValueError when the schedule does not fit a ``num_layers``-layer decoder."""
+        for layer in self.layers:
+            if not 1 <= layer < num_layers:
+                raise ValueError(f"{self.name}: layer {layer} is outside 1..{num_layers - 1} of this decoder")
+
+    def keeps_prev(self, layer: int) -> bool:
+        return False
+
+    def before_layer(self, layer: int, tokens: Tokens) -> Tokens:
+        return tokens
+
+    def inside_attention(self, layer: int, tokens: Tokens, q: Tensor, k: Tensor) -> Selection | None:
+        return None
+
+    def describe(self) -> str:
+        return self.name
+
+
+def parse_keep(keep: Keep, stages: int) -> tuple[int | float, ...]:
+    """Checks a keep schedule: per stage an int count (``>= 1``) or a float ratio in ``[0, 1]``."""
+    keep = tuple(keep)
+    if len(keep) != stages:
+        raise ValueError(f"keep has {len(keep)} entries for {stages} pruning layers")
+    for value in keep:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"keep entries are int counts or float ratios, got {value!r}")
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"a kept count must be >= 1, got {value}")
+        if isinstance(value, float) and not 0.0 <= value <= 1.0:
+            raise ValueError(f"a kept ratio must lie in [0, 1], got {value}")
+    return keep
+
+
+def kept_count(rule: int | float, visual: int) -> int:
+    """Visual tokens a row keeps: a count (capped at what is left) or a ratio of what is left,
+    with a floor of one token; a row without visual tokens keeps none."""
+    if visual == 0:
+        return 0
+    if isinstance(rule, float):
+        return max(1, math.floor(rule * visual))
+    return min(rule, visual)
+
+
+def last_query_scores(tokens: Tokens, q: Tensor, k: Tensor) -> Tensor:
+    """Attention of each row's last token (the last instruction token) to every token, head mean.
+
+    ``q, k`` as the decoder computes them (RoPE applied): padded ``[B, H, S, Dh]`` /
+    ``[B, Hkv, S, Dh]``, packed ``[T, H, Dh]`` / ``[T, Hkv, Dh]``. Returns float32 ``[B, S]`` / ``[T]``.
+    """
+    if not tokens.packed:
+        return last_query_attention(q[:, :, -1:], k, tokens.valid)
+    scores = torch.zeros(q.shape[0], dtype=torch.float32, device=q.device)
+    bounds = tokens.cu_seqlens.tolist()
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        if end > start:
+            q_last = q[end - 1].unsqueeze(0).unsqueeze(2)  # [1, H, 1, Dh]
+            keys = k[start:end].transpose(0, 1).unsqueeze(0)  # [1, Hkv, L, Dh]
+            scores[start:end] = last_query_attention(q_last, keys, None)[0]
+    return scores

@@ -1,0 +1,39 @@
+"""FastV: after layer ``K``, keep the visual tokens the last token attends to most, once.
+
+Layer ``K − 1``'s attention of the last token (one query, head mean, computed here from that
+layer's q/k, not read out of the attention kernel) ranks the visual tokens; before layer ``K`` a
+fraction ``1 − R`` of them is kept. Published setting: ``K = 2``, ``R = 50%``.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from ..tokens import Selection, Tokens
+from .base import Policy, kept_count, last_query_scores
+
+
+class FastV(Policy):
+    name = "fastv"
+
+    def __init__(self, k: int = 2, r: float = 0.5, keep: int | float | None = None):
+        if not 0.0 <= r < 1.0:
+            raise ValueError(f"fastv: the dropped ratio R must lie in [0, 1), got {r}")
+        self.layers = (int(k),)
+        self.rule = keep if keep is not None else 1.0 - float(r)
+
+    def inside_attention(self, layer: int, tokens: Tokens, q: Tensor, k: Tensor) -> Selection | None:
+        if layer == self.layers[0] - 1:
+            tokens.notes["fastv"] = last_query_scores(tokens, q, k)
+        return None
+
+    def before_layer(self, layer: int, tokens: Tokens) -> Tokens:
+        if layer != self.layers[0] or not any(tokens.num_visual):
+            return tokens
+        scores = tokens.notes.pop("fastv")
+        tokens.notes.setdefault("scores", {})[layer] = (scores, tokens.orig_pos)
+        sel = tokens.select(scores, [kept_count(self.rule, v) for v in tokens.num_visual])
+        return tokens.compact(sel)[0]
+
+    def describe(self) -> str:
+        return f"fastv(K={self.layers[0]}, keep={self.rule})"
