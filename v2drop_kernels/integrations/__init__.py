@@ -1,0 +1,1 @@
+"""Integrations of the pruning policies into other frameworks' models."""
