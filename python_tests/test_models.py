@@ -250,3 +250,17 @@ def test_policy_arguments_are_checked(ours):
     assert kept_count(0.0, 576) == 1 and kept_count(0.5, 576) == 288 and kept_count(700, 576) == 576
     assert kept_count(0.5, 0) == 0
     assert Policy().describe() == "none"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", ["none", "v2drop", "pdrop", "fastv"])
+def test_bf16_on_cuda_runs_both_layouts_alike(checkpoint, name):
+    model = load_llava(checkpoint, dtype=torch.bfloat16, device="cuda")
+    policy = make_policy(name, layers=None if name == "none" else ([2] if name == "fastv" else [2, 4]),
+                         keep=None if name == "none" else ([0.5] if name == "fastv" else [0.5, 0.0]))
+    pix = pixels(2, seed=17).cuda()
+    padded = model.generate(PROMPTS, pix, max_new_tokens=6, policy=policy, layout="padded")
+    packed = model.generate(PROMPTS, pix, max_new_tokens=6, policy=policy, layout="packed")
+    assert padded.trace.visual_per_layer == packed.trace.visual_per_layer
+    torch.testing.assert_close(padded.prefill_logits, packed.prefill_logits, atol=0.1, rtol=0.05)
+    assert padded.peak_memory_bytes > 0
