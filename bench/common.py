@@ -39,10 +39,10 @@ def markdown_table(columns: list[tuple[str, str]], rows: list[dict]) -> list[str
     return lines
 
 
-def write_results(stem: str, title: str, meta: dict, rows: list[dict], table: list[str]) -> None:
-    """bench/results/<stem>.json (meta + rows) and <stem>.md (title, meta line, table)."""
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, stem + ".json"), "w") as f:
+def write_results(stem: str, title: str, meta: dict, rows: list[dict], table: list[str], directory: str = RESULTS) -> None:
+    """<directory>/<stem>.json (meta + rows) and <stem>.md (title, meta line, table); bench/results by default."""
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, stem + ".json"), "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    with open(os.path.join(RESULTS, stem + ".md"), "w") as f:
+    with open(os.path.join(directory, stem + ".md"), "w") as f:
         f.write(f"# {title}\n\n" + "; ".join(f"{k}: {v}" for k, v in meta.items()) + "\n\n" + "\n".join(table) + "\n")

@@ -62,7 +62,6 @@ class PruningHandle:
         self.cfg = TextConfig.from_hf(model.config.text_config.to_dict())
         self.image_token_id = model.config.image_token_id
         self.decoder = Decoder(self.lm, self.cfg)
-        self.decoder.rotary.to(next(self.lm.parameters()).device)
         self.trace: PrefillTrace | None = None  # of the last prefill
         self._dynamic_cache = DynamicCache
         self._input_ids: Tensor | None = None

@@ -36,12 +36,18 @@ class Rotary(nn.Module):
     def __init__(self, cfg: TextConfig):
         super().__init__()
         dim = cfg.head_dim
-        inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))
-        self.register_buffer("inv_freq", inv_freq / cfg.rope_linear_factor, persistent=False)
+        # On the CPU even inside a `torch.device("meta")` block (checkpoint loading builds the model there).
+        inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float, device="cpu") / dim))
+        # A plain attribute, not a buffer: ``model.to(torch.bfloat16)`` must not round the frequencies.
+        self.inv_freq = inv_freq / cfg.rope_linear_factor
+        self._on_device: dict[torch.device, Tensor] = {}
 
     def forward(self, position_ids: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """``cos, sin`` of shape ``position_ids.shape + (head_dim,)``."""
-        freqs = position_ids[..., None].float() * self.inv_freq.to(position_ids.device)
+        """``cos, sin`` of shape ``position_ids.shape + (head_dim,)``, computed in float32."""
+        inv_freq = self._on_device.get(position_ids.device)
+        if inv_freq is None:
+            inv_freq = self._on_device[position_ids.device] = self.inv_freq.to(position_ids.device)
+        freqs = position_ids[..., None].float() * inv_freq
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 

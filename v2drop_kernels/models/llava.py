@@ -27,17 +27,20 @@ from .policies import Policy
 from .tokens import Tokens
 
 
+_ACTIVATIONS = {"gelu": nn.GELU, "gelu_pytorch_tanh": lambda: nn.GELU(approximate="tanh"), "relu": nn.ReLU, "silu": nn.SiLU}
+
+
 class Projector(nn.Module):
     """``linear_2(act(linear_1(features)))``: vision width → text width."""
 
     def __init__(self, cfg: LlavaConfig):
         super().__init__()
-        from transformers.activations import ACT2FN
-
         layers = 1 if isinstance(cfg.vision_feature_layer, int) else len(cfg.vision_feature_layer)
         width = cfg.text.hidden_size
         self.linear_1 = nn.Linear(cfg.vision["hidden_size"] * layers, width, bias=cfg.projector_bias)
-        self.act = ACT2FN[cfg.projector_hidden_act]
+        if cfg.projector_hidden_act not in _ACTIVATIONS:
+            raise NotImplementedError(f"projector_hidden_act={cfg.projector_hidden_act!r}; known: {sorted(_ACTIVATIONS)}")
+        self.act = _ACTIVATIONS[cfg.projector_hidden_act]()
         self.linear_2 = nn.Linear(width, width, bias=cfg.projector_bias)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -59,12 +62,17 @@ class Generation:
 
 
 class Llava(nn.Module):
-    def __init__(self, cfg: LlavaConfig):
-        super().__init__()
-        from transformers import CLIPVisionConfig, CLIPVisionModel
+    """``vision_tower=False`` builds the language side only (no ``transformers`` needed): prompts then
+    take precomputed ``image_features`` (the end-to-end benchmark does this)."""
 
+    def __init__(self, cfg: LlavaConfig, vision_tower: bool = True):
+        super().__init__()
         self.cfg = cfg
-        self.vision_tower = CLIPVisionModel(CLIPVisionConfig(**cfg.vision))
+        self.vision_tower = None
+        if vision_tower:
+            from transformers import CLIPVisionConfig, CLIPVisionModel
+
+            self.vision_tower = CLIPVisionModel(CLIPVisionConfig(**cfg.vision))
         self.multi_modal_projector = Projector(cfg)
         self.language_model = LlamaModel(cfg.text)
         self.lm_head = nn.Linear(cfg.text.hidden_size, cfg.text.vocab_size, bias=False)
@@ -76,6 +84,8 @@ class Llava(nn.Module):
     # -- inputs -------------------------------------------------------------------------------------
     def image_features(self, pixel_values: Tensor) -> Tensor:
         """``[N, 3, H, W]`` → ``[N, tokens_per_image, hidden]`` in the decoder's dtype."""
+        if self.vision_tower is None:
+            raise RuntimeError("this model was built without a vision tower: pass image_features")
         dtype = self.multi_modal_projector.linear_1.weight.dtype
         out = self.vision_tower(pixel_values.to(dtype), output_hidden_states=True)
         layers = self.cfg.vision_feature_layer
@@ -149,8 +159,13 @@ class Llava(nn.Module):
         layout: str = "auto",
         backend: str | None = None,
         progress: bool = False,
+        image_features: Tensor | None = None,
     ) -> Generation:
-        """Greedy generation. ``layout="auto"`` packs only when rows hold different image counts."""
+        """Greedy generation. ``layout="auto"`` packs only when rows hold different image counts.
+
+        ``image_features`` (``[N, tokens_per_image, hidden]``, projector outputs) replaces
+        ``pixel_values``: features computed once can serve several prompts.
+        """
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         policy = policy or Policy()
@@ -160,7 +175,7 @@ class Llava(nn.Module):
             torch.cuda.reset_peak_memory_stats(device)
         clock = _Clock(cuda)
 
-        features = None if pixel_values is None else self.image_features(pixel_values)
+        features = image_features if pixel_values is None else self.image_features(pixel_values)
         clock.lap("vision")
         if layout == "auto":
             counts = {int((torch.as_tensor(p) == self.cfg.image_token_id).sum()) for p in prompts}

@@ -66,8 +66,6 @@ def load_llava(path: str | Path, dtype: torch.dtype = torch.float32, device: str
         raise ValueError(f"{path}: checkpoint does not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}")
     if cfg.text.tie_word_embeddings:
         model.lm_head.weight = model.language_model.embed_tokens.weight
-    model.rotary = type(model.rotary)(cfg.text).to(device)  # buffers are not in the checkpoint
-    model.decoder.rotary = model.rotary
     _fix_vision_buffers(model, device)
     return model.eval()
 
