@@ -229,6 +229,22 @@ COLUMNS = [("model", ""), ("workload", ""), ("batch", ""), ("policy", ""), ("vis
            ("KV after prefill GiB", ".3f"), ("pruning % of prefill", ".2f")]
 
 
+SUMMARY = [("model", ""), ("workload", ""), ("batch", ""), ("policy", ""), ("visual per layer (avg)", ".0f"),
+           ("TTFT ms", ".1f"), ("TTFT −%", ".1f"), ("latency 8 tok −%", ".1f"), ("peak memory −%", ".1f"),
+           ("KV after prefill GiB", ".3f"), ("pruning % of prefill", ".2f")]
+
+
+def summarize(path: str) -> str:
+    """The README's results section for one recorded run (``bench/results/e2e_*.json``)."""
+    import json
+
+    with open(path) as f:
+        run = json.load(f)
+    meta = run["meta"]
+    head = f"{meta['device']}, {meta['dtype']}, torch {meta['torch']}, commit {meta['commit']}, {meta['date']} ({meta['mode']})"
+    return head + "\n\n" + "\n".join(markdown_table(SUMMARY, run["rows"]))
+
+
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cpu", action="store_true", help="small models and workloads on CPU (exercises the script)")
@@ -242,7 +258,11 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--long-repeats", type=int, default=2)
     parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None)
     parser.add_argument("--out", default=RESULTS, help="directory for the JSON, markdown and PNG")
+    parser.add_argument("--summarize", metavar="JSON", help="print the README summary of a recorded run and exit")
     args = parser.parse_args(argv)
+    if args.summarize:
+        print(summarize(args.summarize))
+        return []
 
     device = "cpu" if args.cpu else "cuda"
     if device == "cuda" and not torch.cuda.is_available():

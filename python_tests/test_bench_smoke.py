@@ -44,3 +44,4 @@ def test_e2e_benchmark_cpu_mode_writes_its_results(tmp_path):
     assert all("pruning % of prefill" in r and "TTFT −%" in r for r in rows if r["policy"] != "none")
     for ext in ("json", "md", "png"):
         assert (tmp_path / f"e2e_cpu.{ext}").stat().st_size > 0
+    assert "| tiny-llava-1.5 | image | 1 | v2drop |" in e2e.summarize(str(tmp_path / "e2e_cpu.json"))
