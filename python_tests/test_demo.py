@@ -68,3 +68,22 @@ def test_clip_preprocessing_of_any_aspect_ratio():
     assert pix.shape == (1, 3, 28, 28)
     expected = (1 - torch.tensor(demo.CLIP_MEAN)) / torch.tensor(demo.CLIP_STD)
     torch.testing.assert_close(pix[0, :, 5, 5], expected)
+
+
+def test_demo_uses_the_tokenizer_of_the_checkpoint_folder(tmp_path):
+    """A folder with a tokenizer (no image processor): prompt ids and the decoded answer come from it."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    folder = save_tiny_llava(tmp_path / "ckpt")
+    vocab = {f"w{i}": i for i in range(299)}
+    vocab.update({"<unk>": 3, "USER:": 10, "ASSISTANT:": 11, "What?": 12})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>").save_pretrained(folder)
+    summary = demo.main(["--json", "--model", str(folder), "--layers", "1", "--keep", "10", "--max-new-tokens", "3",
+                         "--prompt", "USER: <image> What? ASSISTANT:"])
+    pruned = summary["runs"][0]
+    assert summary["prompt_tokens"] == 1 + 49 + 2  # USER:, 49 image tokens, What?, ASSISTANT:
+    assert pruned["visual_tokens_per_layer"] == [49] + [10] * 5
+    assert isinstance(pruned["generated_text"], str) and len(pruned["generated_text"].split()) == 3

@@ -88,11 +88,10 @@ def test_packed_rows_with_different_image_counts_match_single_runs(ours):
     assert batched.trace.visual_per_layer[-1] == [1, 0, 1]
 
 
-def test_loads_both_key_layouts_and_tied_embeddings(tmp_path, ours):
+def test_loads_both_key_layouts_and_tied_embeddings(tmp_path):
+    """The llava-hf layout (what transformers 5 writes) and the 4.52+ one (model.language_model.*)."""
     from safetensors.torch import load_file, save_file
 
-    src = ours.cfg  # the module-scope checkpoint, re-saved with transformers 4.52+ key names
-    del src
     ckpt = save_tiny_llava(tmp_path / "a", seed=1)
     state = load_file(str(ckpt / "model.safetensors"))
     renamed = {}
@@ -148,7 +147,10 @@ class Recorder(V2Drop):
     def before_layer(self, layer, tokens):
         if layer in self.layers:
             self.seen[layer] = {name: getattr(tokens, name) for name in ("hidden", "prev", "vis_mask", "orig_pos", "cu_seqlens")}
-        return super().before_layer(layer, tokens)
+        out = super().before_layer(layer, tokens)
+        # RoPE position ids of the survivors stay the original ones: the prompt index (0 on padding)
+        assert torch.equal(out.position_ids, out.orig_pos.clamp_min(0))
+        return out
 
 
 def kept(positions, b):
@@ -182,8 +184,8 @@ def test_v2drop_keeps_what_the_reference_chooses(ours, layout, backend):
             # layer `layer`'s cache holds exactly the text and the reference's choice, in order
             assert torch.equal(kept(out.layer_positions[layer], b), expected)
             torch.testing.assert_close(rows(out.trace.scores[layer][0], seen["cu_seqlens"], b), scores[0])
-    # kept tokens keep their original position ids: the prompt index (left padding excluded)
-    assert all(torch.equal(kept(out.layer_positions[-1], b), kept(out.layer_positions[-1], b).sort().values) for b in range(2))
+    # survivors stay in their original order in every layer's cache
+    assert all(torch.equal(kept(p, b), kept(p, b).sort().values) for p in out.layer_positions for b in range(2))
 
 
 def test_pruned_generation_is_the_same_through_every_backend(ours):

@@ -52,7 +52,7 @@ class Generation:
     """Result of :meth:`Llava.generate`."""
 
     tokens: Tensor  # int64 [B, n] generated ids (after EOS a row repeats the pad id)
-    trace: PrefillTrace  # visual tokens per row entering each layer, scores of each drop
+    trace: PrefillTrace  # visual tokens per row each layer attended to, scores of each drop
     cache_lengths: list[int]  # KV entries per layer after prefill (columns, padding included)
     layer_positions: list[Tensor]  # per layer int64 [B, L]: prompt index of each KV entry (-1: padding)
     kv_cache_bytes: int  # bytes of the KV entries in use after prefill
