@@ -77,10 +77,10 @@ def test_demo_uses_the_tokenizer_of_the_checkpoint_folder(tmp_path):
 
     folder = save_tiny_llava(tmp_path / "ckpt")
     vocab = {f"w{i}": i for i in range(299)}
-    vocab.update({"<unk>": 3, "USER:": 10, "ASSISTANT:": 11, "What?": 12})
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    vocab.update({"[UNK]": 3, "USER:": 10, "ASSISTANT:": 11, "What?": 12})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>").save_pretrained(folder)
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(folder)
     summary = demo.main(["--json", "--model", str(folder), "--layers", "1", "--keep", "10", "--max-new-tokens", "3",
                          "--prompt", "USER: <image> What? ASSISTANT:"])
     pruned = summary["runs"][0]
