@@ -76,8 +76,7 @@ def test_demo_uses_the_tokenizer_of_the_checkpoint_folder(tmp_path):
     from transformers import PreTrainedTokenizerFast
 
     folder = save_tiny_llava(tmp_path / "ckpt")
-    vocab = {f"w{i}": i for i in range(299)}
-    vocab.update({"[UNK]": 3, "USER:": 10, "ASSISTANT:": 11, "What?": 12})
+    vocab = {"[UNK]": 0, "USER:": 1, "What?": 2, "ASSISTANT:": 3} | {f"w{i}": i for i in range(4, 299)}  # one word per id
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(folder)
