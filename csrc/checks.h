@@ -1,13 +1,15 @@
-// Input validation shared by every backend's binding (CPU now, CUDA later): shapes, dtypes,
+// Input validation shared by every backend's binding (CPU and CUDA): shapes, dtypes,
 // devices, strides and integer arguments. Checks that need the data (per-row visual counts,
 // cu_seqlens values, keep_pos ranges) are done by the kernels, which read that data anyway.
 // RuntimeError (TORCH_CHECK) for shape/dtype/device/layout problems, ValueError
 // (TORCH_CHECK_VALUE) for bad values. Every message names the op and the argument.
 #pragma once
 
+#include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <utility>
 #include <vector>
 
 namespace v2drop {
@@ -138,6 +140,43 @@ inline int64_t check_kv_args(const char* op, at::TensorList caches, const at::Te
                 "] must have a contiguous last dim, got strides ", c.strides());
   }
   return seq_dim;
+}
+
+// [B, S, H, Dh] view (a permutation or unsqueeze, no copy) of a cache given its normalised
+// sequence dim: how every backend's kv_compact walks [B, H, S, Dh], [B, S, H, Dh] and [T, H, Dh].
+inline at::Tensor kv_bshd_view(const at::Tensor& cache, int64_t seq_dim) {
+  if (cache.dim() == 3) return cache.unsqueeze(0);
+  return seq_dim == 2 ? cache.permute({0, 2, 1, 3}) : cache;
+}
+
+// Whether two tensors of one storage may touch the same bytes (conservative: compares the
+// spans from their first to their last element; disjoint slices of one buffer pass).
+inline bool byte_ranges_intersect(const at::Tensor& a, const at::Tensor& b) {
+  if (a.numel() == 0 || b.numel() == 0 || !a.storage().is_alias_of(b.storage())) return false;
+  auto span = [](const at::Tensor& t) {
+    const char* lo = static_cast<const char*>(t.data_ptr());
+    const char* hi = lo;
+    for (int64_t d = 0; d < t.dim(); ++d) {
+      const int64_t step = (t.size(d) - 1) * t.stride(d) * t.element_size();
+      (step < 0 ? lo : hi) += step;
+    }
+    return std::make_pair(lo, hi + t.element_size());
+  };
+  const auto [a_lo, a_hi] = span(a);
+  const auto [b_lo, b_hi] = span(b);
+  return a_lo < b_hi && b_lo < a_hi;
+}
+
+// kv_compact_: every cache can be written in place, and no two share memory.
+inline void check_writable_caches(const char* op, at::TensorList caches) {
+  for (size_t i = 0; i < caches.size(); ++i) {
+    TORCH_CHECK(at::has_internal_overlap(caches[i]) != at::MemOverlap::Yes, op, ": caches[", i,
+                "] has overlapping elements (an expanded tensor?) and cannot be written in place");
+    for (size_t j = 0; j < i; ++j) {
+      TORCH_CHECK(!byte_ranges_intersect(caches[i], caches[j]), op, ": caches[", j,
+                  "] and caches[", i, "] share memory");
+    }
+  }
 }
 
 }  // namespace v2drop

@@ -8,41 +8,14 @@
 // In place, rows of keep_pos must be strictly increasing, so keep_pos[b, j] >= j: processing
 // j in increasing order within one (tensor, b, h) never reads an entry it has overwritten.
 #include <ATen/ATen.h>
-#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
-
-#include <utility>
 
 #include "../checks.h"
 #include "drop_core.h"
 
 namespace v2drop::cpu {
 namespace {
-
-// [B, S, H, Dh] view of a cache given the (normalised) sequence dim.
-at::Tensor bshd_view(const at::Tensor& cache, int64_t seq_dim) {
-  if (cache.dim() == 3) return cache.unsqueeze(0);
-  return seq_dim == 2 ? cache.permute({0, 2, 1, 3}) : cache;
-}
-
-// Whether two tensors of one storage may touch the same bytes (conservative: compares the
-// spans from their first to their last element; disjoint slices of one buffer pass).
-bool byte_ranges_intersect(const at::Tensor& a, const at::Tensor& b) {
-  if (a.numel() == 0 || b.numel() == 0 || !a.storage().is_alias_of(b.storage())) return false;
-  auto span = [](const at::Tensor& t) {
-    const char* lo = static_cast<const char*>(t.data_ptr());
-    const char* hi = lo;
-    for (int64_t d = 0; d < t.dim(); ++d) {
-      const int64_t step = (t.size(d) - 1) * t.stride(d) * t.element_size();
-      (step < 0 ? lo : hi) += step;
-    }
-    return std::make_pair(lo, hi + t.element_size());
-  };
-  const auto [a_lo, a_hi] = span(a);
-  const auto [b_lo, b_hi] = span(b);
-  return a_lo < b_hi && b_lo < a_hi;
-}
 
 // Checks keep_pos values against the sequence length (and strict increase for in place);
 // returns it as a contiguous [B, n] tensor.
@@ -94,8 +67,8 @@ std::vector<at::Tensor> kv_compact_cpu(at::TensorList caches, const at::Tensor& 
     shape[seq_dim] = keep.size(1);
     at::Tensor out = at::empty(shape, cache.options());
     prefer_huge_pages(out.data_ptr(), out.nbytes());
-    at::Tensor out_view = bshd_view(out, seq_dim);
-    gather_rows(bshd_view(cache, seq_dim), keep, out_view);
+    at::Tensor out_view = kv_bshd_view(out, seq_dim);
+    gather_rows(kv_bshd_view(cache, seq_dim), keep, out_view);
     outs.push_back(out);
   }
   return outs;
@@ -104,19 +77,12 @@ std::vector<at::Tensor> kv_compact_cpu(at::TensorList caches, const at::Tensor& 
 void kv_compact_inplace_cpu(at::TensorList caches, const at::Tensor& keep_pos, int64_t seq_dim) {
   constexpr const char* op = "v2drop.kv_compact_";
   seq_dim = check_kv_args(op, caches, keep_pos, seq_dim);
-  for (size_t i = 0; i < caches.size(); ++i) {
-    TORCH_CHECK(at::has_internal_overlap(caches[i]) != at::MemOverlap::Yes, op, ": caches[", i,
-                "] has overlapping elements (an expanded tensor?) and cannot be written in place");
-    for (size_t j = 0; j < i; ++j) {
-      TORCH_CHECK(!byte_ranges_intersect(caches[i], caches[j]), op, ": caches[", j,
-                  "] and caches[", i, "] share memory");
-    }
-  }
+  check_writable_caches(op, caches);
   const at::Tensor keep = checked_keep_pos(op, keep_pos, caches[0].size(seq_dim), true);
   const int64_t B = keep.size(0), n = keep.size(1);
   const int64_t* kp = keep.const_data_ptr<int64_t>();
   for (const at::Tensor& cache : caches) {
-    const at::Tensor v = bshd_view(cache, seq_dim);
+    const at::Tensor v = kv_bshd_view(cache, seq_dim);
     const int64_t H = v.size(2), e = v.element_size(), row_bytes = v.size(3) * e;
     char* base = static_cast<char*>(v.data_ptr());
     // One (b, h) pair per task; within it, j ascends (see the file comment).
