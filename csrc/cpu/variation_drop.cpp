@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include "../checks.h"
+#include "../drop_outputs.h"
 #include "drop_core.h"
 
 namespace v2drop::cpu {
@@ -19,23 +20,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> variation
   check_hidden_pair(op, hidden, prev, 3);
   check_vis_mask(op, vis_mask, hidden);
   check_position_ids(op, position_ids, hidden);
-  const int64_t B = hidden.size(0), S = hidden.size(1), D = hidden.size(2);
+  const int64_t S = hidden.size(1);
   check_k_padded(op, num_visual, k, S);
   const std::vector<Segment> segments = padded_segments(op, vis_mask, num_visual, k);
 
   const int64_t Sout = S - num_visual + k;
   const bool mrope = position_ids.dim() == 3;
   const at::Tensor pos3 = mrope ? position_ids : position_ids.unsqueeze(0);
-  at::Tensor scores = at::empty({B, S}, hidden.options().dtype(at::kFloat));
-  at::Tensor hidden_out = at::empty({B, Sout, D}, hidden.options());
-  at::Tensor pos_out = at::empty({pos3.size(0), B, Sout}, position_ids.options());
-  at::Tensor keep_pos = at::empty({B, Sout}, hidden.options().dtype(at::kLong));
-  at::Tensor mask_out = at::empty({B, Sout}, vis_mask.options());
+  DropOutputs o = empty_drop_outputs(hidden, pos3, vis_mask, Sout);
 
-  variation_scores(hidden, prev, vis_mask, scores);
-  compact_segments(hidden, vis_mask, pos3, scores, segments, hidden_out, pos_out, keep_pos,
-                   mask_out);
-  return {hidden_out, mrope ? pos_out : pos_out.squeeze(0), keep_pos, mask_out, scores};
+  variation_scores(hidden, prev, vis_mask, o.scores);
+  compact_segments(hidden, vis_mask, pos3, o.scores, segments, o.hidden_out, o.pos_out,
+                   o.keep_pos, o.mask_out);
+  return {o.hidden_out, mrope ? o.pos_out : o.pos_out.squeeze(0), o.keep_pos, o.mask_out,
+          o.scores};
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include "../checks.h"
+#include "../drop_outputs.h"
 #include "drop_core.h"
 
 namespace v2drop::cpu {
@@ -24,7 +25,7 @@ variation_drop_varlen_cpu(const at::Tensor& hidden, const at::Tensor& prev,
   check_vis_mask(op, vis_mask, hidden);
   check_position_ids(op, position_ids, hidden);
   check_varlen_args(op, cu_seqlens, hidden, num_visual, k);
-  const int64_t T = hidden.size(0), D = hidden.size(1), B = cu_seqlens.size(0) - 1;
+  const int64_t T = hidden.size(0), B = cu_seqlens.size(0) - 1;
 
   // The sequences as segments of one row, checked against cu_seqlens and the mask.
   const at::Tensor cu = cu_seqlens.contiguous();
@@ -53,19 +54,15 @@ variation_drop_varlen_cpu(const at::Tensor& hidden, const at::Tensor& prev,
   const int64_t Tout = co[B];
   const bool mrope = position_ids.dim() == 2;
   const at::Tensor pos3 = (mrope ? position_ids : position_ids.unsqueeze(0)).unsqueeze(1);
-  at::Tensor scores = at::empty({1, T}, hidden.options().dtype(at::kFloat));
-  at::Tensor hidden_out = at::empty({1, Tout, D}, hidden.options());
-  at::Tensor pos_out = at::empty({pos3.size(0), 1, Tout}, position_ids.options());
-  at::Tensor keep_pos = at::empty({1, Tout}, hidden.options().dtype(at::kLong));
-  at::Tensor mask_out = at::empty({1, Tout}, vis_mask.options());
-
   const at::Tensor hidden3 = hidden.unsqueeze(0);
-  variation_scores(hidden3, prev.unsqueeze(0), mask2, scores);
-  compact_segments(hidden3, mask2, pos3, scores, segments, hidden_out, pos_out, keep_pos,
-                   mask_out);
-  at::Tensor pos_flat = pos_out.squeeze(1);
-  return {hidden_out.squeeze(0), mrope ? pos_flat : pos_flat.squeeze(0), keep_pos.squeeze(0),
-          mask_out.squeeze(0),   cu_out,                                  scores.squeeze(0)};
+  DropOutputs o = empty_drop_outputs(hidden3, pos3, mask2, Tout);
+
+  variation_scores(hidden3, prev.unsqueeze(0), mask2, o.scores);
+  compact_segments(hidden3, mask2, pos3, o.scores, segments, o.hidden_out, o.pos_out, o.keep_pos,
+                   o.mask_out);
+  at::Tensor pos_flat = o.pos_out.squeeze(1);
+  return {o.hidden_out.squeeze(0), mrope ? pos_flat : pos_flat.squeeze(0), o.keep_pos.squeeze(0),
+          o.mask_out.squeeze(0),   cu_out,                                  o.scores.squeeze(0)};
 }
 
 }  // namespace

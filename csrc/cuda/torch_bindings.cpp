@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "../drop_outputs.h"
 #include "launch.h"
 
 namespace v2drop::cuda {
@@ -112,30 +113,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> variation
   check_hidden_pair(op, hidden, prev, 3);
   check_vis_mask(op, vis_mask, hidden);
   check_position_ids(op, position_ids, hidden);
-  const int64_t B = hidden.size(0), S = hidden.size(1), D = hidden.size(2);
+  const int64_t B = hidden.size(0), S = hidden.size(1);
   check_k_padded(op, num_visual, k, S);
   const c10::cuda::CUDAGuard guard(hidden.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const int64_t Sout = S - num_visual + k;
   const bool mrope = position_ids.dim() == 3;
   const at::Tensor pos3 = mrope ? position_ids : position_ids.unsqueeze(0);
-  at::Tensor scores = at::empty({B, S}, hidden.options().dtype(at::kFloat));
-  at::Tensor hidden_out = at::empty({B, Sout, D}, hidden.options());
-  at::Tensor pos_out = at::empty({pos3.size(0), B, Sout}, position_ids.options());
-  at::Tensor keep_pos = at::empty({B, Sout}, hidden.options().dtype(at::kLong));
-  at::Tensor mask_out = at::empty({B, Sout}, vis_mask.options());
+  DropOutputs o = empty_drop_outputs(hidden, pos3, vis_mask, S - num_visual + k);
   at::Tensor counts = at::empty({B}, hidden.options().dtype(at::kInt));
   if (B > 0) {
-    run_scores(hidden, prev, vis_mask, scores, stream, op);
-    SelectArgs a = select_args(scores, vis_mask, counts.mutable_data_ptr<int32_t>());
+    run_scores(hidden, prev, vis_mask, o.scores, stream, op);
+    SelectArgs a = select_args(o.scores, vis_mask, counts.mutable_data_ptr<int32_t>());
     a.segments = B, a.k = k;
-    set_drop_outputs(a, pos3, keep_pos, pos_out, mask_out);
+    set_drop_outputs(a, pos3, o.keep_pos, o.pos_out, o.mask_out);
     check_launch(launch_select(a, stream), op);
-    gather_tokens(hidden, keep_pos, hidden_out, stream, op);
+    gather_tokens(hidden, o.keep_pos, o.hidden_out, stream, op);
     at::_assert_async((counts == num_visual).all(),
                       "v2drop.variation_drop: every row of vis_mask must hold num_visual visual tokens");
   }
-  return {hidden_out, mrope ? pos_out : pos_out.squeeze(0), keep_pos, mask_out, scores};
+  return {o.hidden_out, mrope ? o.pos_out : o.pos_out.squeeze(0), o.keep_pos, o.mask_out, o.scores};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> variation_drop_varlen_cuda(
@@ -148,7 +144,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   check_varlen_args(op, cu_seqlens, hidden, num_visual, k);
   const c10::cuda::CUDAGuard guard(hidden.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const int64_t T = hidden.size(0), D = hidden.size(1), B = cu_seqlens.size(0) - 1;
+  const int64_t T = hidden.size(0), B = cu_seqlens.size(0) - 1;
 
   // Per-sequence k, the tokens dropped before each sequence, and the expected visual counts:
   // known on the host, copied to the device in one small transfer.
@@ -167,33 +163,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
   const bool mrope = position_ids.dim() == 2;
   const at::Tensor pos3 = (mrope ? position_ids : position_ids.unsqueeze(0)).unsqueeze(1);  // [P, 1, T]
-  at::Tensor scores = at::empty({1, T}, hidden.options().dtype(at::kFloat));
-  at::Tensor hidden_out = at::empty({1, Tout, D}, hidden.options());
-  at::Tensor pos_out = at::empty({pos3.size(0), 1, Tout}, position_ids.options());
-  at::Tensor keep_pos = at::empty({1, Tout}, hidden.options().dtype(at::kLong));
-  at::Tensor mask_out = at::empty({1, Tout}, vis_mask.options());
+  const at::Tensor hidden3 = hidden.unsqueeze(0);
+  const at::Tensor mask2 = vis_mask.unsqueeze(0);
+  DropOutputs o = empty_drop_outputs(hidden3, pos3, mask2, Tout);
   at::Tensor cu_out = at::empty({B + 1}, cu_seqlens.options());
   at::Tensor counts = at::empty({B}, hidden.options().dtype(at::kInt));
   const at::Tensor cu = cu_seqlens.contiguous();
-  const at::Tensor mask2 = vis_mask.unsqueeze(0);
-  const at::Tensor hidden3 = hidden.unsqueeze(0);
 
-  run_scores(hidden3, prev.unsqueeze(0), mask2, scores, stream, op);
-  SelectArgs a = select_args(scores, mask2, counts.mutable_data_ptr<int32_t>());
+  run_scores(hidden3, prev.unsqueeze(0), mask2, o.scores, stream, op);
+  SelectArgs a = select_args(o.scores, mask2, counts.mutable_data_ptr<int32_t>());
   a.segments = B;
   a.cu = cu.const_data_ptr<int32_t>();
   a.k_per_seg = dev[0].const_data_ptr<int64_t>();
   a.drop_before = dev[1].const_data_ptr<int64_t>();
   a.cu_out = cu_out.mutable_data_ptr<int32_t>();
-  set_drop_outputs(a, pos3, keep_pos, pos_out, mask_out);
+  set_drop_outputs(a, pos3, o.keep_pos, o.pos_out, o.mask_out);
   check_launch(launch_select(a, stream), op);
-  gather_tokens(hidden3, keep_pos, hidden_out, stream, op);
+  gather_tokens(hidden3, o.keep_pos, o.hidden_out, stream, op);
   at::_assert_async((counts.to(at::kLong) == dev[2]).all(),
                     "v2drop.variation_drop_varlen: cu_seqlens must start at 0, not decrease and end at T, and "
                     "sequence b must hold num_visual[b] visual tokens");
-  at::Tensor pos_flat = pos_out.squeeze(1);
-  return {hidden_out.squeeze(0), mrope ? pos_flat : pos_flat.squeeze(0), keep_pos.squeeze(0),
-          mask_out.squeeze(0),   cu_out,                                  scores.squeeze(0)};
+  at::Tensor pos_flat = o.pos_out.squeeze(1);
+  return {o.hidden_out.squeeze(0), mrope ? pos_flat : pos_flat.squeeze(0), o.keep_pos.squeeze(0),
+          o.mask_out.squeeze(0),   cu_out,                                  o.scores.squeeze(0)};
 }
 
 // Launches the gather (or in-place compaction) over [B, S, H, Dh] views, 24 tensors a launch.
