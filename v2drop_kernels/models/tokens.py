@@ -80,25 +80,30 @@ class Tokens:
 
         The hidden states and every extra tensor move in one :func:`v2drop_kernels.kv_compact` call.
         """
+        seq_dim = 0 if self.packed else 2
+        moved = ops.kv_compact([self.hidden.unsqueeze(1), *extras], sel.keep, seq_dim, backend=self.backend)
+        return self.shrink(sel, moved[0].squeeze(1)), list(moved[1:])
+
+    def shrink(self, sel: Selection, hidden: Tensor, position_ids: Tensor | None = None,
+               vis_mask: Tensor | None = None) -> "Tokens":
+        """The tokens after a drop to ``sel``, given the survivors' hidden states (already compacted,
+        by the fused op or :meth:`compact`); position ids and mask are gathered unless given."""
         if self.packed:
-            moved = ops.kv_compact([self.hidden.unsqueeze(1), *extras], sel.keep, 0, backend=self.backend)
             take = lambda x: x.index_select(0, sel.keep)  # noqa: E731
             lengths = torch.diff(sel.cu_seqlens)
             max_len = int(lengths.max()) if lengths.numel() else 0
         else:
-            moved = ops.kv_compact([self.hidden.unsqueeze(1), *extras], sel.keep, 2, backend=self.backend)
             take = lambda x: x.gather(1, sel.keep)  # noqa: E731
             max_len = 0
-        out = replace(
+        return replace(
             self,
-            hidden=moved[0].squeeze(1),
-            position_ids=take(self.position_ids),
+            hidden=hidden,
+            position_ids=take(self.position_ids) if position_ids is None else position_ids,
+            vis_mask=take(self.vis_mask) if vis_mask is None else vis_mask,
             orig_pos=take(self.orig_pos),
-            vis_mask=take(self.vis_mask),
             valid=None if self.valid is None else take(self.valid),
             num_visual=sel.num_visual,
             cu_seqlens=sel.cu_seqlens,
             max_len=max_len,
             prev=None,
         )
-        return out, list(moved[1:])

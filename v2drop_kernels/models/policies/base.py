@@ -50,6 +50,14 @@ class Policy:
         return self.name
 
 
+def parse_layers(name: str, layers: Sequence[int]) -> tuple[int, ...]:
+    """Checks a pruning schedule's layers: strictly increasing."""
+    layers = tuple(int(layer) for layer in layers)
+    if list(layers) != sorted(set(layers)):
+        raise ValueError(f"{name}: layers must be strictly increasing, got {layers}")
+    return layers
+
+
 def parse_keep(keep: Keep, stages: int) -> tuple[int | float, ...]:
     """Checks a keep schedule: per stage an int count (``>= 1``) or a float ratio in ``[0, 1]``."""
     keep = tuple(keep)

@@ -14,16 +14,14 @@ from typing import Sequence
 from torch import Tensor
 
 from ..tokens import Selection, Tokens
-from .base import Keep, Policy, kept_count, last_query_scores, parse_keep
+from .base import Keep, Policy, kept_count, last_query_scores, parse_keep, parse_layers
 
 
 class PyramidDrop(Policy):
     name = "pdrop"
 
     def __init__(self, layers: Sequence[int] = (8, 16, 24), keep: Keep | None = None, ratio: float = 0.5):
-        self.layers = tuple(int(layer) for layer in layers)
-        if list(self.layers) != sorted(set(self.layers)):
-            raise ValueError(f"pdrop: layers must be strictly increasing, got {self.layers}")
+        self.layers = parse_layers("pdrop", layers)
         self.keep = parse_keep(keep if keep is not None else (float(ratio),) * len(self.layers), len(self.layers))
 
     def inside_attention(self, layer: int, tokens: Tokens, q: Tensor, k: Tensor) -> Selection | None:

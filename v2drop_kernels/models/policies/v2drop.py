@@ -12,17 +12,15 @@ from __future__ import annotations
 from typing import Sequence
 
 from ... import ops
-from ..tokens import Tokens
-from .base import Keep, Policy, kept_count, parse_keep
+from ..tokens import Selection, Tokens
+from .base import Keep, Policy, kept_count, parse_keep, parse_layers
 
 
 class V2Drop(Policy):
     name = "v2drop"
 
     def __init__(self, layers: Sequence[int] = (3, 17, 22), keep: Keep = (0.5, 0.5, 0.0)):
-        self.layers = tuple(int(layer) for layer in layers)
-        if list(self.layers) != sorted(set(self.layers)):
-            raise ValueError(f"v2drop: layers must be strictly increasing, got {self.layers}")
+        self.layers = parse_layers("v2drop", layers)
         self.keep = parse_keep(keep, len(self.layers))
 
     def keeps_prev(self, layer: int) -> bool:
@@ -36,22 +34,13 @@ class V2Drop(Policy):
         if tokens.packed:
             out = ops.variation_drop_varlen(tokens.hidden, tokens.prev, tokens.vis_mask, tokens.position_ids,
                                             tokens.cu_seqlens, k, num_visual=tokens.num_visual, backend=tokens.backend)
-            take = lambda x: x.index_select(0, out.keep_pos)  # noqa: E731
-            lengths = out.cu_seqlens.diff()
-            max_len = int(lengths.max()) if lengths.numel() else 0
+        elif tokens.num_visual[0] == 0:
+            return tokens
         else:
-            if tokens.num_visual[0] == 0:
-                return tokens
             out = ops.variation_drop(tokens.hidden, tokens.prev, tokens.vis_mask, tokens.position_ids, k[0],
                                      num_visual=tokens.num_visual[0], backend=tokens.backend)
-            take = lambda x: x.gather(1, out.keep_pos)  # noqa: E731
-            max_len = 0
         tokens.notes.setdefault("scores", {})[layer] = (out.scores, tokens.orig_pos)
-        tokens.hidden, tokens.position_ids, tokens.vis_mask = out.hidden, out.position_ids, out.vis_mask
-        tokens.orig_pos = take(tokens.orig_pos)
-        tokens.valid = None if tokens.valid is None else take(tokens.valid)
-        tokens.num_visual, tokens.cu_seqlens, tokens.max_len, tokens.prev = k, out.cu_seqlens, max_len, None
-        return tokens
+        return tokens.shrink(Selection(out.keep_pos, k, out.cu_seqlens), out.hidden, out.position_ids, out.vis_mask)
 
     def describe(self) -> str:
         return f"v2drop(layers={list(self.layers)}, keep={list(self.keep)})"
