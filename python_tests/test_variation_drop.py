@@ -49,7 +49,7 @@ def test_matches_reference(backend, dtype, shape, k_kind):
     batch, seq, dim, num_visual, images = shape
     skip_if_too_big_for_interpreter(backend, batch * seq * dim)
     device = device_of(backend)
-    gen = torch.Generator().manual_seed(hash((seq, dim, num_visual, "drop")) % 2**31)
+    gen = torch.Generator().manual_seed(7 + seq * 1_000_003 + dim * 1009 + num_visual)  # same inputs every run
     hidden, prev = make_hidden(batch, seq, dim, dtype, device, gen)
     vis_mask = make_mask(batch, seq, num_visual, images, gen).to(device)
     position_ids = make_position_ids(batch, seq, "int64", device, gen)
