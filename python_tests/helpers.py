@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import Tensor
 
+import cuda_emulator
 import v2drop_kernels as v2d
 from v2drop_kernels import reference
 
@@ -15,11 +16,14 @@ TRITON_DEVICE = "cuda" if HAS_CUDA else "cpu"
 TRITON_OK = TRITON_DEVICE in v2d.ops._TRITON_DEVICES
 INTERPRETED = TRITON_OK and TRITON_DEVICE == "cpu"  # Triton on CPU tensors, slow: small shapes only
 
-# Every backend of the ops, as the `backend` argument of the Python API.
+# Every backend of the ops, as the `backend` argument of the Python API. "cuda_emulated" is the
+# CUDA backend's kernels and binding built for the host and run on CPU tensors (cuda_emulator/;
+# conftest.py builds and registers it when a test first asks for it).
 BACKENDS = [
     "cpu",
     pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")),
     pytest.param("triton", marks=pytest.mark.skipif(not TRITON_OK, reason="needs triton (GPU, or TRITON_INTERPRET=1)")),
+    pytest.param("cuda_emulated", marks=pytest.mark.skipif(not cuda_emulator.available(), reason="needs a C++ compiler and ninja")),
 ]
 # Backends that accept a device (the tests where the device alone picks the kernel).
 DEVICES = [
@@ -30,6 +34,8 @@ INTERPRETER_MAX_ELEMENTS = 600_000  # tokens × hidden size the interpreter is g
 
 
 def device_of(backend: str) -> str:
+    if backend == "cuda_emulated":
+        return "cpu"
     return TRITON_DEVICE if backend == "triton" else backend
 
 

@@ -3,15 +3,19 @@
 import pytest
 import torch
 
+import cuda_emulator
 import v2drop_kernels  # noqa: F401
 from helpers import TRITON_OK
 
 B, S, D, V = 2, 12, 8, 6
-# The C++ ops and the Triton ops; both validate before any launch, so CPU tensors do for both.
+# The C++ ops (CPU kernels here), the Triton ops and the CUDA binding built for the host
+# (cuda_emulator/); all validate before any launch, so CPU tensors do for all three.
 NAMESPACES = [
     "v2drop",
     pytest.param("v2drop_triton", marks=pytest.mark.skipif(not TRITON_OK, reason="needs triton")),
+    pytest.param("v2drop_cuda_emulated", marks=pytest.mark.skipif(not cuda_emulator.available(), reason="needs a C++ compiler and ninja")),
 ]
+DEVICE_CHECKED = ("v2drop_triton", "v2drop_cuda_emulated")  # data rules checked on the device
 
 
 def good():
@@ -124,11 +128,12 @@ CASES = {
 @pytest.mark.parametrize("name", list(CASES))
 @pytest.mark.parametrize("namespace", NAMESPACES)
 def test_bad_input(namespace, name):
-    """Each case: (call, error, message[, (error, message) of the Triton ops]). The Triton ops check
-    rules that need the data on the device (no host sync), which raises RuntimeError."""
-    call, error, message, *triton = CASES[name]
-    if namespace == "v2drop_triton" and triton:
-        error, message = triton[0]
+    """Each case: (call, error, message[, (error, message) of the GPU backends]). The Triton and
+    CUDA ops check rules that need the data on the device (no host sync), which raises
+    RuntimeError."""
+    call, error, message, *on_device = CASES[name]
+    if namespace in DEVICE_CHECKED and on_device:
+        error, message = on_device[0]
     with pytest.raises(error, match=message):
         call(getattr(torch.ops, namespace))
 

@@ -65,3 +65,20 @@ def test_exact_on_integer_data(backend, dtype, shape, layout):
         ref_idx, ref_scores = reference.variation_topk(hidden, prev, vis_mask, k)
         assert torch.equal(keep_idx, ref_idx)
         assert torch.equal(scores, ref_scores)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_long_video_rows(backend):
+    """A row of 64k+ visual tokens (a long video): many 512-token chunks of the CUDA selection and
+    many merged blocks of the Triton one, with scores that tie in large groups."""
+    batch, seq, dim, num_visual = 2, 66_000, 8, 65_600
+    skip_if_too_big_for_interpreter(backend, batch * seq * dim)
+    device = device_of(backend)
+    gen = torch.Generator().manual_seed(64)
+    hidden, prev = make_hidden(batch, seq, dim, torch.float32, device, gen, integer=True)
+    vis_mask = make_mask(batch, seq, num_visual, 7, gen).to(device)
+    for k in (1, 32_801, num_visual - 1):
+        keep_idx, scores = v2d.variation_topk(hidden, prev, vis_mask, k, backend=backend)
+        ref_idx, ref_scores = reference.variation_topk(hidden, prev, vis_mask, k)
+        assert torch.equal(keep_idx, ref_idx)
+        assert torch.equal(scores, ref_scores)

@@ -25,6 +25,10 @@ try:  # importing the Triton backend registers torch.ops.v2drop_triton.*
 except ImportError:
     _triton_runs_on = None
 _TRITON_DEVICES = tuple(kind for kind in ("cpu", "cuda") if _triton_runs_on is not None and _triton_runs_on(kind))
+# Further native backends, added at run time: name -> (op namespace, device type of its tensors).
+# The test suite adds "cuda_emulated", the CUDA backend built for the host
+# (python_tests/cuda_emulator); users have no reason to.
+_EXTRA_BACKENDS: dict[str, tuple[object, str]] = {}
 
 
 def available_backends(device: torch.device | str) -> list[str]:
@@ -38,6 +42,11 @@ def available_backends(device: torch.device | str) -> list[str]:
 def _backend(backend: str | None, tensor: Tensor) -> str:
     if backend is None:
         return available_backends(tensor.device)[0]
+    if backend in _EXTRA_BACKENDS:
+        kind = _EXTRA_BACKENDS[backend][1]
+        if tensor.device.type != kind:
+            raise ValueError(f"backend={backend!r} needs tensors on {kind}, got {tensor.device}")
+        return backend
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
     if backend in ("cpu", "cuda") and tensor.device.type != backend:
@@ -54,6 +63,8 @@ def _backend(backend: str | None, tensor: Tensor) -> str:
 
 def _ops(backend: str):
     """The op namespace of a native backend."""
+    if backend in _EXTRA_BACKENDS:
+        return _EXTRA_BACKENDS[backend][0]
     return torch.ops.v2drop_triton if backend == "triton" else torch.ops.v2drop
 
 

@@ -1,10 +1,20 @@
-// Device helpers shared by the CUDA kernels: element loads as float, the contract's rank key.
+// Device helpers shared by the CUDA kernels: element loads as float, the contract's rank key,
+// the launch macro.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <cstdint>
+
+// kernel<<<grid, block, 0, stream>>>(args...) is written V2DROP_LAUNCH(grid, block, stream, kernel)(args...),
+// so that the test suite can also build the kernels with a host C++ compiler and run them on the
+// CPU (python_tests/cuda_emulator, which defines V2DROP_CUDA_EMULATION).
+#ifdef V2DROP_CUDA_EMULATION
+#define V2DROP_LAUNCH(grid, block, stream, ...) ::cuda_emulator::launch(grid, block, stream, __VA_ARGS__)
+#else
+#define V2DROP_LAUNCH(grid, block, stream, ...) __VA_ARGS__<<<grid, block, 0, stream>>>
+#endif
 
 namespace v2drop::cuda {
 

@@ -115,14 +115,14 @@ cudaError_t launch_gather(const GatherArgs& a, cudaStream_t stream) {
   const int64_t rows = max_of(a, [](const RowTensor& t, const GatherArgs& g) { return g.B * g.n * t.H; });
   if (a.count == 0 || rows == 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>((rows + kGatherWarps - 1) / kGatherWarps), a.count);
-  gather_kernel<<<grid, kGatherWarps * 32, 0, stream>>>(a);
+  V2DROP_LAUNCH(grid, kGatherWarps * 32, stream, gather_kernel)(a);
   return cudaGetLastError();
 }
 
 cudaError_t launch_compact_inplace(const GatherArgs& a, cudaStream_t stream) {
   const int64_t blocks = max_of(a, [](const RowTensor& t, const GatherArgs& g) { return g.B * t.H; });
   if (a.count == 0 || blocks == 0 || a.n == 0) return cudaSuccess;
-  compact_inplace_kernel<<<dim3(static_cast<unsigned>(blocks), a.count), kInplaceThreads, 0, stream>>>(a);
+  V2DROP_LAUNCH(dim3(static_cast<unsigned>(blocks), a.count), kInplaceThreads, stream, compact_inplace_kernel)(a);
   return cudaGetLastError();
 }
 

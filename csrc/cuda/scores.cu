@@ -68,11 +68,11 @@ cudaError_t launch_typed(const ScoresArgs& a, cudaStream_t stream) {
   const T* p = static_cast<const T*>(a.prev);
   const bool vec = aligned16(h, a.h_s0, a.h_s1, a.D, sizeof(T)) && aligned16(p, a.p_s0, a.p_s1, a.D, sizeof(T));
   if (vec) {
-    scores_kernel<T, true><<<grid, block, 0, stream>>>(h, a.h_s0, a.h_s1, p, a.p_s0, a.p_s1, a.mask, a.m_s0,
-                                                       a.m_s1, a.R, a.S, a.D, a.scores);
+    V2DROP_LAUNCH(grid, block, stream, scores_kernel<T, true>)(h, a.h_s0, a.h_s1, p, a.p_s0, a.p_s1, a.mask, a.m_s0,
+                                                               a.m_s1, a.R, a.S, a.D, a.scores);
   } else {
-    scores_kernel<T, false><<<grid, block, 0, stream>>>(h, a.h_s0, a.h_s1, p, a.p_s0, a.p_s1, a.mask, a.m_s0,
-                                                        a.m_s1, a.R, a.S, a.D, a.scores);
+    V2DROP_LAUNCH(grid, block, stream, scores_kernel<T, false>)(h, a.h_s0, a.h_s1, p, a.p_s0, a.p_s1, a.mask, a.m_s0,
+                                                                a.m_s1, a.R, a.S, a.D, a.scores);
   }
   return cudaGetLastError();
 }

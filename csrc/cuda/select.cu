@@ -134,7 +134,7 @@ __global__ void __launch_bounds__(kThreads) select_kernel(const SelectArgs a) {
 
 cudaError_t launch_select(const SelectArgs& a, cudaStream_t stream) {
   if (a.segments == 0) return cudaSuccess;
-  select_kernel<<<static_cast<unsigned>(a.segments), kThreads, 0, stream>>>(a);
+  V2DROP_LAUNCH(static_cast<unsigned>(a.segments), kThreads, stream, select_kernel)(a);
   return cudaGetLastError();
 }
 

@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <string>
 #include <vector>
 
 #include "../checks.h"
@@ -101,8 +102,10 @@ std::tuple<at::Tensor, at::Tensor> variation_topk_cuda(const at::Tensor& hidden,
   a.segments = B, a.k = k;
   a.keep_idx = keep_idx.mutable_data_ptr<int64_t>();
   check_launch(launch_select(a, stream), op);
-  at::_assert_async((counts == counts[0]).all().logical_and(counts[0] >= k),
-                    "v2drop.variation_topk: every row of vis_mask must hold the same number V >= k of visual tokens");
+  at::_assert_async((counts == counts[0]).all(),
+                    "v2drop.variation_topk: every row of vis_mask must hold the same number of visual tokens");
+  at::_assert_async(counts[0] >= k, "v2drop.variation_topk: k must be in [1, V] (visual tokens per row in vis_mask), "
+                                    "got " + std::to_string(k));
   return {keep_idx, scores};
 }
 
@@ -129,7 +132,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> variation
     check_launch(launch_select(a, stream), op);
     gather_tokens(hidden, o.keep_pos, o.hidden_out, stream, op);
     at::_assert_async((counts == num_visual).all(),
-                      "v2drop.variation_drop: every row of vis_mask must hold num_visual visual tokens");
+                      "v2drop.variation_drop: every row of vis_mask must hold num_visual=" + std::to_string(num_visual) +
+                          " visual tokens");
   }
   return {o.hidden_out, mrope ? o.pos_out : o.pos_out.squeeze(0), o.keep_pos, o.mask_out, o.scores};
 }
@@ -180,9 +184,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   set_drop_outputs(a, pos3, o.keep_pos, o.pos_out, o.mask_out);
   check_launch(launch_select(a, stream), op);
   gather_tokens(hidden3, o.keep_pos, o.hidden_out, stream, op);
+  // One check for all the data rules (the select kernel counts -1 where cu_seqlens is malformed).
   at::_assert_async((counts.to(at::kLong) == dev[2]).all(),
-                    "v2drop.variation_drop_varlen: cu_seqlens must start at 0, not decrease and end at T, and "
-                    "sequence b must hold num_visual[b] visual tokens");
+                    "v2drop.variation_drop_varlen: one of these does not hold: cu_seqlens[0] must be 0, cu_seqlens "
+                    "must be non-decreasing, cu_seqlens[-1] must equal T=" + std::to_string(T) +
+                        " (hidden.shape[0]), sequence b must hold num_visual[b] visual tokens, as vis_mask marks");
   at::Tensor pos_flat = o.pos_out.squeeze(1);
   return {o.hidden_out.squeeze(0), mrope ? pos_flat : pos_flat.squeeze(0), o.keep_pos.squeeze(0),
           o.mask_out.squeeze(0),   cu_out,                                  o.scores.squeeze(0)};
@@ -212,8 +218,11 @@ at::Tensor keep_rows(const at::Tensor& keep_pos) {
   return (keep_pos.dim() == 1 ? keep_pos.unsqueeze(0) : keep_pos).contiguous();
 }
 
-void assert_keep_in_range(const at::Tensor& keep, int64_t S, const char* msg) {
-  if (keep.numel() > 0) at::_assert_async(keep.ge(0).logical_and(keep.lt(S)).all(), msg);
+void assert_keep_in_range(const at::Tensor& keep, int64_t S, const char* op) {
+  if (keep.numel() > 0) {
+    at::_assert_async(keep.ge(0).logical_and(keep.lt(S)).all(),
+                      std::string(op) + ": keep_pos values must be in [0, " + std::to_string(S) + ")");
+  }
 }
 
 std::vector<at::Tensor> kv_compact_cuda(at::TensorList caches, const at::Tensor& keep_pos, int64_t seq_dim) {
@@ -222,7 +231,7 @@ std::vector<at::Tensor> kv_compact_cuda(at::TensorList caches, const at::Tensor&
   const c10::cuda::CUDAGuard guard(keep_pos.device());
   const at::Tensor keep = keep_rows(keep_pos);
   const int64_t S = caches[0].size(seq_dim);
-  assert_keep_in_range(keep, S, "v2drop.kv_compact: keep_pos values must be in [0, S)");
+  assert_keep_in_range(keep, S, op);
   std::vector<at::Tensor> outs, srcs, dsts;
   for (const at::Tensor& cache : caches) {
     std::vector<int64_t> shape = cache.sizes().vec();
@@ -245,7 +254,7 @@ void kv_compact_inplace_cuda(at::TensorList caches, const at::Tensor& keep_pos, 
   const at::Tensor keep = keep_rows(keep_pos);
   const int64_t S = caches[0].size(seq_dim);
   TORCH_CHECK_VALUE(keep.size(1) <= S, op, ": keep_pos has ", keep.size(1), " entries per row, more than S=", S);
-  assert_keep_in_range(keep, S, "v2drop.kv_compact_: keep_pos values must be in [0, S)");
+  assert_keep_in_range(keep, S, op);
   if (keep.size(1) > 1) {
     at::_assert_async(keep.slice(1, 1).gt(keep.slice(1, 0, -1)).all(),
                       "v2drop.kv_compact_: keep_pos rows must be strictly increasing for in-place compaction");
@@ -259,7 +268,17 @@ void kv_compact_inplace_cuda(at::TensorList caches, const at::Tensor& keep_pos, 
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(v2drop, CUDA, m) {
+// The test suite builds this file on the host against the CUDA emulator, with CPU tensors, as
+// its own library (python_tests/cuda_emulator/ops.cpp defines the schemas there).
+#ifdef V2DROP_CUDA_EMULATION
+#define V2DROP_CUDA_LIBRARY v2drop_cuda_emulated
+#define V2DROP_CUDA_KEY CPU
+#else
+#define V2DROP_CUDA_LIBRARY v2drop
+#define V2DROP_CUDA_KEY CUDA
+#endif
+
+TORCH_LIBRARY_IMPL(V2DROP_CUDA_LIBRARY, V2DROP_CUDA_KEY, m) {
   m.impl("variation_topk", &variation_topk_cuda);
   m.impl("variation_drop", &variation_drop_cuda);
   m.impl("variation_drop_varlen", &variation_drop_varlen_cuda);
