@@ -23,6 +23,6 @@ def _cuda_emulated_backend(request):
     callspec = getattr(request.node, "callspec", None)
     params = callspec.params if callspec is not None else {}
     if params.get("backend") == "cuda_emulated" or params.get("namespace") == "v2drop_cuda_emulated":
-        import cuda_emulator
+        from helpers import register_cuda_emulated
 
-        v2drop_kernels.ops._EXTRA_BACKENDS["cuda_emulated"] = (cuda_emulator.load(), "cpu")
+        register_cuda_emulated()

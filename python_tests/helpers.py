@@ -19,11 +19,12 @@ INTERPRETED = TRITON_OK and TRITON_DEVICE == "cpu"  # Triton on CPU tensors, slo
 # Every backend of the ops, as the `backend` argument of the Python API. "cuda_emulated" is the
 # CUDA backend's kernels and binding built for the host and run on CPU tensors (cuda_emulator/;
 # conftest.py builds and registers it when a test first asks for it).
+CUDA_EMULATED = pytest.param("cuda_emulated", marks=pytest.mark.skipif(not cuda_emulator.available(), reason="needs a C++ compiler and ninja"))
 BACKENDS = [
     "cpu",
     pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")),
     pytest.param("triton", marks=pytest.mark.skipif(not TRITON_OK, reason="needs triton (GPU, or TRITON_INTERPRET=1)")),
-    pytest.param("cuda_emulated", marks=pytest.mark.skipif(not cuda_emulator.available(), reason="needs a C++ compiler and ninja")),
+    CUDA_EMULATED,
 ]
 # Backends that accept a device (the tests where the device alone picks the kernel).
 DEVICES = [
@@ -31,6 +32,11 @@ DEVICES = [
     pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")),
 ]
 INTERPRETER_MAX_ELEMENTS = 600_000  # tokens × hidden size the interpreter is given
+
+
+def register_cuda_emulated() -> None:
+    """Builds (once) the host build of the CUDA backend and makes it the backend "cuda_emulated"."""
+    v2d.ops._EXTRA_BACKENDS["cuda_emulated"] = (cuda_emulator.load(), "cpu")
 
 
 def device_of(backend: str) -> str:

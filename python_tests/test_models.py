@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import CUDA_EMULATED as EMULATED
 from model_helpers import IMAGE_TOKEN, TEXT_LAYERS, TOKENS_PER_IMAGE, left_pad, prompt, save_tiny_llava
 
 pytest.importorskip("transformers")
@@ -160,7 +161,7 @@ def kept(positions, b):
 
 
 @pytest.mark.parametrize("layout", ["padded", "packed"])
-@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("backend", ["cpu", "reference", EMULATED])
 def test_v2drop_keeps_what_the_reference_chooses(ours, layout, backend):
     layers, keep = (1, 3, 4), (0.5, 12, 0.0)
     policy = Recorder(layers=layers, keep=keep)
@@ -188,10 +189,12 @@ def test_v2drop_keeps_what_the_reference_chooses(ours, layout, backend):
     assert all(torch.equal(kept(p, b), kept(p, b).sort().values) for p in out.layer_positions for b in range(2))
 
 
-def test_pruned_generation_is_the_same_through_every_backend(ours):
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+@pytest.mark.parametrize("backend", ["cpu", EMULATED])
+def test_pruned_generation_is_the_same_through_every_backend(ours, layout, backend):
     pix = pixels(2, seed=7)
-    runs = [ours.generate(PROMPTS, pix, max_new_tokens=6, policy=V2Drop(layers=(1, 3), keep=(0.5, 0.25)), backend=b)
-            for b in ("cpu", "reference")]
+    runs = [ours.generate(PROMPTS, pix, max_new_tokens=6, policy=V2Drop(layers=(1, 3), keep=(0.5, 0.25)), layout=layout, backend=b)
+            for b in (backend, "reference")]
     assert torch.equal(runs[0].tokens, runs[1].tokens)
     assert all(torch.equal(a, b) for a, b in zip(runs[0].layer_positions, runs[1].layer_positions))
 
