@@ -27,6 +27,14 @@ DType dtype_of(at::ScalarType t) {
   return t == at::kFloat ? DType::F32 : t == at::kHalf ? DType::F16 : DType::BF16;
 }
 
+// at::_assert_async with a message: CUDA copies the message into its assert kernel's parameters
+// and rejects, on the host and at every call, a message of 255 bytes or more.
+constexpr size_t kMaxAssertMessage = 254;
+void device_assert(const at::Tensor& cond, const std::string& message) {
+  TORCH_INTERNAL_ASSERT(message.size() <= kMaxAssertMessage, "device-assert message too long: ", message);
+  at::_assert_async(cond, message);
+}
+
 void check_launch(cudaError_t err, const char* op) {
   TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(err));
 }
@@ -102,10 +110,10 @@ std::tuple<at::Tensor, at::Tensor> variation_topk_cuda(const at::Tensor& hidden,
   a.segments = B, a.k = k;
   a.keep_idx = keep_idx.mutable_data_ptr<int64_t>();
   check_launch(launch_select(a, stream), op);
-  at::_assert_async((counts == counts[0]).all(),
-                    "v2drop.variation_topk: every row of vis_mask must hold the same number of visual tokens");
-  at::_assert_async(counts[0] >= k, "v2drop.variation_topk: k must be in [1, V] (visual tokens per row in vis_mask), "
-                                    "got " + std::to_string(k));
+  device_assert((counts == counts[0]).all(),
+                "v2drop.variation_topk: every row of vis_mask must hold the same number of visual tokens");
+  device_assert(counts[0] >= k, "v2drop.variation_topk: k must be in [1, V] (visual tokens per row in vis_mask), "
+                                "got " + std::to_string(k));
   return {keep_idx, scores};
 }
 
@@ -131,9 +139,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> variation
     set_drop_outputs(a, pos3, o.keep_pos, o.pos_out, o.mask_out);
     check_launch(launch_select(a, stream), op);
     gather_tokens(hidden, o.keep_pos, o.hidden_out, stream, op);
-    at::_assert_async((counts == num_visual).all(),
-                      "v2drop.variation_drop: every row of vis_mask must hold num_visual=" + std::to_string(num_visual) +
-                          " visual tokens");
+    device_assert((counts == num_visual).all(),
+                  "v2drop.variation_drop: every row of vis_mask must hold num_visual=" + std::to_string(num_visual) +
+                      " visual tokens");
   }
   return {o.hidden_out, mrope ? o.pos_out : o.pos_out.squeeze(0), o.keep_pos, o.mask_out, o.scores};
 }
@@ -185,10 +193,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   check_launch(launch_select(a, stream), op);
   gather_tokens(hidden3, o.keep_pos, o.hidden_out, stream, op);
   // One check for all the data rules (the select kernel counts -1 where cu_seqlens is malformed).
-  at::_assert_async((counts.to(at::kLong) == dev[2]).all(),
-                    "v2drop.variation_drop_varlen: one of these does not hold: cu_seqlens[0] must be 0, cu_seqlens "
-                    "must be non-decreasing, cu_seqlens[-1] must equal T=" + std::to_string(T) +
-                        " (hidden.shape[0]), sequence b must hold num_visual[b] visual tokens, as vis_mask marks");
+  device_assert((counts.to(at::kLong) == dev[2]).all(),
+                "v2drop.variation_drop_varlen: bad cu_seqlens or vis_mask: cu_seqlens[0] must be 0, cu_seqlens must be "
+                "non-decreasing, cu_seqlens[-1] must equal T=" + std::to_string(T) +
+                    ", sequence b must hold num_visual[b] visual tokens");
   at::Tensor pos_flat = o.pos_out.squeeze(1);
   return {o.hidden_out.squeeze(0), mrope ? pos_flat : pos_flat.squeeze(0), o.keep_pos.squeeze(0),
           o.mask_out.squeeze(0),   cu_out,                                  o.scores.squeeze(0)};
@@ -220,8 +228,8 @@ at::Tensor keep_rows(const at::Tensor& keep_pos) {
 
 void assert_keep_in_range(const at::Tensor& keep, int64_t S, const char* op) {
   if (keep.numel() > 0) {
-    at::_assert_async(keep.ge(0).logical_and(keep.lt(S)).all(),
-                      std::string(op) + ": keep_pos values must be in [0, " + std::to_string(S) + ")");
+    device_assert(keep.ge(0).logical_and(keep.lt(S)).all(),
+                  std::string(op) + ": keep_pos values must be in [0, " + std::to_string(S) + ")");
   }
 }
 
@@ -256,8 +264,8 @@ void kv_compact_inplace_cuda(at::TensorList caches, const at::Tensor& keep_pos, 
   TORCH_CHECK_VALUE(keep.size(1) <= S, op, ": keep_pos has ", keep.size(1), " entries per row, more than S=", S);
   assert_keep_in_range(keep, S, op);
   if (keep.size(1) > 1) {
-    at::_assert_async(keep.slice(1, 1).gt(keep.slice(1, 0, -1)).all(),
-                      "v2drop.kv_compact_: keep_pos rows must be strictly increasing for in-place compaction");
+    device_assert(keep.slice(1, 1).gt(keep.slice(1, 0, -1)).all(),
+                  "v2drop.kv_compact_: keep_pos rows must be strictly increasing for in-place compaction");
   }
   std::vector<at::Tensor> views;
   for (const at::Tensor& cache : caches) {

@@ -88,5 +88,7 @@ def kv_args(op: str, caches: Sequence[Tensor], keep_pos: Tensor, seq_dim: int) -
 
 
 def device_assert(cond: Tensor, message: str) -> None:
-    """Checks a bool tensor on its device without a host sync."""
+    """Checks a bool tensor on its device without a host sync. CUDA copies the message into its
+    assert kernel's parameters and rejects one of 255 bytes or more at every call."""
+    assert len(message.encode()) < 255, f"device-assert message too long: {message}"
     torch._assert_async(cond, message)
