@@ -14,11 +14,11 @@
 //    last bits; memory accesses are bounds-checked only in the AddressSanitizer build (__init__.py).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <functional>
-#include <utility>
 
 #define __global__
 #define __device__
@@ -34,9 +34,6 @@ struct dim3 {
 using uint3 = dim3;
 struct alignas(16) uint4 {
   unsigned x, y, z, w;
-};
-struct alignas(8) uint2 {
-  unsigned x, y;
 };
 
 enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorLaunchFailure = 719 };
