@@ -1,7 +1,7 @@
 // CUDA emulator, scheduler: the blocks of a launch run one after another on the calling thread;
-// the threads of a block are fibers with stacks of their own. In each round every ready fiber runs, in an order
-// drawn afresh (seeded, so runs repeat), until it finishes or reaches a barrier; then every
-// barrier whose live threads have all arrived opens. The changing order makes a missing barrier
+// the threads of a block are fibers with stacks of their own. In each round every ready fiber
+// runs, in an order drawn afresh (seeded, so runs repeat), until it finishes or reaches a
+// barrier; then every barrier whose live threads have all arrived opens. The changing order makes a missing barrier
 // (a thread reading what another has not written yet, or overwriting what another has not read)
 // give wrong results rather than pass by luck. A round in which no fiber can run and no barrier
 // opens is a deadlock: the launch stops and returns cudaErrorLaunchFailure, whose error string

@@ -1,10 +1,11 @@
 // CUDA emulator, host side: the subset of the CUDA runtime and device language that the
 // package's kernels use, for a C++ compiler, so the tests run the kernels on the CPU.
 //
-// A launch runs its blocks one after another; each CUDA thread of a block is a fiber (ucontext)
-// scheduled round-robin on the calling OS thread. __syncthreads and warp shuffles suspend the
-// fiber until every live thread of the block (or all 32 lanes of the warp) has arrived, so the
-// kernels' barrier logic is exercised for real. What it checks, and what it cannot:
+// A launch runs its blocks one after another; each CUDA thread of a block is a fiber on the
+// calling OS thread, resumed in a freshly drawn order every round (runtime.cpp). __syncthreads
+// and warp shuffles suspend the fiber until every live thread of the block (or all 32 lanes of
+// the warp) has arrived, so the kernels' barrier logic is exercised for real. What it checks,
+// and what it cannot:
 //  - a barrier that not every thread reaches (divergence, deadlock) and a full-mask shuffle in a
 //    warp where a lane has exited fail the launch with cudaErrorLaunchFailure and a message;
 //  - shared memory is one static object per kernel, and a block's threads interleave only at
