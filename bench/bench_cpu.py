@@ -1,9 +1,10 @@
 """CPU micro-benchmark of the fused v2drop.variation_drop against the eager reference and the
 torch.compile'd reference, on LLaVA-1.5, LLaVA-NeXT and video shapes in float32 and bfloat16.
 
-Run: `make bench` (or `pytest bench/bench_cpu.py --benchmark-only`). Prints a table (median,
-ratio to the eager reference, fraction of measured copy bandwidth) and writes
-bench/results/cpu_variation_drop.{json,md}. Inputs come from the tests' builders.
+Run: `make bench` (or `pytest bench/bench_cpu.py --benchmark-only`; add `--publish` to write
+bench/results/). Prints a table (median, ratio to the eager and the compiled reference, fraction of
+measured copy bandwidth) and writes bench/out/cpu_variation_drop.{json,md}. Inputs come from
+v2drop_kernels.testing, shapes from bench/common.py.
 """
 
 from __future__ import annotations
@@ -12,26 +13,19 @@ import pytest
 import torch
 
 import v2drop_kernels  # noqa: F401
-from common import drop_bytes
-from conftest import copy_bandwidth_gbs, record
-from helpers import make_hidden, make_mask
+from common import CPU_SHAPES, SHAPES, drop_bytes
+from conftest import bandwidth_gbs, record
 from v2drop_kernels import reference
+from v2drop_kernels.testing import make_hidden, make_mask
 
-# name -> (B, S, D, V, images, k)
-SHAPES = {
-    "llava-1.5": (1, 640, 4096, 576, 1, 288),
-    "llava-next": (1, 2944, 4096, 2880, 5, 1440),
-    "video-32x196": (1, 6336, 3584, 6272, 32, 3136),
-}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 PROVIDERS = ["v2drop-cpu", "reference", "reference-compiled"]
 _compiled = torch.compile(reference.variation_drop)
-_BANDWIDTH: list[float] = []
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("dtype", list(DTYPES))
-@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("shape", CPU_SHAPES)
 def test_variation_drop(benchmark, shape, dtype, provider):
     batch, seq, dim, num_visual, images, k = SHAPES[shape]
     gen = torch.Generator().manual_seed(0)
@@ -49,12 +43,10 @@ def test_variation_drop(benchmark, shape, dtype, provider):
     assert torch.equal(got[0], expected[0]) and torch.equal(got[2], expected[2])
 
     benchmark.pedantic(fn, args=args, rounds=40, warmup_rounds=3, iterations=1)
-    if not _BANDWIDTH:
-        _BANDWIDTH.append(copy_bandwidth_gbs())
     median = benchmark.stats.stats.median
     moved = drop_bytes(batch, seq, dim, num_visual, k, hidden.element_size())
     record({
         "shape": shape, "dtype": dtype, "provider": provider, "median ms": median * 1e3,
-        "bytes": moved, "GB/s": moved / median / 1e9, "copy GB/s": _BANDWIDTH[0],
-        "fraction of copy bandwidth": moved / median / 1e9 / _BANDWIDTH[0],
+        "bytes": moved, "GB/s": moved / median / 1e9, "copy GB/s": bandwidth_gbs(),
+        "fraction of copy bandwidth": moved / median / 1e9 / bandwidth_gbs(),
     })

@@ -1,6 +1,7 @@
 """GPU benchmark of the fused V²Drop step: every backend beside the eager and the compiled reference.
 
-    python bench/bench_gpu.py              # CUDA machine: prints the table, writes bench/results/gpu_<device>.{json,md}
+    python bench/bench_gpu.py              # CUDA machine: prints the table, writes bench/out/gpu_<device>.{json,md}
+                                           # (--publish: bench/results/, the committed record)
     python bench/bench_gpu.py --smoke      # tiny shapes on CPU (Triton under the interpreter): exercises the
                                            # script end to end; its times mean nothing and nothing is written
 
@@ -17,59 +18,20 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "python_tests"))
-sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import SHAPES, SMOKE_SHAPES, copy_bandwidth_gbs, drop_bytes, git_commit, markdown_table, median_ms, today, write_results  # noqa: E402
 
-# name -> (B, S, D, V, images, k): LLaVA-1.5 (576), LLaVA-NeXT (2880), video 32/64 frames x 196 tokens.
-SHAPES = {
-    "llava-1.5": (1, 640, 4096, 576, 1, 288),
-    "llava-next": (1, 2944, 4096, 2880, 5, 1440),
-    "video-32x196": (1, 6336, 3584, 6272, 32, 3136),
-    "video-64x196": (1, 12608, 3584, 12544, 64, 6272),
-    "llava-1.5-b8": (8, 640, 4096, 576, 1, 288),
-    "llava-next-b8": (8, 2944, 4096, 2880, 5, 1440),
-}
-SMOKE_SHAPES = {"tiny": (2, 40, 16, 30, 2, 9), "tiny-b1": (1, 70, 24, 64, 4, 20)}
 GRAPH_BYTES = 64 << 20  # below this many bytes moved, time through CUDA graphs (launch overhead dominates)
-
-
-def median_ms(fn, use_graph: bool) -> float:
-    if torch.cuda.is_available():
-        import triton.testing
-
-        if use_graph:
-            try:
-                return triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median")
-            except Exception:  # not capturable (the eager reference syncs on nonzero): plain events
-                torch.cuda.synchronize()
-        return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
-    fn()
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[2] * 1e3
-
-
-def copy_bandwidth_gbs(device: str) -> float:
-    """Bytes read + written per second of a device-to-device copy of 1 GiB (64 MiB in smoke mode)."""
-    n = (1 << 30 if device == "cuda" else 64 << 20) // 2
-    src = torch.ones(n, dtype=torch.bfloat16, device=device)
-    dst = torch.empty_like(src)
-    ms = median_ms(lambda: dst.copy_(src), use_graph=False)
-    return 2 * 2 * n / (ms * 1e-3) / 1e9
 
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on CPU: exercise the script only")
     parser.add_argument("--shapes", default=None, help="comma-separated subset of " + ",".join(SHAPES))
+    parser.add_argument("--publish", action="store_true", help="write bench/results/ (the committed record) instead of bench/out/")
     args = parser.parse_args(argv)
     if args.smoke:
         os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -77,9 +39,8 @@ def main(argv=None) -> list[dict]:
         parser.error("needs a CUDA GPU (use --smoke to exercise the script on CPU)")
 
     import v2drop_kernels as v2d
-    from common import drop_bytes, git_commit, markdown_table, today, write_results
-    from helpers import make_hidden, make_mask
     from v2drop_kernels import reference
+    from v2drop_kernels.testing import make_hidden, make_mask
 
     device = "cpu" if args.smoke else "cuda"
     shapes = SMOKE_SHAPES if args.smoke else SHAPES
@@ -87,14 +48,13 @@ def main(argv=None) -> list[dict]:
         shapes = {name: shapes[name] for name in args.shapes.split(",")}
     compiled_reference = torch.compile(reference.variation_drop)
     providers = {"reference": reference.variation_drop, "reference-compiled": compiled_reference}
-    if "cuda" in v2d.available_backends(device):
-        providers["cuda"] = torch.ops.v2drop.variation_drop
-    if "triton" in v2d.available_backends(device):
-        providers["triton"] = torch.ops.v2drop_triton.variation_drop
-    if args.smoke:
-        providers["cpu"] = torch.ops.v2drop.variation_drop
+    # Every native backend of the device (on a GPU: cuda and triton; in the smoke run: cpu and the
+    # interpreted triton).
+    for name in v2d.available_backends(device):
+        if name != "reference":
+            providers[name] = v2d.registered_backends()[name].ops.variation_drop
 
-    bandwidth = copy_bandwidth_gbs(device)
+    bandwidth = copy_bandwidth_gbs(device, None if device == "cuda" else 64 << 20)
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU (smoke run, times mean nothing)"
     print(f"v2drop GPU benchmark — {name}; measured copy bandwidth {bandwidth:.0f} GB/s (read + write)")
     rows = []
@@ -110,9 +70,9 @@ def main(argv=None) -> list[dict]:
         for provider, fn in providers.items():
             out = fn(*call)
             same = torch.equal(out[2], expected[2]) and torch.equal(out[0], expected[0])
-            times[provider] = median_ms(lambda: fn(*call), use_graph=moved < GRAPH_BYTES)
+            times[provider] = median_ms(lambda: fn(*call), device, use_graph=moved < GRAPH_BYTES)
             rows.append({"shape": shape, "provider": provider, "ms": times[provider], "same as reference": same,
-                         "GB/s": moved / (times[provider] * 1e-3) / 1e9})
+                         "bytes": moved, "GB/s": moved / (times[provider] * 1e-3) / 1e9})
         for r in rows[-len(providers):]:
             r["x vs eager"] = times["reference"] / r["ms"]
             r["x vs compiled"] = times["reference-compiled"] / r["ms"]
@@ -128,10 +88,11 @@ def main(argv=None) -> list[dict]:
     print("\n".join(table))
     if not args.smoke:
         meta = {"device": name, "torch": torch.__version__, "triton": __import__("triton").__version__, "commit": git_commit(),
-                "date": today(), "dtype": "bf16", "copy bandwidth GB/s (read + write)": round(bandwidth)}
+                "date": today(), "dtype": "bf16", "copy bandwidth GB/s (read + write)": round(bandwidth),
+                "command": "python bench/bench_gpu.py"}
         stem = "gpu_" + name.lower().replace(" ", "_")
-        write_results(stem, "GPU benchmark: fused variation_drop (bf16)", meta, rows, table)
-        print(f"written: bench/results/{stem}.json, .md")
+        where = write_results(stem, "GPU benchmark: fused variation_drop (bf16)", meta, rows, table, publish=args.publish)
+        print(f"written: {os.path.relpath(where)}/{stem}.{{json,md}}")
     return rows
 
 

@@ -1,4 +1,9 @@
-"""Shared by the benchmarks: bytes an op must move, result files with device, commit and date."""
+"""Shared by the benchmarks: the shapes, the bytes an op must move, timing, the copy-bandwidth probe,
+and result files with device, commit and date.
+
+Results go to ``bench/out/`` (ignored by git) unless a benchmark is asked to publish them
+(``--publish``), which writes ``bench/results/``, the committed record the README quotes.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,27 @@ import datetime
 import json
 import os
 import subprocess
+import time
+from typing import Callable
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results")  # committed: written only when publishing
+OUT = os.path.join(HERE, "out")  # scratch: every run's default
+
+# variation_drop shapes, name -> (B, S, D, V, images per row, k): LLaVA-1.5 (576 visual tokens),
+# LLaVA-NeXT (2880), video 32/64 frames x 196 tokens; k = V / 2.
+SHAPES = {
+    "llava-1.5": (1, 640, 4096, 576, 1, 288),
+    "llava-next": (1, 2944, 4096, 2880, 5, 1440),
+    "video-32x196": (1, 6336, 3584, 6272, 32, 3136),
+    "video-64x196": (1, 12608, 3584, 12544, 64, 6272),
+    "llava-1.5-b8": (8, 640, 4096, 576, 1, 288),
+    "llava-next-b8": (8, 2944, 4096, 2880, 5, 1440),
+}
+CPU_SHAPES = ["llava-1.5", "llava-next", "video-32x196"]
+SMOKE_SHAPES = {"tiny": (2, 40, 16, 30, 2, 9), "tiny-b1": (1, 70, 24, 64, 4, 20)}
 
 
 def drop_bytes(batch: int, seq: int, dim: int, num_visual: int, k: int, elem: int) -> int:
@@ -16,9 +40,43 @@ def drop_bytes(batch: int, seq: int, dim: int, num_visual: int, k: int, elem: in
     return 2 * batch * num_visual * dim * elem + 2 * batch * (seq - num_visual + k) * dim * elem
 
 
+def median_ms(fn: Callable[[], object], device: str, *, use_graph: bool = False, repeats: int = 7) -> float:
+    """Median time of ``fn`` in ms. CUDA: ``triton.testing.do_bench`` (CUDA events, cold L2), through
+    a CUDA graph when ``use_graph`` and the callable can be captured; CPU: wall clock after a warm-up."""
+    if device == "cuda":
+        import triton.testing
+
+        if use_graph:
+            try:
+                return triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median")
+            except Exception:  # not capturable (the eager reference syncs on nonzero): plain events
+                torch.cuda.synchronize()
+        return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[repeats // 2] * 1e3
+
+
+def copy_bandwidth_gbs(device: str, nbytes: int | None = None) -> float:
+    """Measured copy bandwidth of ``device``: bytes read + written per second of a tensor copy
+    (1 GiB on a GPU, 256 MiB on a CPU)."""
+    nbytes = nbytes or ((1 << 30) if device == "cuda" else (256 << 20))
+    src = torch.ones(nbytes // 4, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    return 2 * nbytes / (median_ms(lambda: dst.copy_(src), device) * 1e-3) / 1e9
+
+
 def git_commit() -> str:
+    """The checkout's commit, "+dirty" when tracked files (other than bench/results) differ from it."""
     try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True, stderr=subprocess.DEVNULL).strip()
+        out = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True, stderr=subprocess.DEVNULL, cwd=HERE).strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", ".", ":!bench/results"], cwd=os.path.dirname(HERE)).returncode != 0
+        return out + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -39,10 +97,14 @@ def markdown_table(columns: list[tuple[str, str]], rows: list[dict]) -> list[str
     return lines
 
 
-def write_results(stem: str, title: str, meta: dict, rows: list[dict], table: list[str], directory: str = RESULTS) -> None:
-    """<directory>/<stem>.json (meta + rows) and <stem>.md (title, meta line, table); bench/results by default."""
+def write_results(stem: str, title: str, meta: dict, rows: list[dict], table: list[str], *, publish: bool = False,
+                  directory: str | None = None) -> str:
+    """``<dir>/<stem>.json`` (meta + rows) and ``<stem>.md`` (title, meta line, table), in
+    ``directory``, else ``bench/out`` or, with ``publish``, ``bench/results``. Returns the directory."""
+    directory = directory or (RESULTS if publish else OUT)
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, stem + ".json"), "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
     with open(os.path.join(directory, stem + ".md"), "w") as f:
         f.write(f"# {title}\n\n" + "; ".join(f"{k}: {v}" for k, v in meta.items()) + "\n\n" + "\n".join(table) + "\n")
+    return directory

@@ -1,60 +1,61 @@
-"""Plumbing of the CPU benchmark (bench_cpu.py): the test helpers on the path, a CPU
-copy-bandwidth probe, and a summary table (median, ratio to the eager reference, fraction of
-measured bandwidth) printed at the end and written to bench/results/cpu_variation_drop.{json,md}."""
+"""Plumbing of the CPU benchmark (bench_cpu.py): the copy-bandwidth probe, and a summary table
+(median, ratio to the eager and the compiled reference, fraction of measured bandwidth) printed at
+the end and written to bench/out/cpu_variation_drop.{json,md} (bench/results/ with --publish)."""
 
 from __future__ import annotations
 
 import os
 import platform
 import sys
-import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python_tests"))
 sys.path.insert(0, os.path.dirname(__file__))
 
-from common import git_commit, markdown_table, today, write_results  # noqa: E402
+from common import copy_bandwidth_gbs, git_commit, markdown_table, today, write_results  # noqa: E402
 
 ROWS: list[dict] = []
 COLUMNS = [("shape", ""), ("dtype", ""), ("provider", ""), ("median ms", ".2f"), ("x vs eager reference", ".2f"),
-           ("GB/s", ".1f"), ("fraction of copy bandwidth", ".0%")]
+           ("x vs compiled reference", ".2f"), ("GB/s", ".1f"), ("fraction of copy bandwidth", ".0%")]
+_BANDWIDTH: list[float] = []
 
 
-def copy_bandwidth_gbs(nbytes: int = 256 << 20, repeats: int = 7) -> float:
-    """Measured CPU copy bandwidth (bytes read + written per second), median of ``repeats``."""
-    src = torch.ones(nbytes // 4)
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        dst.copy_(src)
-        times.append(time.perf_counter() - t0)
-    return 2 * nbytes / sorted(times)[repeats // 2] / 1e9
+def pytest_addoption(parser):
+    parser.addoption("--publish", action="store_true", help="write the results to bench/results (committed) instead of bench/out")
+
+
+def bandwidth_gbs() -> float:
+    """The CPU's copy bandwidth, measured once per run."""
+    if not _BANDWIDTH:
+        _BANDWIDTH.append(copy_bandwidth_gbs("cpu"))
+    return _BANDWIDTH[0]
 
 
 def record(row: dict) -> None:
     ROWS.append(row)
 
 
-def pytest_terminal_summary(terminalreporter):
+def pytest_terminal_summary(terminalreporter, config):
     if not ROWS:
         return
-    ref = {(r["shape"], r["dtype"]): r["median ms"] for r in ROWS if r["provider"] == "reference"}
-    for r in ROWS:
-        base = ref.get((r["shape"], r["dtype"]))
-        r["x vs eager reference"] = base / r["median ms"] if base else None
+    for base, column in (("reference", "x vs eager reference"), ("reference-compiled", "x vs compiled reference")):
+        ref = {(r["shape"], r["dtype"]): r["median ms"] for r in ROWS if r["provider"] == base}
+        for r in ROWS:
+            key = (r["shape"], r["dtype"])
+            r[column] = ref[key] / r["median ms"] if key in ref else None
     meta = {
-        "device": f"CPU {platform.machine()}, {torch.get_num_threads()} threads",
+        "device": f"CPU {platform.machine()} ({platform.processor() or 'unknown'}), {torch.get_num_threads()} threads",
         "torch": torch.__version__,
         "commit": git_commit(),
         "date": today(),
-        "copy bandwidth GB/s (read + write)": round(ROWS[0]["copy GB/s"], 1),
+        "copy bandwidth GB/s (read + write)": round(bandwidth_gbs(), 1),
+        "command": "make bench",
     }
     table = markdown_table(COLUMNS, ROWS)
     terminalreporter.write_line("")
     terminalreporter.write_line("v2drop CPU benchmark — " + "; ".join(f"{k}: {v}" for k, v in meta.items()))
     for line in table:
         terminalreporter.write_line(line)
-    write_results("cpu_variation_drop", "CPU benchmark: fused variation_drop", meta, ROWS, table)
+    where = write_results("cpu_variation_drop", "CPU benchmark: fused variation_drop", meta, ROWS, table,
+                          publish=config.getoption("--publish"))
+    terminalreporter.write_line(f"written: {os.path.relpath(where)}/cpu_variation_drop.{{json,md}}")

@@ -36,7 +36,7 @@ from contextlib import contextmanager
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RESULTS, git_commit, markdown_table, today, write_results  # noqa: E402
+from common import git_commit, markdown_table, today, write_results  # noqa: E402
 
 from v2drop_kernels.models import FastV, LlavaConfig, Policy, PyramidDrop, V2Drop  # noqa: E402
 from v2drop_kernels.models.llava import Llava  # noqa: E402
@@ -257,7 +257,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--no-long", action="store_true", help="skip the long answer")
     parser.add_argument("--long-repeats", type=int, default=2)
     parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None)
-    parser.add_argument("--out", default=RESULTS, help="directory for the JSON, markdown and PNG")
+    parser.add_argument("--out", default=None, help="directory for the JSON, markdown and PNG (default bench/out)")
+    parser.add_argument("--publish", action="store_true", help="write to bench/results (the committed record)")
     parser.add_argument("--summarize", metavar="JSON", help="print the README summary of a recorded run and exit")
     args = parser.parse_args(argv)
     if args.summarize:
@@ -304,9 +305,9 @@ def main(argv=None) -> list[dict]:
     table = markdown_table(columns, rows)
     print("\n" + "\n".join(table))
     stem = "e2e_cpu" if args.cpu else "e2e_" + torch.cuda.get_device_name().split()[-1].lower()
-    write_results(stem, "End-to-end LLaVA decoder: pruning policies", meta, rows, table, directory=args.out)
-    plot(rows, os.path.join(args.out, stem + ".png"), f"{meta['device']} · {meta['dtype']} · commit {meta['commit']} · {meta['date']}")
-    print(f"\nwritten: {os.path.join(args.out, stem)}.{{json,md,png}}")
+    out = write_results(stem, "End-to-end LLaVA decoder: pruning policies", meta, rows, table, publish=args.publish, directory=args.out)
+    plot(rows, os.path.join(out, stem + ".png"), f"{meta['device']} · {meta['dtype']} · commit {meta['commit']} · {meta['date']}")
+    print(f"\nwritten: {os.path.join(out, stem)}.{{json,md,png}}")
     return rows
 
 

@@ -31,7 +31,7 @@ step build "$PY" setup.py build_ext --inplace
 # The host build of the CUDA backend (backend "cuda_emulated") stands in for the GPU elsewhere;
 # here the real one runs, so those tests are left out to keep the call short.
 step tests "$PY" -m pytest python_tests -q -p no:cacheprovider -k "not emulated and not emulator"
-GPU_TESTS=(python_tests/test_variation_topk.py python_tests/test_variation_drop.py python_tests/test_varlen.py python_tests/test_kv_compact.py)
+GPU_TESTS=(python_tests/test_variation_topk.py python_tests/test_variation_drop.py python_tests/test_variation_drop_varlen.py python_tests/test_select_drop.py python_tests/test_kv_compact.py)
 step memcheck timeout 1500 compute-sanitizer --tool memcheck --error-exitcode 3 "$PY" -m pytest "${GPU_TESTS[@]}" -q -x -p no:cacheprovider -k "(cuda or triton) and not emulated"
 step racecheck timeout 1500 compute-sanitizer --tool racecheck --error-exitcode 3 "$PY" -m pytest "${GPU_TESTS[@]}" -q -x -p no:cacheprovider -k "(cuda or triton) and not emulated and (exact or B1-S7 or B3-S83)"
 step bench "$PY" bench/bench_gpu.py

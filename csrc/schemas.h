@@ -1,6 +1,6 @@
 // Op schemas of the v2drop ops: the one place where every op is declared. ops.cpp defines them
-// in the `v2drop` namespace; the test suite's host build of the CUDA backend
-// (python_tests/cuda_emulator) defines the same schemas in a namespace of its own.
+// in the `v2drop` namespace; a host build of the CUDA backend (the test suite's emulator) may
+// define the same schemas in a namespace of its own.
 // Semantics: README.md and v2drop_kernels/reference.py (the spec).
 #pragma once
 
@@ -25,6 +25,14 @@ inline void define_ops(torch::Library& m) {
         " Tensor cu_seqlens, int[] num_visual, int[] k)"
         " -> (Tensor hidden_out, Tensor position_ids_out, Tensor keep_pos, Tensor vis_mask_out,"
         " Tensor cu_seqlens_out, Tensor scores)");
+  // Selection + compaction by given float32 scores (PyramidDrop's and FastV's attention scores):
+  // the same ranking and outputs as variation_drop, without hidden states. Padded [B, S] ...
+  m.def("select_drop(Tensor scores, Tensor vis_mask, Tensor position_ids, int num_visual, int k)"
+        " -> (Tensor position_ids_out, Tensor keep_pos, Tensor vis_mask_out)");
+  // ... and packed [T] with cu_seqlens.
+  m.def("select_drop_varlen(Tensor scores, Tensor vis_mask, Tensor position_ids, Tensor cu_seqlens,"
+        " int[] num_visual, int[] k)"
+        " -> (Tensor position_ids_out, Tensor keep_pos, Tensor vis_mask_out, Tensor cu_seqlens_out)");
   // KV-cache compaction of several tensors (layers, keys and values) in one call: gather along
   // seq_dim with keep_pos. Out of place (new tensors of length n along seq_dim) ...
   m.def("kv_compact(Tensor[] caches, Tensor keep_pos, int seq_dim) -> Tensor[]");

@@ -1,4 +1,5 @@
-"""Input builders and comparison rules shared by the tests (and imported by the benchmarks)."""
+"""What the tests share: the backends to parametrize over, and the comparison rules. The input
+builders are :mod:`v2drop_kernels.testing` (the benchmarks use them too)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ from torch import Tensor
 import cuda_emulator
 import v2drop_kernels as v2d
 from v2drop_kernels import reference
+from v2drop_kernels.testing import DTYPES, LAYOUTS, k_values, make_hidden, make_mask  # noqa: F401  (re-exported for the tests)
 
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 HAS_CUDA = torch.cuda.is_available()
 TRITON_DEVICE = "cuda" if HAS_CUDA else "cpu"
-TRITON_OK = TRITON_DEVICE in v2d.ops._TRITON_DEVICES
+TRITON_OK = "triton" in v2d.available_backends(TRITON_DEVICE)
 INTERPRETED = TRITON_OK and TRITON_DEVICE == "cpu"  # Triton on CPU tensors, slow: small shapes only
 
 # Every backend of the ops, as the `backend` argument of the Python API. "cuda_emulated" is the
@@ -35,12 +36,16 @@ INTERPRETER_MAX_ELEMENTS = 600_000  # tokens × hidden size the interpreter is g
 
 
 def register_cuda_emulated() -> None:
-    """Builds (once) the host build of the CUDA backend and makes it the backend "cuda_emulated"."""
-    v2d.ops._EXTRA_BACKENDS["cuda_emulated"] = (cuda_emulator.load(), "cpu")
+    """Builds (once) the host build of the CUDA backend and registers it as the backend
+    "cuda_emulated" (last in preference, so backend=None never picks it)."""
+    if "cuda_emulated" not in v2d.registered_backends():
+        v2d.register_backend("cuda_emulated", cuda_emulator.load(), ("cpu",), priority=2000, device_checks=True)
 
 
 def device_of(backend: str) -> str:
     if backend == "cuda_emulated":
+        return "cpu"
+    if backend == "reference":
         return "cpu"
     return TRITON_DEVICE if backend == "triton" else backend
 
@@ -48,71 +53,6 @@ def device_of(backend: str) -> str:
 def skip_if_too_big_for_interpreter(backend: str, elements: int) -> None:
     if backend == "triton" and INTERPRETED and elements > INTERPRETER_MAX_ELEMENTS:
         pytest.skip("large shape: the Triton backend runs it on a GPU (too slow for the interpreter)")
-LAYOUTS = ["contiguous", "strided", "transposed"]
-
-
-def k_values(num_visual: int) -> dict[str, int]:
-    """k = 1, a middle value, and V (all kept)."""
-    return {"one": 1, "mid": num_visual // 2 + 1 if num_visual > 1 else 1, "all": num_visual}
-
-
-def make_mask(batch: int, seq: int, num_visual: int, num_images: int, gen: torch.Generator) -> Tensor:
-    """bool[B, S]: each row holds ``num_visual`` visual tokens in ``num_images`` runs (images) at
-    random offsets, different in every row."""
-    mask = torch.zeros(batch, seq, dtype=torch.bool)
-    num_images = max(1, min(num_images, num_visual))
-    for b in range(batch):
-        cuts = sorted(torch.randperm(num_visual - 1, generator=gen)[: num_images - 1].add(1).tolist())
-        sizes = [e - s for s, e in zip([0, *cuts], [*cuts, num_visual])]
-        text = seq - num_visual
-        gaps = sorted(torch.randint(0, text + 1, (num_images,), generator=gen).tolist())
-        pos = 0
-        for i, size in enumerate(sizes):
-            start = gaps[i] + pos
-            mask[b, start : start + size] = True
-            pos += size
-    assert bool((mask.sum(1) == num_visual).all())
-    return mask
-
-
-def _place(values: Tensor, layout: str) -> Tensor:
-    """The same values [B, S, D] in a buffer with the given layout (last dim always contiguous)."""
-    batch, seq, dim = values.shape
-    if layout == "contiguous":
-        return values.contiguous()
-    if layout == "strided":  # a slice of a larger buffer: padded batch/sequence strides, odd offset
-        buf = torch.full((2 * batch, seq + 3, dim + 5), float("nan"), dtype=values.dtype, device=values.device)
-        view = buf[::2, 1 : seq + 1, 3 : dim + 3]
-        view.copy_(values)
-        return view
-    if layout == "transposed":  # stored [S, B, D]
-        return values.transpose(0, 1).contiguous().transpose(0, 1)
-    raise ValueError(layout)
-
-
-def make_hidden(
-    batch: int,
-    seq: int,
-    dim: int,
-    dtype: torch.dtype,
-    device: str,
-    gen: torch.Generator,
-    *,
-    integer: bool = False,
-    layout: str = "contiguous",
-) -> tuple[Tensor, Tensor]:
-    """(hidden, prev) [B, S, D]. ``integer``: small integers, so every score is exact in float32
-    (and ties are common); otherwise prev ~ N(0, 1) plus a per-token amount of change."""
-    if integer:
-        prev = torch.randint(-3, 4, (batch, seq, dim), generator=gen).float()
-        hidden = torch.randint(-3, 4, (batch, seq, dim), generator=gen).float()
-    else:
-        prev = torch.randn(batch, seq, dim, generator=gen)
-        amount = torch.rand(batch, seq, 1, generator=gen) * 2
-        hidden = prev + amount * torch.randn(batch, seq, dim, generator=gen)
-    hidden = _place(hidden.to(dtype=dtype, device=device), layout)
-    prev = _place(prev.to(dtype=dtype, device=device), layout)
-    return hidden, prev
 
 
 def score_error_bound(hidden: Tensor, prev: Tensor, vis_mask: Tensor) -> tuple[Tensor, float]:

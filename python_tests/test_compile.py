@@ -57,6 +57,22 @@ def test_opcheck_variation_drop_varlen(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_opcheck_select_drop(backend):
+    ops, device = namespace(backend), device_of(backend)
+    gen = torch.Generator().manual_seed(4)
+    for batch, seq, num_visual, k in [(1, 7, 3, 1), (3, 83, 64, 20), (2, 30, 30, 30)]:
+        mask = make_mask(batch, seq, num_visual, 2, gen).to(device)
+        scores = torch.rand(batch, seq, generator=gen).to(device)
+        for pos in (torch.arange(seq, device=device).expand(batch, seq), torch.zeros(3, batch, seq, dtype=torch.int32, device=device)):
+            torch.library.opcheck(ops.select_drop.default, (scores, mask, pos, num_visual, k))
+    mask = torch.cat([make_mask(1, 20, 12, 1, gen)[0], torch.zeros(5, dtype=torch.bool), make_mask(1, 9, 9, 1, gen)[0]]).to(device)
+    cu = torch.tensor([0, 20, 25, 34], dtype=torch.int32, device=device)
+    scores = torch.rand(34, generator=gen).to(device)
+    for pos in (torch.arange(34, device=device), torch.arange(3 * 34, device=device).view(3, 34)):
+        torch.library.opcheck(ops.select_drop_varlen.default, (scores, mask, pos, cu, [12, 0, 9], [4, 0, 9]))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_opcheck_kv_compact(backend):
     ops, device = namespace(backend), device_of(backend)
     gen = torch.Generator().manual_seed(2)
@@ -76,7 +92,8 @@ def pipeline(hidden, prev, vis_mask, position_ids, k_cache, v_cache, num_visual:
     k_out, v_out = v2d.kv_compact([k_cache, v_cache], out.keep_pos, 2, backend=backend)
     v2d.kv_compact_([k_cache, v_cache], out.keep_pos, 2, backend=backend)
     keep_idx, scores = v2d.variation_topk(out.hidden * 2, out.hidden, out.vis_mask, 1, backend=backend)
-    return out.hidden + 1, out.position_ids, out.keep_pos, k_out, v_out, keep_idx, scores
+    sel = v2d.select_drop(out.scores, vis_mask, position_ids, 1, num_visual=num_visual, backend=backend)
+    return out.hidden + 1, out.position_ids, out.keep_pos, k_out, v_out, keep_idx, scores, sel.keep_pos
 
 
 @pytest.mark.parametrize("dynamic", [False, True])
@@ -100,8 +117,9 @@ def test_torch_compile_fullgraph(backend, dynamic):
     k_ref, v_ref = reference.kv_compact([k_cache, v_cache], drop[2], 2)
     vis_out = drop[3]
     keep_idx, scores = reference.variation_topk(drop[0] * 2, drop[0], vis_out, 1)
-    want = (drop[0] + 1, drop[1], drop[2], k_ref, v_ref, keep_idx, scores)
-    for name, a, b in zip(["hidden", "position_ids", "keep_pos", "k", "v", "keep_idx", "scores"], got, want):
+    sel_keep = reference.select_drop(drop[4], mask, pos, num_visual, 1)[1]
+    want = (drop[0] + 1, drop[1], drop[2], k_ref, v_ref, keep_idx, scores, sel_keep)
+    for name, a, b in zip(["hidden", "position_ids", "keep_pos", "k", "v", "keep_idx", "scores", "select_keep_pos"], got, want):
         if name == "scores":
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
         else:
@@ -115,6 +133,8 @@ def test_opcheck_triton_schema_under_interpreter():
     checks need a GPU, see test_opcheck_* above): schemas and autograd registration."""
     for hidden, prev, mask, num_visual, k, batch, seq in padded_samples("cpu"):
         pos = torch.arange(seq).expand(batch, seq)
+        scores = hidden[..., 0].float().abs()
         for op, args in ((torch.ops.v2drop_triton.variation_topk, (hidden, prev, mask, k)),
-                         (torch.ops.v2drop_triton.variation_drop, (hidden, prev, mask, pos, num_visual, k))):
+                         (torch.ops.v2drop_triton.variation_drop, (hidden, prev, mask, pos, num_visual, k)),
+                         (torch.ops.v2drop_triton.select_drop, (scores.contiguous(), mask, pos, num_visual, k))):
             torch.library.opcheck(op.default, args, test_utils=("test_schema", "test_autograd_registration"))

@@ -73,7 +73,7 @@ def test_cuda_kernels_memcheck():
     comparisons), with every memory access of the kernels and the binding checked."""
     selection = "cuda_emulated and (not test_matches_reference or float32) and not long_video"
     result = run_sanitized(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", selection,
-                            "test_variation_topk.py", "test_variation_drop.py", "test_varlen.py", "test_kv_compact.py",
+                            "test_variation_topk.py", "test_variation_drop.py", "test_variation_drop_varlen.py", "test_select_drop.py", "test_kv_compact.py",
                             "test_semantics.py", "test_errors.py"], timeout=1500)
     output = result.stdout[-3000:] + result.stderr[-5000:]
     assert "AddressSanitizer" not in result.stderr, output

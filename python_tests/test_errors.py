@@ -1,166 +1,177 @@
-"""Bad input gets a clear RuntimeError/ValueError naming the argument, from the op itself."""
+"""Bad input gets a clear RuntimeError/ValueError naming the argument, the same on every backend,
+and never a crash.
+
+Every case of ``bad_inputs.py`` runs on every backend in a fresh process (``bad_inputs.py BACKEND``),
+so a crash is a failing test that names its signal and case. The backends are held to one rule:
+for each bad input, every backend that checks the data on the host (cpu, reference) raises the same
+exception type with the same message, and every backend that checks it on the device (cuda,
+triton, cuda_emulated) raises the same RuntimeError; where a rule needs no data, all of them agree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 
 import cuda_emulator
-import v2drop_kernels  # noqa: F401
-from helpers import TRITON_OK
+import v2drop_kernels as v2d
+from bad_inputs import CASES, device_of, expected
+from helpers import HAS_CUDA, TRITON_OK
+from v2drop_kernels import reference
 
-B, S, D, V = 2, 12, 8, 6
-# The C++ ops (CPU kernels here), the Triton ops and the CUDA binding built for the host
-# (cuda_emulator/); all validate before any launch, so CPU tensors do for all three.
-NAMESPACES = [
-    "v2drop",
-    pytest.param("v2drop_triton", marks=pytest.mark.skipif(not TRITON_OK, reason="needs triton")),
-    pytest.param("v2drop_cuda_emulated", marks=pytest.mark.skipif(not cuda_emulator.available(), reason="needs a C++ compiler and ninja")),
+HERE = os.path.dirname(os.path.abspath(__file__))
+BACKENDS = [
+    "cpu",
+    "reference",
+    pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")),
+    pytest.param("triton", marks=pytest.mark.skipif(not TRITON_OK, reason="needs triton (GPU, or TRITON_INTERPRET=1)")),
+    pytest.param("cuda_emulated", marks=pytest.mark.skipif(not cuda_emulator.available(), reason="needs a C++ compiler and ninja")),
 ]
-DEVICE_CHECKED = ("v2drop_triton", "v2drop_cuda_emulated")  # data rules checked on the device
+DEVICE_CHECKS = {"cpu": False, "reference": False, "cuda": True, "triton": True, "cuda_emulated": True}
 
 
-def good():
-    hidden = torch.randn(B, S, D)
-    mask = torch.zeros(B, S, dtype=torch.bool)
-    mask[:, 3:9] = True
-    return dict(hidden=hidden, prev=torch.randn(B, S, D), vis_mask=mask, position_ids=torch.arange(S).expand(B, S))
+def _groups(backend: str) -> list[list[str]]:
+    """The cases each process runs: all in one, except on a GPU, where a device-side assert ends the
+    CUDA context, so each case that raises one gets a process of its own."""
+    if device_of(backend) != "cuda" or not DEVICE_CHECKS[backend]:
+        return [list(CASES)]
+    data = [name for name, case in CASES.items() if case.on_device]
+    return [[name for name in CASES if name not in data]] + [[name] for name in data]
 
 
-def topk(**kw):
-    a = {**good(), "k": 3, **kw}
-    return lambda ops: ops.variation_topk(a["hidden"], a["prev"], a["vis_mask"], a["k"])
+def _run_group(backend: str, names: list[str]) -> dict[str, dict]:
+    proc = subprocess.run([sys.executable, os.path.join(HERE, "bad_inputs.py"), backend, *names],
+                          capture_output=True, text=True, timeout=600, cwd=os.path.dirname(HERE))
+    results, started = {}, None
+    for line in proc.stdout.splitlines():
+        if not line.startswith("{"):
+            continue
+        record = json.loads(line)
+        if "start" in record:
+            started = record["start"]
+        else:
+            record["stderr"] = proc.stderr if len(names) == 1 else ""
+            results[record["case"]] = record
+    if proc.returncode != 0:
+        how = f"signal {signal.Signals(-proc.returncode).name}" if proc.returncode < 0 else f"exit code {proc.returncode}"
+        crash = {"crashed": f"the process died with {how} in case {started!r}:\n{proc.stderr[-3000:]}"}
+        for name in names:
+            results.setdefault(name, crash)
+    return results
 
 
-def drop(**kw):
-    a = {**good(), "num_visual": V, "k": 3, **kw}
-    return lambda ops: ops.variation_drop(a["hidden"], a["prev"], a["vis_mask"], a["position_ids"], a["num_visual"], a["k"])
+@pytest.fixture(scope="module")
+def outcomes():
+    """backend -> case -> what the case did there (computed once, lazily per backend)."""
+    cache: dict[str, dict[str, dict]] = {}
 
+    def get(backend: str) -> dict[str, dict]:
+        if backend not in cache:
+            groups = _groups(backend)
+            with ThreadPoolExecutor(max_workers=min(8, len(groups))) as pool:
+                parts = list(pool.map(lambda names: _run_group(backend, names), groups))
+            cache[backend] = {name: record for part in parts for name, record in part.items()}
+        return cache[backend]
 
-def uneven_mask():
-    mask = good()["vis_mask"].clone()
-    mask[1, 2] = True
-    return mask
-
-
-def noncontiguous_last_dim():
-    return torch.randn(B, S, D * 2)[..., ::2]
-
-
-def varlen(**kw):
-    a = dict(
-        hidden=torch.randn(10, D), prev=torch.randn(10, D), vis_mask=torch.tensor([0, 1, 1, 1, 0, 0, 1, 1, 0, 0], dtype=torch.bool),
-        position_ids=torch.arange(10), cu_seqlens=torch.tensor([0, 5, 10], dtype=torch.int32), num_visual=[3, 2], k=[1, 2],
-    )
-    a.update(kw)
-    return lambda ops: ops.variation_drop_varlen(*a.values())
-
-
-def kv(**kw):
-    a = dict(caches=[torch.randn(B, 4, S, 16), torch.randn(B, 4, S, 16)], keep_pos=torch.tensor([[0, 3, 5], [1, 2, 11]]), seq_dim=2)
-    a.update(kw)
-    return lambda ops: ops.kv_compact(*a.values())
-
-
-def kv_(**kw):
-    a = dict(caches=[torch.randn(B, 4, S, 16), torch.randn(B, 4, S, 16)], keep_pos=torch.tensor([[0, 3, 5], [1, 2, 11]]), seq_dim=2)
-    a.update(kw)
-    return lambda ops: ops.kv_compact_(*a.values())
-
-
-buffer = torch.randn(2, B, 4, S, 16)
-
-CASES = {
-    # variation_topk
-    "topk-hidden-rank": (topk(hidden=torch.randn(S, D), prev=torch.randn(S, D)), RuntimeError, "hidden must have 3 dims"),
-    "topk-prev-shape": (topk(prev=torch.randn(B, S, D + 1)), RuntimeError, "prev must have the shape of hidden"),
-    "topk-prev-dtype": (topk(prev=torch.randn(B, S, D).half()), RuntimeError, "prev must have the dtype of hidden"),
-    "topk-hidden-dtype": (topk(hidden=torch.randn(B, S, D).double(), prev=torch.randn(B, S, D).double()), RuntimeError, "hidden must be float32, float16 or bfloat16"),
-    "topk-int-hidden": (topk(hidden=torch.ones(B, S, D, dtype=torch.int32), prev=torch.ones(B, S, D, dtype=torch.int32)), RuntimeError, "hidden must be float32"),
-    "topk-mask-dtype": (topk(vis_mask=good()["vis_mask"].int()), RuntimeError, "vis_mask must be bool"),
-    "topk-mask-shape": (topk(vis_mask=torch.ones(B, S + 1, dtype=torch.bool)), RuntimeError, "vis_mask must have shape"),
-    "topk-k-zero": (topk(k=0), ValueError, "k must be >= 1"),
-    "topk-k-negative": (topk(k=-2), ValueError, "k must be >= 1"),
-    "topk-k-above-V": (topk(k=V + 1), ValueError, r"k must be in \[1, V=6\]", (RuntimeError, r"k must be in \[1, V\]")),
-    "topk-uneven-rows": (topk(vis_mask=uneven_mask()), ValueError, "row 1 holds 7", (RuntimeError, "every row of vis_mask must hold the same number")),
-    "topk-hidden-last-dim": (topk(hidden=noncontiguous_last_dim()), RuntimeError, "hidden must have a contiguous last dim"),
-    "topk-prev-last-dim": (topk(prev=noncontiguous_last_dim()), RuntimeError, "prev must have a contiguous last dim"),
-    # variation_drop
-    "drop-k-zero": (drop(k=0), ValueError, r"k must be in \[1, num_visual=6\]"),
-    "drop-k-above": (drop(k=7), ValueError, r"k must be in \[1, num_visual=6\]"),
-    "drop-num-visual-wrong": (drop(num_visual=5), ValueError, "every row of vis_mask must hold 5 visual tokens, row 0 holds 6", (RuntimeError, "every row of vis_mask must hold num_visual=5")),
-    "drop-num-visual-zero": (drop(num_visual=0), ValueError, "num_visual must be in"),
-    "drop-uneven-rows": (drop(vis_mask=uneven_mask()), ValueError, "row 1 holds 7", (RuntimeError, "every row of vis_mask must hold num_visual=6")),
-    "drop-pos-dtype": (drop(position_ids=torch.arange(S).float().expand(B, S)), RuntimeError, "position_ids must be int64 or int32"),
-    "drop-pos-shape": (drop(position_ids=torch.arange(S + 1).expand(B, S + 1)), RuntimeError, "position_ids must have shape"),
-    "drop-pos-mrope-shape": (drop(position_ids=torch.zeros(4, B, S, dtype=torch.long)), RuntimeError, "position_ids must have shape"),
-    "drop-mask-dtype": (drop(vis_mask=good()["vis_mask"].float()), RuntimeError, "vis_mask must be bool"),
-    # variation_drop_varlen
-    "varlen-rank": (varlen(hidden=torch.randn(1, 10, D), prev=torch.randn(1, 10, D)), RuntimeError, "hidden must have 2 dims"),
-    "varlen-cu-dtype": (varlen(cu_seqlens=torch.tensor([0, 5, 10])), RuntimeError, "cu_seqlens must be int32"),
-    "varlen-cu-short": (varlen(cu_seqlens=torch.tensor([0], dtype=torch.int32), num_visual=[], k=[]), RuntimeError, r"cu_seqlens must have shape \[B \+ 1\]"),
-    "varlen-cu-first": (varlen(cu_seqlens=torch.tensor([1, 5, 10], dtype=torch.int32)), ValueError, r"cu_seqlens\[0\] must be 0", (RuntimeError, r"cu_seqlens\[0\] must be 0")),
-    "varlen-cu-last": (varlen(cu_seqlens=torch.tensor([0, 5, 9], dtype=torch.int32)), ValueError, r"cu_seqlens\[-1\] must equal T=10", (RuntimeError, r"cu_seqlens\[-1\] must equal T=10")),
-    "varlen-cu-decreasing": (varlen(cu_seqlens=torch.tensor([0, 6, 4, 10], dtype=torch.int32), num_visual=[3, 0, 2], k=[1, 0, 1]), ValueError, "cu_seqlens must be non-decreasing", (RuntimeError, "cu_seqlens must be non-decreasing")),
-    "varlen-num-visual-len": (varlen(num_visual=[3]), ValueError, "num_visual must have B=2 entries"),
-    "varlen-k-len": (varlen(k=[1, 1, 1]), ValueError, "k must have B=2 entries"),
-    "varlen-k-zero": (varlen(k=[0, 1]), ValueError, r"k\[0\] must be in \[1, num_visual\[0\]=3\]"),
-    "varlen-k-above": (varlen(k=[1, 3]), ValueError, r"k\[1\] must be in \[1, num_visual\[1\]=2\]"),
-    "varlen-num-visual-wrong": (varlen(num_visual=[2, 2], k=[1, 1]), ValueError, r"sequence 0 must hold num_visual\[0\]=2 visual tokens, vis_mask marks 3", (RuntimeError, r"sequence b must hold num_visual\[b\] visual tokens")),
-    "varlen-pos-shape": (varlen(position_ids=torch.arange(11)), RuntimeError, "position_ids must have shape"),
-    # kv_compact / kv_compact_
-    "kv-empty": (kv(caches=[]), RuntimeError, "caches must hold at least one tensor"),
-    "kv-keep-dtype": (kv(keep_pos=torch.tensor([[0, 3, 5], [1, 2, 11]], dtype=torch.int32)), RuntimeError, "keep_pos must be int64"),
-    "kv-keep-rank": (kv(keep_pos=torch.zeros(1, 2, 3, dtype=torch.long)), RuntimeError, r"keep_pos must have shape \[B, n\]"),
-    "kv-cache-rank": (kv(caches=[torch.randn(B, S, 16)]), RuntimeError, "caches must have 4 dims"),
-    "kv-seq-dim": (kv(seq_dim=3), ValueError, "seq_dim must be 1"),
-    "kv-seq-dim-packed": (kv(caches=[torch.randn(S, 4, 16)], keep_pos=torch.tensor([0, 3]), seq_dim=1), ValueError, "seq_dim must be 0"),
-    "kv-batch": (kv(keep_pos=torch.tensor([[0, 3, 5]])), RuntimeError, r"caches\[0\] must have batch size 1"),
-    "kv-seq-mismatch": (kv(caches=[torch.randn(B, 4, S, 16), torch.randn(B, 4, S + 1, 16)]), RuntimeError, r"caches\[1\] must have sequence length 12"),
-    "kv-range-high": (kv(keep_pos=torch.tensor([[0, 3, 12], [1, 2, 11]])), ValueError, r"keep_pos values must be in \[0, 12\)", (RuntimeError, r"keep_pos values must be in \[0, 12\)")),
-    "kv-range-negative": (kv(keep_pos=torch.tensor([[0, -1, 5], [1, 2, 11]])), ValueError, r"keep_pos values must be in \[0, 12\)", (RuntimeError, r"keep_pos values must be in \[0, 12\)")),
-    "kv-last-dim": (kv(caches=[torch.randn(B, 4, S, 32)[..., ::2]]), RuntimeError, r"caches\[0\] must have a contiguous last dim"),
-    "kv_-not-increasing": (kv_(keep_pos=torch.tensor([[0, 5, 3], [1, 2, 11]])), ValueError, "strictly increasing", (RuntimeError, "strictly increasing")),
-    "kv_-duplicate": (kv_(keep_pos=torch.tensor([[0, 3, 3], [1, 2, 11]])), ValueError, "strictly increasing", (RuntimeError, "strictly increasing")),
-    "kv_-shared-memory": (kv_(caches=[buffer[0], buffer[0][:, :2]]), RuntimeError, r"caches\[0\] and caches\[1\] share memory"),
-    "kv_-expanded": (kv_(caches=[torch.randn(B, 1, S, 16).expand(B, 4, S, 16)]), RuntimeError, "overlapping elements"),
-}
+    return get
 
 
 @pytest.mark.parametrize("name", list(CASES))
-@pytest.mark.parametrize("namespace", NAMESPACES)
-def test_bad_input(namespace, name):
-    """Each case: (call, error, message[, (error, message) of the GPU backends]). The Triton and
-    CUDA ops check rules that need the data on the device (no host sync), which raises
-    RuntimeError."""
-    call, error, message, *on_device = CASES[name]
-    if namespace in DEVICE_CHECKED and on_device:
-        error, message = on_device[0]
-    with pytest.raises(error, match=message):
-        call(getattr(torch.ops, namespace))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_input(outcomes, backend, name):
+    """Each case raises its error with its message, and leaves the inputs as they were."""
+    got = outcomes(backend)[name]
+    assert "crashed" not in got, got.get("crashed")
+    error, message = expected(CASES[name], DEVICE_CHECKS[backend])
+    assert got["error"] == error.__name__, f"{backend}: expected {error.__name__} matching {message!r}, got {got['error']}: {got['message']}"
+    if got["message"].startswith("CUDA error"):  # a device-side assert on a GPU: the device printed the message
+        assert re.search(message, got["stderr"]), got["stderr"][-2000:]
+    else:
+        assert re.search(message, got["message"]), got["message"]
+    assert got["inputs_unchanged"] is not False, "the failed call modified its inputs"
 
 
-@pytest.mark.parametrize("namespace", NAMESPACES)
-def test_disjoint_views_of_one_buffer_are_fine(namespace):
-    keep = torch.tensor([[0, 3, 5], [1, 2, 11]])
-    k_ref, v_ref = buffer[0].clone(), buffer[1].clone()
-    getattr(torch.ops, namespace).kv_compact_([buffer[0], buffer[1]], keep, 2)
-    from v2drop_kernels import reference
+@pytest.mark.parametrize("name", list(CASES))
+def test_same_error_on_every_backend(outcomes, name):
+    """Backends that check alike raise the same type and message (the op's name included); where
+    the rule needs no data, all of them do; a device message starts the host one."""
+    backends = ["cpu", "reference"] + (["cuda"] if HAS_CUDA else []) + (["triton"] if TRITON_OK else [])
+    backends += ["cuda_emulated"] if cuda_emulator.available() else []
+    seen = {b: outcomes(b)[name] for b in backends}
+    seen = {b: (r["error"], r["message"]) for b, r in seen.items() if "crashed" not in r and not r["message"].startswith("CUDA error")}
+    host = {seen[b] for b in seen if not DEVICE_CHECKS[b]}
+    device = {seen[b] for b in seen if DEVICE_CHECKS[b]}
+    assert len(host) <= 1 and len(device) <= 1, seen
+    if host and device:
+        (host_error, host_message), (device_error, device_message) = host.pop(), device.pop()
+        if CASES[name].on_device:
+            assert device_error == "RuntimeError" and host_message.startswith(device_message), seen
+        else:
+            assert (host_error, host_message) == (device_error, device_message), seen
 
-    reference.kv_compact_([k_ref, v_ref], keep, 2)
-    assert torch.equal(buffer[0], k_ref) and torch.equal(buffer[1], v_ref)
+
+# -- rules of the Python API, and edge cases that are not errors --------------------------------------
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_python_api_rejects_bools_and_floats_as_counts(backend):
+    hidden, prev = torch.randn(2, 12, 8), torch.randn(2, 12, 8)
+    mask = torch.zeros(2, 12, dtype=torch.bool)
+    mask[:, 3:9] = True
+    with pytest.raises(ValueError, match=r"k must be an int, got a bool \(True\)"):
+        v2d.variation_topk(hidden, prev, mask, True, backend=backend)
+    with pytest.raises(ValueError, match=r"k must be an int, got float \(2.0\)"):
+        v2d.variation_drop(hidden, prev, mask, None, 2.0, backend=backend)
+    with pytest.raises(ValueError, match=r"num_visual must be an int, got a bool"):
+        v2d.variation_drop(hidden, prev, mask, None, 2, num_visual=True, backend=backend)
+    with pytest.raises(ValueError, match=r"seq_dim must be an int, got a bool"):
+        v2d.kv_compact(torch.randn(2, 4, 12, 8), torch.zeros(2, 3, dtype=torch.long), True, backend=backend)
+    cu = torch.tensor([0, 5, 12], dtype=torch.int32)
+    with pytest.raises(ValueError, match=r"k\[1\] must be an int, got a bool"):
+        v2d.variation_drop_varlen(hidden[0], prev[0], mask[0], torch.arange(12), cu, [1, False], backend=backend)
+    assert torch.equal(v2d.variation_topk(hidden, prev, mask, torch.tensor(3), backend=backend)[0],
+                       v2d.variation_topk(hidden, prev, mask, 3, backend=backend)[0])  # integer scalars are fine
 
 
-@pytest.mark.parametrize("namespace", NAMESPACES)
-def test_failed_in_place_call_leaves_caches_untouched(namespace):
-    caches = [torch.randn(B, 4, S, 16)]
-    before = caches[0].clone()
-    with pytest.raises((ValueError, RuntimeError), match="keep_pos values must be in"):
-        getattr(torch.ops, namespace).kv_compact_(caches, torch.tensor([[0, 3, 5], [1, 2, 12]]), 2)
-    assert torch.equal(caches[0], before)
+@pytest.mark.parametrize("backend", ["cpu", "reference", pytest.param("triton", marks=pytest.mark.skipif(not TRITON_OK, reason="needs triton")),
+                                     pytest.param("cuda_emulated", marks=pytest.mark.skipif(not cuda_emulator.available(), reason="needs a C++ compiler"))])
+def test_empty_batch_is_the_same_through_the_op_and_the_wrapper(backend):
+    """B = 0: the raw op and the wrapper (given num_visual) return the same empty outputs; the
+    wrapper cannot read V from an empty mask and says so."""
+    if backend == "cuda_emulated":
+        from helpers import register_cuda_emulated
+
+        register_cuda_emulated()
+    ops = v2d.registered_backends()[backend].ops
+    hidden, prev = torch.randn(0, 12, 8), torch.randn(0, 12, 8)
+    mask, pos = torch.zeros(0, 12, dtype=torch.bool), torch.zeros(0, 12, dtype=torch.long)
+    raw = ops.variation_drop(hidden, prev, mask, pos, 6, 2)
+    api = v2d.variation_drop(hidden, prev, mask, pos, 2, num_visual=6, backend=backend)
+    for a, b, shape in zip(raw, api, [(0, 8, 8), (0, 8), (0, 8), (0, 8), (0, 12)]):
+        assert a.shape == b.shape == shape and a.dtype == b.dtype
+    with pytest.raises(ValueError, match="the batch is empty; pass num_visual"):
+        v2d.variation_drop(hidden, prev, mask, pos, 2, backend=backend)
+    keep, scores = v2d.variation_topk(hidden, prev, mask, 3, backend=backend)
+    assert keep.shape == (0, 3) and scores.shape == (0, 12)
+    sel = v2d.select_drop(torch.zeros(0, 12), mask, None, 2, num_visual=6, backend=backend)
+    assert [t.shape for t in sel[:3]] == [(0, 8)] * 3
+    assert v2d.kv_compact(torch.randn(0, 4, 12, 8), torch.zeros(0, 3, dtype=torch.long), backend=backend).shape == (0, 4, 3, 8)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_device_mismatch():
-    with pytest.raises(RuntimeError, match="prev must be on the device of hidden"):
-        topk(prev=torch.randn(B, S, D, device="cuda"))(torch.ops.v2drop)
-    with pytest.raises(RuntimeError, match="vis_mask must be on the device of hidden"):
-        topk(hidden=torch.randn(B, S, D, device="cuda"), prev=torch.randn(B, S, D, device="cuda"))(torch.ops.v2drop)
+def test_reference_raises_like_the_kernels():
+    """The reference backend validates: k above the visual tokens is a ValueError (it used to
+    return something), as on the CPU kernels."""
+    hidden, prev = torch.randn(2, 12, 8), torch.randn(2, 12, 8)
+    mask = torch.zeros(2, 12, dtype=torch.bool)
+    mask[:, 3:9] = True
+    with pytest.raises(ValueError, match="k must be at most V"):
+        v2d.variation_topk(hidden, prev, mask, 7, backend="reference")
+    assert torch.equal(v2d.variation_topk(hidden, prev, mask, 6, backend="reference")[0],
+                       reference.variation_topk(hidden, prev, mask, 6)[0])

@@ -102,3 +102,16 @@ def test_after_variation_drop(backend):
     k_cache = torch.randn(batch, 4, seq, 8, generator=gen).to(device)
     compacted = v2d.kv_compact([k_cache], out.keep_pos, 2, backend=backend)[0]
     assert torch.equal(compacted, k_cache.gather(2, out.keep_pos[:, None, :, None].expand(-1, 4, -1, 8)))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_disjoint_views_of_one_buffer_are_fine(backend):
+    """In place on two caches that are disjoint slices of one buffer (keys and values in one
+    allocation): not an overlap."""
+    device = device_of(backend)
+    buffer = torch.randn(2, 2, 4, 12, 16, generator=torch.Generator().manual_seed(0)).to(device)
+    keep = torch.tensor([[0, 3, 5], [1, 2, 11]], device=device)
+    k_ref, v_ref = buffer[0].clone(), buffer[1].clone()
+    v2d.kv_compact_([buffer[0], buffer[1]], keep, 2, backend=backend)
+    reference.kv_compact_([k_ref, v_ref], keep, 2)
+    assert torch.equal(buffer[0], k_ref) and torch.equal(buffer[1], v_ref)

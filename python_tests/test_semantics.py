@@ -6,12 +6,7 @@ import torch
 import v2drop_kernels as v2d
 from helpers import BACKENDS, DEVICES, DTYPES, TRITON_DEVICE, TRITON_OK, device_of, make_hidden, make_mask
 from v2drop_kernels import reference
-
-
-def rows_with_scores(values, device, dtype):
-    """hidden/prev [1, S, 1] whose score at position s is |values[s]| (NaN stays NaN)."""
-    hidden = torch.tensor(values, dtype=torch.float32).view(1, -1, 1).to(device, dtype)
-    return hidden, torch.zeros_like(hidden)
+from v2drop_kernels.testing import rows_with_scores
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -106,7 +101,8 @@ def test_backend_choice(device):
     gen = torch.Generator().manual_seed(2)
     hidden, prev = make_hidden(1, 20, 8, torch.float32, device, gen, integer=True)
     mask = make_mask(1, 20, 12, 1, gen).to(device)
-    assert v2d.available_backends(device)[-1] == "reference"
+    assert v2d.available_backends(device)[0] == device
+    assert "reference" in v2d.available_backends(device)
     native = v2d.variation_topk(hidden, prev, mask, 4, backend=device)
     ref = v2d.variation_topk(hidden, prev, mask, 4, backend="reference")
     assert torch.equal(native[0], ref[0]) and torch.equal(native[1], ref[1])
@@ -117,5 +113,9 @@ def test_backend_choice(device):
     with pytest.raises(ValueError, match="backend"):
         v2d.variation_topk(hidden, prev, mask, 4, backend="tpu")
     other = "cuda" if device == "cpu" else "cpu"
-    with pytest.raises(ValueError, match=f"backend='{other}' needs tensors on {other}"):
-        v2d.variation_topk(hidden, prev, mask, 4, backend=other)
+    if other in v2d.registered_backends():
+        with pytest.raises(ValueError, match=f"backend='{other}' runs on {other} tensors, got tensors on {device}"):
+            v2d.variation_topk(hidden, prev, mask, 4, backend=other)
+    else:  # an extension built without CUDA kernels
+        with pytest.raises(RuntimeError, match="backend='cuda' is not available here: v2drop_kernels was built without CUDA kernels"):
+            v2d.variation_topk(hidden, prev, mask, 4, backend=other)

@@ -7,16 +7,7 @@ import v2drop_kernels as v2d
 from helpers import BACKENDS, DTYPES, LAYOUTS, device_of, skip_if_too_big_for_interpreter, assert_scores_close, assert_selection, assert_unchanged, k_values, make_hidden, make_mask
 from test_variation_topk import SHAPES, shape_id
 from v2drop_kernels import reference
-
-
-def make_position_ids(batch, seq, kind, device, gen):
-    if kind == "int64":
-        return torch.arange(seq, device=device).expand(batch, seq)  # stride 0 over the batch
-    if kind == "int32":
-        return (torch.arange(seq) + torch.randint(0, 5, (batch, 1), generator=gen)).int().to(device)
-    if kind == "mrope":  # [3, B, S]: temporal/height/width ids
-        return torch.randint(0, 4 * seq, (3, batch, seq), generator=gen).to(device)
-    raise ValueError(kind)
+from v2drop_kernels.testing import POSITION_KINDS, make_position_ids
 
 
 def check_drop(out, hidden, prev, vis_mask, position_ids, num_visual, k, *, exact):
@@ -35,10 +26,11 @@ def check_drop(out, hidden, prev, vis_mask, position_ids, num_visual, k, *, exac
         return
     bound = assert_scores_close(out.scores, hidden, prev, vis_mask)
     assert_selection(keep_idx, out.scores, hidden, prev, vis_mask, k, tol=2 * bound)
-    # Given the selection, the compaction is exact.
-    ref = reference.compact(hidden, vis_mask, position_ids, keep_idx)
-    for got, want in zip(out[:4], ref):
+    # Given the scores, the selection and compaction are exact.
+    ref = reference.select_drop(out.scores, vis_mask, position_ids, num_visual, k)
+    for got, want in zip((out.position_ids, out.keep_pos, out.vis_mask), ref):
         assert torch.equal(got, want)
+    assert torch.equal(out.hidden, hidden.gather(1, out.keep_pos[..., None].expand(-1, -1, dim)))
 
 
 @pytest.mark.parametrize("k_kind", ["one", "mid", "all"])
@@ -62,7 +54,7 @@ def test_matches_reference(backend, dtype, shape, k_kind):
     assert_unchanged(inputs, [hidden, prev, vis_mask, position_ids])
 
 
-@pytest.mark.parametrize("pos_kind", ["int64", "int32", "mrope"])
+@pytest.mark.parametrize("pos_kind", POSITION_KINDS)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -16,9 +16,9 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from v2drop_kernels.triton import _launch
+from v2drop_kernels.triton import launching
 from v2drop_kernels.triton.gather import _compact_inplace_kernel, _gather_kernel
-from v2drop_kernels.triton.variation import _scores_kernel, _select_kernel
+from v2drop_kernels.triton.score_select import _scores_kernel, _select_kernel
 
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 
@@ -26,18 +26,18 @@ PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bi
 def specialisations():
     """(kernel, name, pointer/scalar types in argument order, constexprs, warps)."""
     for dtype in ("bf16", "fp16", "fp32"):
-        block_t, block_d, warps = _launch.scores_config(4096, tile=_launch.GPU_TILE)
+        block_t, block_d, warps = launching.scores_config(4096, tile=launching.GPU_TILE)
         yield _scores_kernel, f"scores-{dtype}", [f"*{dtype}", f"*{dtype}", "*i1", "*fp32"] + ["i64"] * 9, {"BLOCK_T": block_t, "BLOCK_D": block_d}, warps
-    block, warps = _launch.select_config()
+    block, warps = launching.select_config()
     for packed, drop, npos, pos in ((False, False, 1, "i64"), (False, True, 1, "i64"), (False, True, 3, "i32"), (True, True, 1, "i64"), (True, True, 3, "i64")):
         types = ["*fp32", "i64", "*i1", "i64", "i64", "i64", "i64", "*i32", "*i64", "*i32", f"*{pos}", "i64", "i64", "i64",
                  "*i64", "i64", "*i64", f"*{pos}", "*i1", "i64", "i64"]
         name = f"select-{'packed' if packed else 'padded'}-{'drop' if drop else 'topk'}-npos{npos}-{pos}"
         yield _select_kernel, name, types, {"PACKED": packed, "DROP": drop, "NPOS": npos, "BLOCK": block}, warps
     for dtype, dh in (("bf16", 4096), ("bf16", 128), ("fp32", 3584)):
-        block_r, block_d, warps = _launch.gather_config(dh, tile=_launch.GPU_TILE)
+        block_r, block_d, warps = launching.gather_config(dh, tile=launching.GPU_TILE)
         yield _gather_kernel, f"gather-{dtype}-dh{dh}", [f"*{dtype}", "*i64", f"*{dtype}"] + ["i64"] * 10, {"BLOCK_R": block_r, "BLOCK_D": block_d}, warps
-    block_j, block_d, warps = _launch.inplace_config(128, tile=_launch.GPU_TILE)
+    block_j, block_d, warps = launching.inplace_config(128, tile=launching.GPU_TILE)
     yield _compact_inplace_kernel, "compact-inplace-bf16", ["*bf16", "*i64"] + ["i64"] * 6, {"BLOCK_J": block_j, "BLOCK_D": block_d}, warps
 
 

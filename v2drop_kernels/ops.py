@@ -1,71 +1,28 @@
 """Python API of the v2drop ops.
 
-Each function calls ``torch.ops.v2drop.<op>`` (``backend="cpu"`` or ``"cuda"``: the C++ kernel of
-the tensors' device), ``torch.ops.v2drop_triton.<op>`` (``backend="triton"``) or the plain-PyTorch
-reference (``backend="reference"``). ``backend=None`` picks the fastest available for the device.
-Semantics of every op: README.md and :mod:`v2drop_kernels.reference`. The ops are for inference:
-they have no autograd formula.
+Each function runs the op on a backend (:mod:`v2drop_kernels.backends`): ``backend="cpu"`` or
+``"cuda"`` (the C++ kernels, ``torch.ops.v2drop``), ``"triton"`` (``torch.ops.v2drop_triton``),
+``"reference"`` (the plain-PyTorch specification, :mod:`v2drop_kernels.reference`) or any backend
+registered with :func:`~v2drop_kernels.backends.register_backend`; ``backend=None`` picks the
+fastest available for the tensors' device. Every backend validates its arguments by the same rules
+(:mod:`v2drop_kernels.checks`). Semantics of every op: README.md and the reference. The ops are for
+inference: they have no autograd formula.
 """
 
 from __future__ import annotations
 
+import operator
 from typing import NamedTuple, Sequence
 
 import torch
 from torch import Tensor
 
-from . import reference
+from .backends import available_backends, resolve
 
-BACKENDS = ("cpu", "cuda", "triton", "reference")
-
-# Read once at import (module constants are free to read inside torch.compile).
-_HAS_CUDA_KERNELS = torch._C._dispatch_has_kernel_for_dispatch_key("v2drop::variation_topk", "CUDA")
-try:  # importing the Triton backend registers torch.ops.v2drop_triton.*
-    from .triton import runs_on as _triton_runs_on
-except ImportError:
-    _triton_runs_on = None
-_TRITON_DEVICES = tuple(kind for kind in ("cpu", "cuda") if _triton_runs_on is not None and _triton_runs_on(kind))
-# Further native backends, added at run time: name -> (op namespace, device type of its tensors).
-# The test suite adds "cuda_emulated", the CUDA backend built for the host
-# (python_tests/cuda_emulator); users have no reason to.
-_EXTRA_BACKENDS: dict[str, tuple[object, str]] = {}
-
-
-def available_backends(device: torch.device | str) -> list[str]:
-    """Backends that run on ``device``, fastest first."""
-    kind = torch.device(device).type
-    native = [kind] if kind == "cpu" or (kind == "cuda" and _HAS_CUDA_KERNELS) else []
-    triton = ["triton"] if kind in _TRITON_DEVICES else []
-    return native + triton + ["reference"]
-
-
-def _backend(backend: str | None, tensor: Tensor) -> str:
-    if backend is None:
-        return available_backends(tensor.device)[0]
-    if backend in _EXTRA_BACKENDS:
-        kind = _EXTRA_BACKENDS[backend][1]
-        if tensor.device.type != kind:
-            raise ValueError(f"backend={backend!r} needs tensors on {kind}, got {tensor.device}")
-        return backend
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
-    if backend in ("cpu", "cuda") and tensor.device.type != backend:
-        raise ValueError(f"backend={backend!r} needs tensors on {backend}, got {tensor.device}")
-    if backend == "cuda" and not _HAS_CUDA_KERNELS:
-        raise RuntimeError("v2drop_kernels was built without CUDA kernels; rebuild with a CUDA torch")
-    if backend == "triton" and tensor.device.type not in _TRITON_DEVICES:
-        raise RuntimeError(
-            f"backend='triton' cannot run on {tensor.device} here: it needs triton and a CUDA device "
-            "(or TRITON_INTERPRET=1 set before import, for CPU tensors)"
-        )
-    return backend
-
-
-def _ops(backend: str):
-    """The op namespace of a native backend."""
-    if backend in _EXTRA_BACKENDS:
-        return _EXTRA_BACKENDS[backend][0]
-    return torch.ops.v2drop_triton if backend == "triton" else torch.ops.v2drop
+__all__ = [
+    "DropOutput", "SelectOutput", "available_backends", "kv_compact", "kv_compact_", "select_drop", "select_drop_varlen",
+    "variation_drop", "variation_drop_varlen", "variation_topk",
+]
 
 
 class DropOutput(NamedTuple):
@@ -77,6 +34,66 @@ class DropOutput(NamedTuple):
     vis_mask: Tensor  # bool, which survivors are visual tokens
     scores: Tensor  # float32 [B, S] / [T], ‖hidden − prev‖₂ at visual positions, 0 elsewhere
     cu_seqlens: Tensor | None = None  # packed only: int32 [B + 1] of the result
+
+
+class SelectOutput(NamedTuple):
+    """Result of :func:`select_drop` (padded) and :func:`select_drop_varlen` (packed)."""
+
+    position_ids: Tensor  # original position ids of the survivors [B, S'] / [3, B, S'] / [T'] / [3, T']
+    keep_pos: Tensor  # int64 original positions of the survivors, ascending (global for packed)
+    vis_mask: Tensor  # bool, which survivors are visual tokens
+    cu_seqlens: Tensor | None = None  # packed only: int32 [B + 1] of the result
+
+
+def _count(name: str, value) -> int:
+    """An integer argument: ints (and integer scalars such as numpy ints), not bools or floats."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an int, got a bool ({value})")
+    if isinstance(value, (int, torch.SymInt)):
+        return value
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an int, got {type(value).__name__} ({value!r})") from None
+
+
+def _counts(name: str, values: Sequence) -> list[int]:
+    return [_count(f"{name}[{i}]", v) for i, v in enumerate(values)]
+
+
+def _default_positions(position_ids: Tensor | None, vis_mask: Tensor) -> Tensor:
+    """Padded layout: ``None`` means ``arange(S)`` for every row (an expanded view)."""
+    if position_ids is not None:
+        return position_ids
+    seq = vis_mask.shape[-1] if vis_mask.dim() else 0
+    return torch.arange(seq, device=vis_mask.device).expand(*vis_mask.shape[:-1], seq)
+
+
+def _padded_num_visual(op: str, num_visual: int | None, vis_mask: Tensor) -> int:
+    """``num_visual``, or V read from row 0 of ``vis_mask`` (a host sync). A mask of the wrong
+    shape or dtype gets a count here and the op's own error."""
+    if num_visual is not None:
+        return _count("num_visual", num_visual)
+    if vis_mask.dim() == 2 and vis_mask.shape[0] == 0:
+        raise ValueError(f"{op}: num_visual=None reads V from row 0 of vis_mask, and the batch is empty; pass num_visual")
+    return int(vis_mask[0].sum()) if vis_mask.dim() and vis_mask.shape[0] else 0
+
+
+def _packed_counts(num_visual: Sequence[int] | None, k: int | Sequence[int], vis_mask: Tensor,
+                   cu_seqlens: Tensor) -> tuple[list[int], list[int]]:
+    """``num_visual`` (read from the data when None: a host sync) and ``k`` per sequence (an int
+    ``k`` applies to every sequence with visual tokens)."""
+    if num_visual is None:
+        # Visual tokens between consecutive bounds; malformed bounds are clamped here and reported
+        # by the op's own checks.
+        running = torch.nn.functional.pad(vis_mask.reshape(-1).long().cumsum(0), (1, 0))
+        bounds = cu_seqlens.reshape(-1).long().clamp(0, running.shape[0] - 1)
+        num_visual = (running[bounds[1:]] - running[bounds[:-1]]).clamp_min(0).tolist()
+    num_visual = _counts("num_visual", num_visual)
+    if isinstance(k, Sequence):
+        return num_visual, _counts("k", k)
+    k = _count("k", k)
+    return num_visual, [k if v > 0 else 0 for v in num_visual]
 
 
 def variation_topk(hidden: Tensor, prev: Tensor, vis_mask: Tensor, k: int, *, backend: str | None = None) -> tuple[Tensor, Tensor]:
@@ -93,10 +110,8 @@ def variation_topk(hidden: Tensor, prev: Tensor, vis_mask: Tensor, k: int, *, ba
         with the largest ``‖hidden − prev‖₂``, ascending (equal scores: lower position first; NaN
         below every number), and the scores (0 at non-visual positions).
     """
-    chosen = _backend(backend, hidden)
-    if chosen == "reference":
-        return reference.variation_topk(hidden, prev, vis_mask, k)
-    return _ops(chosen).variation_topk(hidden, prev, vis_mask, k)
+    keep_idx, scores = resolve(backend, hidden).ops.variation_topk(hidden, prev, vis_mask, _count("k", k))
+    return keep_idx, scores
 
 
 def variation_drop(
@@ -116,22 +131,16 @@ def variation_drop(
         position_ids: int64/int32 ``[B, S]`` or ``[3, B, S]`` (M-RoPE), any strides (an expanded
             ``arange`` is fine); ``None`` means ``arange(S)`` for every row.
         num_visual: visual tokens per row ``V``. It fixes the output length ``S' = S − V + k``;
-            pass it to keep shapes static (``torch.compile``, CUDA graphs). ``None`` reads it from
-            ``vis_mask`` (a device-to-host sync).
+            pass it to keep shapes static (``torch.compile``, CUDA graphs) and for an empty batch.
+            ``None`` reads it from row 0 of ``vis_mask`` (a device-to-host sync).
 
     Returns:
         :class:`DropOutput` ``(hidden, position_ids, keep_pos, vis_mask, scores)``: the text tokens
         and the kept visual tokens in their original order with their original position ids.
     """
-    if position_ids is None:
-        position_ids = torch.arange(hidden.shape[1], device=hidden.device).expand(hidden.shape[0], -1)
-    if num_visual is None:
-        num_visual = int(vis_mask[0].sum()) if vis_mask.shape[0] else 0
-    chosen = _backend(backend, hidden)
-    if chosen == "reference":
-        out = reference.variation_drop(hidden, prev, vis_mask, position_ids, num_visual, k)
-    else:
-        out = _ops(chosen).variation_drop(hidden, prev, vis_mask, position_ids, num_visual, k)
+    position_ids = _default_positions(position_ids, vis_mask)
+    num_visual = _padded_num_visual("variation_drop", num_visual, vis_mask)
+    out = resolve(backend, hidden).ops.variation_drop(hidden, prev, vis_mask, position_ids, num_visual, _count("k", k))
     return DropOutput(*out)
 
 
@@ -160,24 +169,56 @@ def variation_drop_varlen(
         :class:`DropOutput` with ``cu_seqlens`` of the result (feed it to the next layer's varlen
         attention) and ``keep_pos`` as global indices into the packed input.
     """
-    if num_visual is None:
-        bounds = cu_seqlens.tolist()
-        counts = torch.zeros(len(bounds) - 1, dtype=torch.long, device=vis_mask.device)
-        lengths = torch.diff(cu_seqlens.long())
-        if vis_mask.numel() and lengths.numel() and bool((lengths >= 0).all()) and bounds[-1] == vis_mask.shape[0]:
-            segment = torch.repeat_interleave(torch.arange(len(lengths), device=vis_mask.device), lengths)
-            counts.index_add_(0, segment, vis_mask.long())
-        num_visual = counts.tolist()
-    if isinstance(k, int):
-        k = [k if v > 0 else 0 for v in num_visual]
-    num_visual, k = list(num_visual), list(k)
-    chosen = _backend(backend, hidden)
-    if chosen == "reference":
-        out = reference.variation_drop_varlen(hidden, prev, vis_mask, position_ids, cu_seqlens, num_visual, k)
-    else:
-        out = _ops(chosen).variation_drop_varlen(hidden, prev, vis_mask, position_ids, cu_seqlens, num_visual, k)
+    num_visual, k = _packed_counts(num_visual, k, vis_mask, cu_seqlens)
+    out = resolve(backend, hidden).ops.variation_drop_varlen(hidden, prev, vis_mask, position_ids, cu_seqlens, num_visual, k)
     hidden_out, position_ids_out, keep_pos, vis_mask_out, cu_out, scores = out
     return DropOutput(hidden_out, position_ids_out, keep_pos, vis_mask_out, scores, cu_out)
+
+
+def select_drop(
+    scores: Tensor,
+    vis_mask: Tensor,
+    position_ids: Tensor | None,
+    k: int,
+    *,
+    num_visual: int | None = None,
+    backend: str | None = None,
+) -> SelectOutput:
+    """Keeps the text tokens and the ``k`` visual tokens of highest score per row, padded layout.
+
+    The selection and compaction of :func:`variation_drop`, with the scores given (PyramidDrop's
+    and FastV's attention of the last instruction token, for example) and no hidden states: move
+    those, with any K/V, through :func:`kv_compact` with the returned ``keep_pos``.
+
+    Args:
+        scores: float32 ``[B, S]`` (last dim contiguous); only visual positions are ranked. Same
+            ranking as every op: higher first, equal scores to the lower position, NaN last.
+        vis_mask, k, num_visual: as in :func:`variation_drop`.
+        position_ids: as in :func:`variation_drop`, over ``scores``' ``[B, S]``.
+
+    Returns:
+        :class:`SelectOutput` ``(position_ids, keep_pos, vis_mask)`` of the ``S' = S − V + k`` survivors.
+    """
+    position_ids = _default_positions(position_ids, vis_mask)
+    num_visual = _padded_num_visual("select_drop", num_visual, vis_mask)
+    return SelectOutput(*resolve(backend, scores).ops.select_drop(scores, vis_mask, position_ids, num_visual, _count("k", k)))
+
+
+def select_drop_varlen(
+    scores: Tensor,
+    vis_mask: Tensor,
+    position_ids: Tensor,
+    cu_seqlens: Tensor,
+    k: int | Sequence[int],
+    *,
+    num_visual: Sequence[int] | None = None,
+    backend: str | None = None,
+) -> SelectOutput:
+    """:func:`select_drop` on the packed layout: ``scores [T]``, ``vis_mask [T]``, ``position_ids
+    [T]`` / ``[3, T]``, ``cu_seqlens``, ``k`` and ``num_visual`` as in :func:`variation_drop_varlen`.
+    Returns :class:`SelectOutput` with ``cu_seqlens`` of the result."""
+    num_visual, k = _packed_counts(num_visual, k, vis_mask, cu_seqlens)
+    return SelectOutput(*resolve(backend, scores).ops.select_drop_varlen(scores, vis_mask, position_ids, cu_seqlens, num_visual, k))
 
 
 def kv_compact(caches: Tensor | Sequence[Tensor], keep_pos: Tensor, seq_dim: int = 2, *, backend: str | None = None):
@@ -191,11 +232,7 @@ def kv_compact(caches: Tensor | Sequence[Tensor], keep_pos: Tensor, seq_dim: int
     """
     single = isinstance(caches, Tensor)
     tensors = [caches] if single else list(caches)
-    chosen = _backend(backend, keep_pos)
-    if chosen == "reference":
-        outs = reference.kv_compact(tensors, keep_pos, seq_dim)
-    else:
-        outs = _ops(chosen).kv_compact(tensors, keep_pos, seq_dim)
+    outs = resolve(backend, keep_pos).ops.kv_compact(tensors, keep_pos, _count("seq_dim", seq_dim))
     return outs[0] if single else list(outs)
 
 
@@ -207,8 +244,4 @@ def kv_compact_(caches: Tensor | Sequence[Tensor], keep_pos: Tensor, seq_dim: in
     so a captured CUDA graph stays valid.
     """
     tensors = [caches] if isinstance(caches, Tensor) else list(caches)
-    chosen = _backend(backend, keep_pos)
-    if chosen == "reference":
-        reference.kv_compact_(tensors, keep_pos, seq_dim)
-    else:
-        _ops(chosen).kv_compact_(tensors, keep_pos, seq_dim)
+    resolve(backend, keep_pos).ops.kv_compact_(tensors, keep_pos, _count("seq_dim", seq_dim))

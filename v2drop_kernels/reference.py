@@ -3,7 +3,9 @@
 This module is the specification: every backend is tested against it, and it is the "eager"
 baseline of the benchmarks (it prunes the way the public V²Drop code does: norm, topk, sort,
 index). It makes the copies and host syncs a plain implementation makes; speed is the kernels'
-job. Arguments are validated by the ops, not here.
+job. Arguments are not validated here: every backend, this one included
+(:class:`v2drop_kernels.backends.ReferenceOps`), validates through the same rules
+(:mod:`v2drop_kernels.checks`) before it runs, and answers an empty batch there.
 
 Ranking rule (all selections): higher score first; equal scores -> lower position first; NaN
 ranks below every number, so a NaN token is kept only when fewer than k others exist.
@@ -43,34 +45,68 @@ def variation_topk(hidden: Tensor, prev: Tensor, vis_mask: Tensor, k: int) -> tu
     return select_topk(scores, vis_mask, k), scores
 
 
-def compact(
-    hidden: Tensor, vis_mask: Tensor, position_ids: Tensor, keep_idx: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Keeps the text tokens and the visual tokens at ``keep_idx``, in their original order.
-
-    Returns ``(hidden_out [B, S', D], position_ids_out [B, S'] or [3, B, S'], keep_pos int64[B, S'],
-    vis_mask_out bool[B, S'])``.
-    """
-    batch, _, dim = hidden.shape
+def survivors(vis_mask: Tensor, keep_idx: Tensor) -> Tensor:
+    """``int64[B, S']``: the text tokens and the visual tokens at ``keep_idx``, ascending."""
     keep = (~vis_mask).scatter(1, keep_idx, True)
-    keep_pos = keep.nonzero()[:, 1].view(batch, -1)
-    hidden_out = hidden.gather(1, keep_pos[..., None].expand(-1, -1, dim))
+    return keep.nonzero()[:, 1].view(vis_mask.shape[0], -1)
+
+
+def select_drop(
+    scores: Tensor, vis_mask: Tensor, position_ids: Tensor, num_visual: int, k: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Reference of ``v2drop.select_drop``: keeps the text tokens and the ``k`` best-ranked visual
+    tokens of each row of ``scores [B, S]``, in their original order.
+
+    Returns ``(position_ids_out [B, S'] or [3, B, S'], keep_pos int64[B, S'], vis_mask_out bool[B, S'])``
+    with ``S' = S − num_visual + k`` (``num_visual`` is the op's static output length; the
+    reference reads the same count from ``vis_mask``).
+    """
+    keep_pos = survivors(vis_mask, select_topk(scores, vis_mask, k))
     index = keep_pos.expand(*position_ids.shape[:-2], *keep_pos.shape)
-    position_ids_out = position_ids.expand(*position_ids.shape[:-2], batch, -1).gather(-1, index)
-    return hidden_out, position_ids_out, keep_pos, vis_mask.gather(1, keep_pos)
+    position_ids_out = position_ids.expand(*position_ids.shape[:-2], keep_pos.shape[0], -1).gather(-1, index)
+    return position_ids_out, keep_pos, vis_mask.gather(1, keep_pos)
 
 
 def variation_drop(
     hidden: Tensor, prev: Tensor, vis_mask: Tensor, position_ids: Tensor, num_visual: int, k: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Reference of ``v2drop.variation_drop``.
+    """Reference of ``v2drop.variation_drop``: :func:`select_drop` by the variation scores, and the
+    survivors' hidden states.
 
-    Returns ``(hidden_out, position_ids_out, keep_pos, vis_mask_out, scores)`` with
-    ``S' = S − num_visual + k`` tokens per row (``num_visual`` is the op's static output length;
-    the reference reads the same count from ``vis_mask``).
+    Returns ``(hidden_out [B, S', D], position_ids_out, keep_pos, vis_mask_out, scores [B, S])``.
     """
-    keep_idx, scores = variation_topk(hidden, prev, vis_mask, k)
-    return (*compact(hidden, vis_mask, position_ids, keep_idx), scores)
+    scores = variation_scores(hidden, prev, vis_mask)
+    position_ids_out, keep_pos, vis_mask_out = select_drop(scores, vis_mask, position_ids, num_visual, k)
+    hidden_out = hidden.gather(1, keep_pos[..., None].expand(-1, -1, hidden.shape[-1]))
+    return hidden_out, position_ids_out, keep_pos, vis_mask_out, scores
+
+
+def select_drop_varlen(
+    scores: Tensor,
+    vis_mask: Tensor,
+    position_ids: Tensor,
+    cu_seqlens: Tensor,
+    num_visual: Sequence[int],
+    k: Sequence[int],
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Reference of ``v2drop.select_drop_varlen``: :func:`select_drop` applied to each sequence.
+
+    ``scores [T]``, ``vis_mask [T]``, ``position_ids [T]`` or ``[3, T]``, ``cu_seqlens`` int32
+    ``[B + 1]``. Returns ``(position_ids_out, keep_pos int64[T']`` (global indices into the input,
+    ascending)``, vis_mask_out [T'], cu_seqlens_out int32[B + 1])``.
+    """
+    bounds = cu_seqlens.tolist()
+    parts = []
+    for b, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
+        pos, keep, mask = select_drop(scores[None, start:end], vis_mask[None, start:end],
+                                      position_ids[..., None, start:end], num_visual[b], k[b])
+        parts.append((pos[..., 0, :], keep[0] + start, mask[0]))
+    lengths = torch.tensor([0] + [part[1].numel() for part in parts], dtype=torch.int32)
+    cu_out = lengths.cumsum(0, dtype=torch.int32).to(cu_seqlens.device)
+    position_ids_out = torch.cat([part[0] for part in parts], dim=-1)
+    keep_pos = torch.cat([part[1] for part in parts])
+    vis_mask_out = torch.cat([part[2] for part in parts])
+    return position_ids_out, keep_pos, vis_mask_out, cu_out
 
 
 def variation_drop_varlen(
@@ -82,28 +118,15 @@ def variation_drop_varlen(
     num_visual: Sequence[int],
     k: Sequence[int],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Reference of ``v2drop.variation_drop_varlen``: the padded op applied to each sequence.
+    """Reference of ``v2drop.variation_drop_varlen``: :func:`select_drop_varlen` by the variation
+    scores, and the survivors' hidden states.
 
-    ``hidden/prev [T, D]``, ``vis_mask [T]``, ``position_ids [T]`` or ``[3, T]``, ``cu_seqlens``
-    int32 ``[B + 1]``. Returns ``(hidden_out [T', D], position_ids_out, keep_pos int64[T']`` (global
-    indices into the input, ascending)``, vis_mask_out [T'], cu_seqlens_out int32[B + 1],
-    scores float32[T])``.
+    ``hidden/prev [T, D]``. Returns ``(hidden_out [T', D], position_ids_out, keep_pos, vis_mask_out,
+    cu_seqlens_out, scores float32[T])``.
     """
-    bounds = cu_seqlens.tolist()
     scores = variation_scores(hidden, prev, vis_mask)
-    outs: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
-    for b, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
-        mask = vis_mask[None, start:end]
-        keep_idx = select_topk(scores[None, start:end], mask, k[b])
-        h, p, pos, m = compact(hidden[None, start:end], mask, position_ids[..., None, start:end], keep_idx)
-        outs.append((h[0], p[..., 0, :], pos[0] + start, m[0]))
-    lengths = torch.tensor([0] + [o[2].numel() for o in outs], dtype=torch.int32)
-    cu_out = lengths.cumsum(0, dtype=torch.int32).to(cu_seqlens.device)
-    hidden_out = torch.cat([o[0] for o in outs], dim=0)
-    position_ids_out = torch.cat([o[1] for o in outs], dim=-1)
-    keep_pos = torch.cat([o[2] for o in outs])
-    vis_mask_out = torch.cat([o[3] for o in outs])
-    return hidden_out, position_ids_out, keep_pos, vis_mask_out, cu_out, scores
+    position_ids_out, keep_pos, vis_mask_out, cu_out = select_drop_varlen(scores, vis_mask, position_ids, cu_seqlens, num_visual, k)
+    return hidden[keep_pos], position_ids_out, keep_pos, vis_mask_out, cu_out, scores
 
 
 def _seq_index(cache: Tensor, keep_pos: Tensor, seq_dim: int) -> Tensor:

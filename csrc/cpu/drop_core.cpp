@@ -6,6 +6,8 @@
 // Parallelism: scores over tokens, selection over segments, gathers over output tokens.
 #include "drop_core.h"
 
+#include "../checks.h"
+
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
@@ -113,33 +115,22 @@ void variation_scores_impl(const at::Tensor& hidden, const at::Tensor& prev,
   });
 }
 
+// Position ids ([P, R, S] planes) and mask of the survivors listed in keep_pos [R, S'].
 template <typename index_t>
-void gather_tokens(const at::Tensor& hidden, const at::Tensor& vis_mask,
-                   const at::Tensor& position_ids, const at::Tensor& keep_pos,
-                   at::Tensor& hidden_out, at::Tensor& position_ids_out,
-                   at::Tensor& vis_mask_out) {
-  const int64_t R = keep_pos.size(0), Sout = keep_pos.size(1), D = hidden.size(2);
-  const int64_t P = position_ids.size(0);
-  const int64_t row_bytes = D * static_cast<int64_t>(hidden.element_size());
-  const char* h = static_cast<const char*>(hidden.const_data_ptr());
-  const int64_t hr = hidden.stride(0) * hidden.element_size();
-  const int64_t hs = hidden.stride(1) * hidden.element_size();
+void gather_ids(const at::Tensor& vis_mask, const at::Tensor& position_ids, SelectOutputs& o) {
+  const int64_t R = o.keep_pos.size(0), Sout = o.keep_pos.size(1), P = position_ids.size(0);
   const bool* m = vis_mask.const_data_ptr<bool>();
   const int64_t mr = vis_mask.stride(0), ms = vis_mask.stride(1);
   const index_t* pos = position_ids.const_data_ptr<index_t>();
   const int64_t pp = position_ids.stride(0), pr = position_ids.stride(1),
                 ps = position_ids.stride(2);
-  const int64_t* keep = keep_pos.const_data_ptr<int64_t>();
-  char* ho = static_cast<char*>(hidden_out.mutable_data_ptr());
-  prefer_huge_pages(ho, hidden_out.nbytes());
-  index_t* po = position_ids_out.mutable_data_ptr<index_t>();
-  bool* mo = vis_mask_out.mutable_data_ptr<bool>();
+  const int64_t* keep = o.keep_pos.const_data_ptr<int64_t>();
+  index_t* po = o.pos_out.mutable_data_ptr<index_t>();
+  bool* mo = o.mask_out.mutable_data_ptr<bool>();
   const int64_t n = R * Sout;
-  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(row_bytes, 1));
-  at::parallel_for(0, n, grain, [&](int64_t t0, int64_t t1) {
+  at::parallel_for(0, n, 4096, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t r = t / Sout, src = keep[t];
-      std::memcpy(ho + t * row_bytes, h + r * hr + src * hs, row_bytes);
       mo[t] = m[r * mr + src * ms];
       for (int64_t q = 0; q < P; ++q) po[q * n + t] = pos[q * pp + r * pr + src * ps];
     }
@@ -161,34 +152,57 @@ void prefer_huge_pages(void* data, size_t bytes) {
 #endif
 }
 
-std::vector<int64_t> count_visual_rows(const at::Tensor& vis_mask) {
-  const int64_t R = vis_mask.size(0), S = vis_mask.size(1);
-  const bool* m = vis_mask.const_data_ptr<bool>();
-  const int64_t mr = vis_mask.stride(0), ms = vis_mask.stride(1);
-  std::vector<int64_t> counts(R, 0);
-  for (int64_t r = 0; r < R; ++r) {
-    int64_t c = 0;
-    for (int64_t s = 0; s < S; ++s) c += m[r * mr + s * ms];
-    counts[r] = c;
-  }
-  return counts;
-}
-
 std::vector<Segment> padded_segments(const char* op, const at::Tensor& vis_mask,
                                      int64_t num_visual, int64_t k) {
   const int64_t B = vis_mask.size(0), S = vis_mask.size(1);
-  const std::vector<int64_t> counts = count_visual_rows(vis_mask);
-  if (B == 0) return {};
-  if (num_visual < 0) {
-    num_visual = counts[0];
-    TORCH_CHECK_VALUE(k <= num_visual, op, ": k must be in [1, V=", num_visual,
-                      "] (visual tokens per row in vis_mask), got ", k);
+  const bool* m = vis_mask.const_data_ptr<bool>();
+  const int64_t mr = vis_mask.stride(0), ms = vis_mask.stride(1);
+  std::vector<int64_t> counts(B, 0);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t s = 0; s < S; ++s) counts[b] += m[b * mr + s * ms];
   }
   std::vector<Segment> segments(B);
   for (int64_t b = 0; b < B; ++b) {
-    TORCH_CHECK_VALUE(counts[b] == num_visual, op, ": every row of vis_mask must hold ",
-                      num_visual, " visual tokens, row ", b, " holds ", counts[b]);
+    if (num_visual < 0) {
+      TORCH_CHECK_VALUE(counts[b] == counts[0], msg_equal_rows(op), ", row ", b, " holds ",
+                        counts[b], ", row 0 holds ", counts[0]);
+    } else {
+      TORCH_CHECK_VALUE(counts[b] == num_visual, msg_rows_hold(op, num_visual), ", row ", b,
+                        " holds ", counts[b]);
+    }
     segments[b] = Segment{b, 0, S, k, 0};
+  }
+  if (num_visual < 0 && B > 0) {
+    TORCH_CHECK_VALUE(k <= counts[0], msg_k_above_visual(op, k), " and V=", counts[0]);
+  }
+  return segments;
+}
+
+std::vector<Segment> packed_segments(const char* op, const at::Tensor& cu_seqlens,
+                                     const at::Tensor& vis_mask, at::IntArrayRef num_visual,
+                                     at::IntArrayRef k, at::Tensor& cu_out) {
+  const int64_t T = vis_mask.size(0), B = cu_seqlens.size(0) - 1;
+  const at::Tensor cu = cu_seqlens.contiguous();
+  const int32_t* c = cu.const_data_ptr<int32_t>();
+  const std::string base = msg_varlen(op, T);
+  TORCH_CHECK_VALUE(c[0] == 0, base, ": cu_seqlens[0] is ", c[0]);
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK_VALUE(c[b + 1] >= c[b], base, ": cu_seqlens[", b + 1, "]=", c[b + 1],
+                      " < cu_seqlens[", b, "]=", c[b]);
+  }
+  TORCH_CHECK_VALUE(c[B] == T, base, ": cu_seqlens[-1] is ", c[B]);
+  const bool* m = vis_mask.const_data_ptr<bool>();
+  const int64_t ms = vis_mask.stride(0);
+  int32_t* co = cu_out.mutable_data_ptr<int32_t>();
+  co[0] = 0;
+  std::vector<Segment> segments(B);
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t count = 0;
+    for (int64_t t = c[b]; t < c[b + 1]; ++t) count += m[t * ms];
+    TORCH_CHECK_VALUE(count == num_visual[b], base, ": sequence ", b, " holds ", count,
+                      ", num_visual[", b, "]=", num_visual[b]);
+    segments[b] = Segment{0, c[b], c[b + 1] - c[b], k[b], co[b]};
+    co[b + 1] = static_cast<int32_t>(co[b] + segments[b].len - num_visual[b] + k[b]);
   }
   return segments;
 }
@@ -224,13 +238,11 @@ void select_segment(const at::Tensor& scores, const at::Tensor& vis_mask, const 
   std::sort(out, out + seg.k);
 }
 
-void compact_segments(const at::Tensor& hidden, const at::Tensor& vis_mask,
-                      const at::Tensor& position_ids, const at::Tensor& scores,
-                      const std::vector<Segment>& segments, at::Tensor& hidden_out,
-                      at::Tensor& position_ids_out, at::Tensor& keep_pos,
-                      at::Tensor& vis_mask_out) {
-  int64_t* keep = keep_pos.mutable_data_ptr<int64_t>();
-  const int64_t Sout = keep_pos.size(1), ms = vis_mask.stride(1);
+void compact_segments(const at::Tensor& scores, const at::Tensor& vis_mask,
+                      const at::Tensor& position_ids, const std::vector<Segment>& segments,
+                      SelectOutputs& out) {
+  int64_t* keep = out.keep_pos.mutable_data_ptr<int64_t>();
+  const int64_t Sout = out.keep_pos.size(1), ms = vis_mask.stride(1);
   at::parallel_for(0, static_cast<int64_t>(segments.size()), 1, [&](int64_t i0, int64_t i1) {
     std::vector<uint64_t> scratch;
     std::vector<int64_t> selected;
@@ -253,12 +265,27 @@ void compact_segments(const at::Tensor& hidden, const at::Tensor& vis_mask,
     }
   });
   if (position_ids.scalar_type() == at::kLong) {
-    gather_tokens<int64_t>(hidden, vis_mask, position_ids, keep_pos, hidden_out,
-                           position_ids_out, vis_mask_out);
+    gather_ids<int64_t>(vis_mask, position_ids, out);
   } else {
-    gather_tokens<int32_t>(hidden, vis_mask, position_ids, keep_pos, hidden_out,
-                           position_ids_out, vis_mask_out);
+    gather_ids<int32_t>(vis_mask, position_ids, out);
   }
+}
+
+void gather_hidden(const at::Tensor& hidden, const at::Tensor& keep_pos, at::Tensor& out) {
+  const int64_t R = keep_pos.size(0), Sout = keep_pos.size(1);
+  const int64_t row_bytes = hidden.size(2) * static_cast<int64_t>(hidden.element_size());
+  const char* h = static_cast<const char*>(hidden.const_data_ptr());
+  const int64_t hr = hidden.stride(0) * hidden.element_size();
+  const int64_t hs = hidden.stride(1) * hidden.element_size();
+  const int64_t* keep = keep_pos.const_data_ptr<int64_t>();
+  char* ho = static_cast<char*>(out.mutable_data_ptr());
+  prefer_huge_pages(ho, out.nbytes());
+  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(row_bytes, 1));
+  at::parallel_for(0, R * Sout, grain, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      std::memcpy(ho + t * row_bytes, h + (t / Sout) * hr + keep[t] * hs, row_bytes);
+    }
+  });
 }
 
 }  // namespace v2drop::cpu

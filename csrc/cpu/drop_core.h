@@ -8,6 +8,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "../token_rows.h"
+
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -45,14 +47,18 @@ inline uint64_t rank_key(float score, int64_t local_pos) {
 // already faulted). Only a hint about memory the op just allocated; a no-op elsewhere.
 void prefer_huge_pages(void* data, size_t bytes);
 
-// Visual tokens per row of a [R, S] bool mask.
-std::vector<int64_t> count_visual_rows(const at::Tensor& vis_mask);
-
-// Segments of a padded [B, S] mask where every row must hold the same number of visual
-// tokens: `num_visual` when it is >= 0, else row 0's count (then 1 <= k <= V is checked).
-// Throws ValueError naming `op` otherwise.
+// Segments of a padded [B, S] mask, checked against the data (ValueError naming `op`, with
+// checks.h's messages): every row holds `num_visual` visual tokens, or, when num_visual < 0
+// (variation_topk), as many as row 0 and at least k.
 std::vector<Segment> padded_segments(const char* op, const at::Tensor& vis_mask,
                                      int64_t num_visual, int64_t k);
+
+// Segments of a packed [T] mask: sequence b is [cu_seqlens[b], cu_seqlens[b + 1]) and keeps
+// k[b] of its num_visual[b] visual tokens. Checks cu_seqlens (starts at 0, never decreases, ends
+// at T) and the visual counts against the data; writes the result's cu_seqlens into cu_out.
+std::vector<Segment> packed_segments(const char* op, const at::Tensor& cu_seqlens,
+                                     const at::Tensor& vis_mask, at::IntArrayRef num_visual,
+                                     at::IntArrayRef k, at::Tensor& cu_out);
 
 // scores[r, s] = ||hidden[r, s] - prev[r, s]||_2 (float32 accumulation) where vis_mask[r, s],
 // 0 elsewhere. hidden/prev: [R, S, D], last dim contiguous, any row/token strides;
@@ -61,19 +67,19 @@ void variation_scores(const at::Tensor& hidden, const at::Tensor& prev,
                       const at::Tensor& vis_mask, at::Tensor& scores);
 
 // Positions (within the row) of the seg.k best-ranked visual tokens of `seg`, ascending, into
-// out[0 .. seg.k). `scratch` is reused between calls.
+// out[0 .. seg.k). scores: [R, S] float32 with a contiguous last dim. `scratch` is reused.
 void select_segment(const at::Tensor& scores, const at::Tensor& vis_mask, const Segment& seg,
                     std::vector<uint64_t>& scratch, int64_t* out);
 
-// Selection + compaction of every segment: keep_pos[r, out_begin + j] lists the segment's
-// text tokens and kept visual tokens in order; hidden_out, position_ids_out and vis_mask_out
-// gather those tokens. position_ids is [P, R, S] (P = 1, or 3 for M-RoPE); outputs are
-// contiguous: hidden_out [R, S', D], position_ids_out [P, R, S'], keep_pos int64 [R, S'],
-// vis_mask_out [R, S'].
-void compact_segments(const at::Tensor& hidden, const at::Tensor& vis_mask,
-                      const at::Tensor& position_ids, const at::Tensor& scores,
-                      const std::vector<Segment>& segments, at::Tensor& hidden_out,
-                      at::Tensor& position_ids_out, at::Tensor& keep_pos,
-                      at::Tensor& vis_mask_out);
+// Selection + compaction of every segment: keep_pos[r, out_begin + j] lists the segment's text
+// tokens and kept visual tokens in order, and the position ids ([P, R, S] planes) and mask of
+// those tokens are gathered into the outputs.
+void compact_segments(const at::Tensor& scores, const at::Tensor& vis_mask,
+                      const at::Tensor& position_ids, const std::vector<Segment>& segments,
+                      SelectOutputs& out);
+
+// out[r, j, :] = hidden[r, keep_pos[r, j], :]: hidden [R, S, D] with a contiguous last dim,
+// out contiguous [R, S', D].
+void gather_hidden(const at::Tensor& hidden, const at::Tensor& keep_pos, at::Tensor& out);
 
 }  // namespace v2drop::cpu

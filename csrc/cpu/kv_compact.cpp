@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include "../checks.h"
+#include "../token_rows.h"
 #include "drop_core.h"
 
 namespace v2drop::cpu {
@@ -27,11 +28,11 @@ at::Tensor checked_keep_pos(const char* op, const at::Tensor& keep_pos, int64_t 
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t j = 0; j < n; ++j) {
       const int64_t p = kp[b * n + j];
-      TORCH_CHECK_VALUE(p >= 0 && p < seq_len, op, ": keep_pos values must be in [0, ", seq_len,
-                        "), got ", p, " at [", b, ", ", j, "]");
-      TORCH_CHECK_VALUE(!strictly_increasing || j == 0 || p > kp[b * n + j - 1], op,
-                        ": keep_pos rows must be strictly increasing for in-place compaction, "
-                        "row ", b, " has ", kp[b * n + j - 1], " then ", p);
+      TORCH_CHECK_VALUE(p >= 0 && p < seq_len, msg_keep_range(op, seq_len), ", got ", p, " at [",
+                        b, ", ", j, "]");
+      TORCH_CHECK_VALUE(!strictly_increasing || j == 0 || p > kp[b * n + j - 1],
+                        msg_strictly_increasing(op), ", row ", b, " has ", kp[b * n + j - 1],
+                        " then ", p);
     }
   }
   return keep;
@@ -57,9 +58,9 @@ void gather_rows(const at::Tensor& src, const at::Tensor& keep, at::Tensor& dst)
 
 std::vector<at::Tensor> kv_compact_cpu(at::TensorList caches, const at::Tensor& keep_pos,
                                        int64_t seq_dim) {
-  constexpr const char* op = "v2drop.kv_compact";
-  seq_dim = check_kv_args(op, caches, keep_pos, seq_dim);
-  const at::Tensor keep = checked_keep_pos(op, keep_pos, caches[0].size(seq_dim), false);
+  seq_dim = check_kv_compact(caches, keep_pos, seq_dim);
+  const at::Tensor keep =
+      checked_keep_pos("v2drop.kv_compact", keep_pos, caches[0].size(seq_dim), false);
   std::vector<at::Tensor> outs;
   outs.reserve(caches.size());
   for (const at::Tensor& cache : caches) {
@@ -75,10 +76,9 @@ std::vector<at::Tensor> kv_compact_cpu(at::TensorList caches, const at::Tensor& 
 }
 
 void kv_compact_inplace_cpu(at::TensorList caches, const at::Tensor& keep_pos, int64_t seq_dim) {
-  constexpr const char* op = "v2drop.kv_compact_";
-  seq_dim = check_kv_args(op, caches, keep_pos, seq_dim);
-  check_writable_caches(op, caches);
-  const at::Tensor keep = checked_keep_pos(op, keep_pos, caches[0].size(seq_dim), true);
+  seq_dim = check_kv_compact_(caches, keep_pos, seq_dim);
+  const at::Tensor keep =
+      checked_keep_pos("v2drop.kv_compact_", keep_pos, caches[0].size(seq_dim), true);
   const int64_t B = keep.size(0), n = keep.size(1);
   const int64_t* kp = keep.const_data_ptr<int64_t>();
   for (const at::Tensor& cache : caches) {

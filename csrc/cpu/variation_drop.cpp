@@ -7,7 +7,7 @@
 #include <torch/library.h>
 
 #include "../checks.h"
-#include "../drop_outputs.h"
+#include "../token_rows.h"
 #include "drop_core.h"
 
 namespace v2drop::cpu {
@@ -16,24 +16,15 @@ namespace {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> variation_drop_cpu(
     const at::Tensor& hidden, const at::Tensor& prev, const at::Tensor& vis_mask,
     const at::Tensor& position_ids, int64_t num_visual, int64_t k) {
-  constexpr const char* op = "v2drop.variation_drop";
-  check_hidden_pair(op, hidden, prev, 3);
-  check_vis_mask(op, vis_mask, hidden);
-  check_position_ids(op, position_ids, hidden);
-  const int64_t S = hidden.size(1);
-  check_k_padded(op, num_visual, k, S);
-  const std::vector<Segment> segments = padded_segments(op, vis_mask, num_visual, k);
-
-  const int64_t Sout = S - num_visual + k;
-  const bool mrope = position_ids.dim() == 3;
-  const at::Tensor pos3 = mrope ? position_ids : position_ids.unsqueeze(0);
-  DropOutputs o = empty_drop_outputs(hidden, pos3, vis_mask, Sout);
-
+  const int64_t s_out = check_variation_drop(hidden, prev, vis_mask, position_ids, num_visual, k);
+  const std::vector<Segment> segments =
+      padded_segments("v2drop.variation_drop", vis_mask, num_visual, k);
+  const at::Tensor pos3 = position_planes(position_ids, false);
+  DropOutputs o = empty_drop_outputs(hidden, pos3, vis_mask, s_out);
   variation_scores(hidden, prev, vis_mask, o.scores);
-  compact_segments(hidden, vis_mask, pos3, o.scores, segments, o.hidden_out, o.pos_out,
-                   o.keep_pos, o.mask_out);
-  return {o.hidden_out, mrope ? o.pos_out : o.pos_out.squeeze(0), o.keep_pos, o.mask_out,
-          o.scores};
+  compact_segments(o.scores, vis_mask, pos3, segments, o.sel);
+  gather_hidden(hidden, o.sel.keep_pos, o.hidden_out);
+  return drop_result(o, position_ids);
 }
 
 }  // namespace

@@ -15,11 +15,9 @@ namespace {
 std::tuple<at::Tensor, at::Tensor> variation_topk_cpu(const at::Tensor& hidden,
                                                       const at::Tensor& prev,
                                                       const at::Tensor& vis_mask, int64_t k) {
-  constexpr const char* op = "v2drop.variation_topk";
-  check_hidden_pair(op, hidden, prev, 3);
-  check_vis_mask(op, vis_mask, hidden);
-  TORCH_CHECK_VALUE(k >= 1, op, ": k must be >= 1, got ", k);
-  const std::vector<Segment> segments = padded_segments(op, vis_mask, -1, k);
+  check_variation_topk(hidden, prev, vis_mask, k);
+  const std::vector<Segment> segments =
+      padded_segments("v2drop.variation_topk", vis_mask, -1, k);
 
   const int64_t B = hidden.size(0), S = hidden.size(1);
   at::Tensor scores = at::empty({B, S}, hidden.options().dtype(at::kFloat));

@@ -38,7 +38,8 @@ cudaError_t launch_scores(const ScoresArgs& a, cudaStream_t stream);
 // Padded: segment b is row b, tokens [0, S). Packed (cu != nullptr): one row (R = 1), segment b
 // is tokens [cu[b], cu[b + 1]).
 struct SelectArgs {
-  const float* scores;  // contiguous [R, S]
+  const float* scores;  // [R, S], contiguous rows
+  int64_t sc_s0;        // row stride of scores
   const bool* mask;
   int64_t m_s0, m_s1;
   int64_t R, S;

@@ -47,7 +47,7 @@ __global__ void __launch_bounds__(kThreads) select_kernel(const SelectArgs a) {
 
   const int64_t seg = blockIdx.x;
   const SegmentView v = segment_of(a, seg);
-  const float* scores = a.scores + v.row * a.S;
+  const float* scores = a.scores + v.row * a.sc_s0;
   const bool* mask = a.mask + v.row * a.m_s0;
   const int tid = threadIdx.x;
 

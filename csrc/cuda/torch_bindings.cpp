@@ -6,7 +6,7 @@
 // failure raises RuntimeError (a device-side assert), not ValueError as on CPU; the kernels
 // never read or write out of bounds on such input.
 // Launches: variation_topk 2 (scores, select), variation_drop 3 (+ gather), variation_drop_varlen
-// 3, kv_compact / kv_compact_ 1 per 24 tensors.
+// 3, select_drop / select_drop_varlen 1 (select), kv_compact / kv_compact_ 1 per 24 tensors.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "../checks.h"
-#include "../drop_outputs.h"
+#include "../token_rows.h"
 #include "launch.h"
 
 namespace v2drop::cuda {
@@ -58,6 +58,7 @@ void run_scores(const at::Tensor& hidden, const at::Tensor& prev, const at::Tens
 SelectArgs select_args(const at::Tensor& scores, const at::Tensor& mask, int32_t* counts) {
   SelectArgs a{};
   a.scores = scores.const_data_ptr<float>();
+  a.sc_s0 = scores.stride(0);
   a.mask = mask.const_data_ptr<bool>();
   a.m_s0 = mask.stride(0), a.m_s1 = mask.stride(1);
   a.R = mask.size(0), a.S = mask.size(1);
@@ -65,16 +66,31 @@ SelectArgs select_args(const at::Tensor& scores, const at::Tensor& mask, int32_t
   return a;
 }
 
-// Drop-mode outputs of the select kernel: survivors' positions, position ids [P, R, S] and mask.
-void set_drop_outputs(SelectArgs& a, const at::Tensor& pos3, at::Tensor& keep_pos, at::Tensor& pos_out,
-                      at::Tensor& mask_out) {
-  a.keep_pos = keep_pos.mutable_data_ptr<int64_t>();
-  a.S_out = keep_pos.size(1);
-  a.pos = pos3.const_data_ptr();
-  a.pos_bytes = static_cast<int>(pos3.element_size());
-  a.P = pos3.size(0), a.pos_sp = pos3.stride(0), a.pos_s0 = pos3.stride(1), a.pos_s1 = pos3.stride(2);
-  a.pos_out = pos_out.mutable_data_ptr();
-  a.mask_out = mask_out.mutable_data_ptr<bool>();
+// The packed layout's segments: cu_seqlens (contiguous), the result's cu_seqlens, and per
+// sequence k, the tokens dropped before it and the expected visual count (dev[0..2], known on
+// the host, copied to the device in one small transfer).
+struct PackedSegments {
+  at::Tensor cu, cu_out, dev;
+};
+
+PackedSegments packed_segments(const at::Tensor& cu_seqlens, at::IntArrayRef num_visual, at::IntArrayRef k) {
+  const int64_t B = cu_seqlens.size(0) - 1;
+  at::Tensor host = at::empty({3, B}, at::TensorOptions().dtype(at::kLong));
+  int64_t* h = host.mutable_data_ptr<int64_t>();
+  int64_t dropped = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    h[b] = k[b];
+    h[B + b] = dropped;
+    h[2 * B + b] = num_visual[b];
+    dropped += num_visual[b] - k[b];
+  }
+  return {cu_seqlens.contiguous(), at::empty({B + 1}, cu_seqlens.options()), host.to(cu_seqlens.device())};
+}
+
+// One device check for all the data rules of the packed layout (the select kernel counts -1
+// where cu_seqlens is malformed).
+void assert_segments(const PackedSegments& packed, const at::Tensor& counts, int64_t tokens, const char* op) {
+  device_assert((counts.to(at::kLong) == packed.dev[2]).all(), msg_varlen(op, tokens));
 }
 
 // dst[r, j, :] = src[r, keep[r, j], :] for [R, S, D] src and contiguous [R, n, D] dst.
@@ -91,13 +107,34 @@ void gather_tokens(const at::Tensor& src, const at::Tensor& keep, at::Tensor& ds
   check_launch(launch_gather(g, stream), op);
 }
 
+// The selection of every segment in drop mode: survivors' positions, position ids and mask.
+// counts receives each segment's visual tokens (-1 where cu_seqlens is malformed).
+void run_select_drop(const at::Tensor& scores, const at::Tensor& mask2, const at::Tensor& pos3, SelectOutputs& o,
+                     int32_t* counts, int64_t k, const PackedSegments* packed, cudaStream_t stream, const char* op) {
+  SelectArgs a = select_args(scores, mask2, counts);
+  a.keep_pos = o.keep_pos.mutable_data_ptr<int64_t>();
+  a.S_out = o.keep_pos.size(1);
+  a.pos = pos3.const_data_ptr();
+  a.pos_bytes = static_cast<int>(pos3.element_size());
+  a.P = pos3.size(0), a.pos_sp = pos3.stride(0), a.pos_s0 = pos3.stride(1), a.pos_s1 = pos3.stride(2);
+  a.pos_out = o.pos_out.mutable_data_ptr();
+  a.mask_out = o.mask_out.mutable_data_ptr<bool>();
+  if (packed != nullptr) {
+    a.segments = packed->cu.size(0) - 1;
+    a.cu = packed->cu.const_data_ptr<int32_t>();
+    a.k_per_seg = packed->dev[0].const_data_ptr<int64_t>();
+    a.drop_before = packed->dev[1].const_data_ptr<int64_t>();
+    a.cu_out = packed->cu_out.mutable_data_ptr<int32_t>();
+  } else {
+    a.segments = mask2.size(0), a.k = k;
+  }
+  check_launch(launch_select(a, stream), op);
+}
+
 std::tuple<at::Tensor, at::Tensor> variation_topk_cuda(const at::Tensor& hidden, const at::Tensor& prev,
                                                        const at::Tensor& vis_mask, int64_t k) {
   constexpr const char* op = "v2drop.variation_topk";
-  check_hidden_pair(op, hidden, prev, 3);
-  check_vis_mask(op, vis_mask, hidden);
-  TORCH_CHECK_VALUE(k >= 1, op, ": k must be >= 1, got ", k);
-  TORCH_CHECK_VALUE(k <= hidden.size(1), op, ": k must be <= S=", hidden.size(1), ", got ", k);
+  check_variation_topk(hidden, prev, vis_mask, k);
   const c10::cuda::CUDAGuard guard(hidden.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t B = hidden.size(0), S = hidden.size(1);
@@ -110,10 +147,8 @@ std::tuple<at::Tensor, at::Tensor> variation_topk_cuda(const at::Tensor& hidden,
   a.segments = B, a.k = k;
   a.keep_idx = keep_idx.mutable_data_ptr<int64_t>();
   check_launch(launch_select(a, stream), op);
-  device_assert((counts == counts[0]).all(),
-                "v2drop.variation_topk: every row of vis_mask must hold the same number of visual tokens");
-  device_assert(counts[0] >= k, "v2drop.variation_topk: k must be in [1, V] (visual tokens per row in vis_mask), "
-                                "got " + std::to_string(k));
+  device_assert((counts == counts[0]).all(), msg_equal_rows(op));
+  device_assert(counts[0] >= k, msg_k_above_visual(op, k));
   return {keep_idx, scores};
 }
 
@@ -121,85 +156,74 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> variation
     const at::Tensor& hidden, const at::Tensor& prev, const at::Tensor& vis_mask, const at::Tensor& position_ids,
     int64_t num_visual, int64_t k) {
   constexpr const char* op = "v2drop.variation_drop";
-  check_hidden_pair(op, hidden, prev, 3);
-  check_vis_mask(op, vis_mask, hidden);
-  check_position_ids(op, position_ids, hidden);
-  const int64_t B = hidden.size(0), S = hidden.size(1);
-  check_k_padded(op, num_visual, k, S);
+  const int64_t s_out = check_variation_drop(hidden, prev, vis_mask, position_ids, num_visual, k);
   const c10::cuda::CUDAGuard guard(hidden.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const bool mrope = position_ids.dim() == 3;
-  const at::Tensor pos3 = mrope ? position_ids : position_ids.unsqueeze(0);
-  DropOutputs o = empty_drop_outputs(hidden, pos3, vis_mask, S - num_visual + k);
-  at::Tensor counts = at::empty({B}, hidden.options().dtype(at::kInt));
-  if (B > 0) {
+  const at::Tensor pos3 = position_planes(position_ids, false);
+  DropOutputs o = empty_drop_outputs(hidden, pos3, vis_mask, s_out);
+  if (hidden.size(0) > 0) {
+    at::Tensor counts = at::empty({hidden.size(0)}, hidden.options().dtype(at::kInt));
     run_scores(hidden, prev, vis_mask, o.scores, stream, op);
-    SelectArgs a = select_args(o.scores, vis_mask, counts.mutable_data_ptr<int32_t>());
-    a.segments = B, a.k = k;
-    set_drop_outputs(a, pos3, o.keep_pos, o.pos_out, o.mask_out);
-    check_launch(launch_select(a, stream), op);
-    gather_tokens(hidden, o.keep_pos, o.hidden_out, stream, op);
-    device_assert((counts == num_visual).all(),
-                  "v2drop.variation_drop: every row of vis_mask must hold num_visual=" + std::to_string(num_visual) +
-                      " visual tokens");
+    run_select_drop(o.scores, vis_mask, pos3, o.sel, counts.mutable_data_ptr<int32_t>(), k, nullptr, stream, op);
+    gather_tokens(hidden, o.sel.keep_pos, o.hidden_out, stream, op);
+    device_assert((counts == num_visual).all(), msg_rows_hold(op, num_visual));
   }
-  return {o.hidden_out, mrope ? o.pos_out : o.pos_out.squeeze(0), o.keep_pos, o.mask_out, o.scores};
+  return drop_result(o, position_ids);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> variation_drop_varlen_cuda(
     const at::Tensor& hidden, const at::Tensor& prev, const at::Tensor& vis_mask, const at::Tensor& position_ids,
     const at::Tensor& cu_seqlens, at::IntArrayRef num_visual, at::IntArrayRef k) {
   constexpr const char* op = "v2drop.variation_drop_varlen";
-  check_hidden_pair(op, hidden, prev, 2);
-  check_vis_mask(op, vis_mask, hidden);
-  check_position_ids(op, position_ids, hidden);
-  check_varlen_args(op, cu_seqlens, hidden, num_visual, k);
+  const int64_t t_out =
+      check_variation_drop_varlen(hidden, prev, vis_mask, position_ids, cu_seqlens, num_visual, k);
   const c10::cuda::CUDAGuard guard(hidden.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const int64_t T = hidden.size(0), B = cu_seqlens.size(0) - 1;
+  const PackedSegments packed = packed_segments(cu_seqlens, num_visual, k);
+  const at::Tensor hidden3 = token_rows(hidden, true), mask2 = token_rows(vis_mask, true);
+  const at::Tensor pos3 = position_planes(position_ids, true);
+  DropOutputs o = empty_drop_outputs(hidden3, pos3, mask2, t_out);
+  at::Tensor counts = at::empty({packed.cu.size(0) - 1}, hidden.options().dtype(at::kInt));
+  run_scores(hidden3, token_rows(prev, true), mask2, o.scores, stream, op);
+  run_select_drop(o.scores, mask2, pos3, o.sel, counts.mutable_data_ptr<int32_t>(), 0, &packed, stream, op);
+  gather_tokens(hidden3, o.sel.keep_pos, o.hidden_out, stream, op);
+  assert_segments(packed, counts, hidden.size(0), op);
+  return drop_varlen_result(o, position_ids, packed.cu_out);
+}
 
-  // Per-sequence k, the tokens dropped before each sequence, and the expected visual counts:
-  // known on the host, copied to the device in one small transfer.
-  at::Tensor host = at::empty({3, B}, at::TensorOptions().dtype(at::kLong));
-  int64_t* h = host.mutable_data_ptr<int64_t>();
-  int64_t dropped = 0;
-  for (int64_t b = 0; b < B; ++b) {
-    h[b] = k[b];
-    h[B + b] = dropped;
-    h[2 * B + b] = num_visual[b];
-    dropped += num_visual[b] - k[b];
+std::tuple<at::Tensor, at::Tensor, at::Tensor> select_drop_cuda(const at::Tensor& scores, const at::Tensor& vis_mask,
+                                                                const at::Tensor& position_ids, int64_t num_visual,
+                                                                int64_t k) {
+  constexpr const char* op = "v2drop.select_drop";
+  const int64_t s_out = check_select_drop(scores, vis_mask, position_ids, num_visual, k);
+  const c10::cuda::CUDAGuard guard(scores.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const at::Tensor pos3 = position_planes(position_ids, false);
+  SelectOutputs o = empty_select_outputs(pos3, vis_mask, s_out);
+  if (scores.size(0) > 0) {
+    at::Tensor counts = at::empty({scores.size(0)}, scores.options().dtype(at::kInt));
+    run_select_drop(scores, vis_mask, pos3, o, counts.mutable_data_ptr<int32_t>(), k, nullptr, stream, op);
+    device_assert((counts == num_visual).all(), msg_rows_hold(op, num_visual));
   }
-  const at::Tensor dev = host.to(hidden.device());
-  const int64_t Tout = T - dropped;
-  TORCH_CHECK_VALUE(Tout >= 0, op, ": the sequences drop more tokens than T=", T, " holds");
+  return select_result(o, position_ids, false);
+}
 
-  const bool mrope = position_ids.dim() == 2;
-  const at::Tensor pos3 = (mrope ? position_ids : position_ids.unsqueeze(0)).unsqueeze(1);  // [P, 1, T]
-  const at::Tensor hidden3 = hidden.unsqueeze(0);
-  const at::Tensor mask2 = vis_mask.unsqueeze(0);
-  DropOutputs o = empty_drop_outputs(hidden3, pos3, mask2, Tout);
-  at::Tensor cu_out = at::empty({B + 1}, cu_seqlens.options());
-  at::Tensor counts = at::empty({B}, hidden.options().dtype(at::kInt));
-  const at::Tensor cu = cu_seqlens.contiguous();
-
-  run_scores(hidden3, prev.unsqueeze(0), mask2, o.scores, stream, op);
-  SelectArgs a = select_args(o.scores, mask2, counts.mutable_data_ptr<int32_t>());
-  a.segments = B;
-  a.cu = cu.const_data_ptr<int32_t>();
-  a.k_per_seg = dev[0].const_data_ptr<int64_t>();
-  a.drop_before = dev[1].const_data_ptr<int64_t>();
-  a.cu_out = cu_out.mutable_data_ptr<int32_t>();
-  set_drop_outputs(a, pos3, o.keep_pos, o.pos_out, o.mask_out);
-  check_launch(launch_select(a, stream), op);
-  gather_tokens(hidden3, o.keep_pos, o.hidden_out, stream, op);
-  // One check for all the data rules (the select kernel counts -1 where cu_seqlens is malformed).
-  device_assert((counts.to(at::kLong) == dev[2]).all(),
-                "v2drop.variation_drop_varlen: bad cu_seqlens or vis_mask: cu_seqlens[0] must be 0, cu_seqlens must be "
-                "non-decreasing, cu_seqlens[-1] must equal T=" + std::to_string(T) +
-                    ", sequence b must hold num_visual[b] visual tokens");
-  at::Tensor pos_flat = o.pos_out.squeeze(1);
-  return {o.hidden_out.squeeze(0), mrope ? pos_flat : pos_flat.squeeze(0), o.keep_pos.squeeze(0),
-          o.mask_out.squeeze(0),   cu_out,                                  o.scores.squeeze(0)};
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> select_drop_varlen_cuda(
+    const at::Tensor& scores, const at::Tensor& vis_mask, const at::Tensor& position_ids,
+    const at::Tensor& cu_seqlens, at::IntArrayRef num_visual, at::IntArrayRef k) {
+  constexpr const char* op = "v2drop.select_drop_varlen";
+  const int64_t t_out = check_select_drop_varlen(scores, vis_mask, position_ids, cu_seqlens, num_visual, k);
+  const c10::cuda::CUDAGuard guard(scores.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const PackedSegments packed = packed_segments(cu_seqlens, num_visual, k);
+  const at::Tensor mask2 = token_rows(vis_mask, true), pos3 = position_planes(position_ids, true);
+  SelectOutputs o = empty_select_outputs(pos3, mask2, t_out);
+  at::Tensor counts = at::empty({packed.cu.size(0) - 1}, scores.options().dtype(at::kInt));
+  run_select_drop(token_rows(scores, true), mask2, pos3, o, counts.mutable_data_ptr<int32_t>(), 0, &packed, stream,
+                  op);
+  assert_segments(packed, counts, scores.size(0), op);
+  auto [pos, keep, mask] = select_result(o, position_ids, true);
+  return {pos, keep, mask, packed.cu_out};
 }
 
 // Launches the gather (or in-place compaction) over [B, S, H, Dh] views, 24 tensors a launch.
@@ -228,14 +252,13 @@ at::Tensor keep_rows(const at::Tensor& keep_pos) {
 
 void assert_keep_in_range(const at::Tensor& keep, int64_t S, const char* op) {
   if (keep.numel() > 0) {
-    device_assert(keep.ge(0).logical_and(keep.lt(S)).all(),
-                  std::string(op) + ": keep_pos values must be in [0, " + std::to_string(S) + ")");
+    device_assert(keep.ge(0).logical_and(keep.lt(S)).all(), msg_keep_range(op, S));
   }
 }
 
 std::vector<at::Tensor> kv_compact_cuda(at::TensorList caches, const at::Tensor& keep_pos, int64_t seq_dim) {
   constexpr const char* op = "v2drop.kv_compact";
-  seq_dim = check_kv_args(op, caches, keep_pos, seq_dim);
+  seq_dim = check_kv_compact(caches, keep_pos, seq_dim);
   const c10::cuda::CUDAGuard guard(keep_pos.device());
   const at::Tensor keep = keep_rows(keep_pos);
   const int64_t S = caches[0].size(seq_dim);
@@ -256,16 +279,13 @@ std::vector<at::Tensor> kv_compact_cuda(at::TensorList caches, const at::Tensor&
 
 void kv_compact_inplace_cuda(at::TensorList caches, const at::Tensor& keep_pos, int64_t seq_dim) {
   constexpr const char* op = "v2drop.kv_compact_";
-  seq_dim = check_kv_args(op, caches, keep_pos, seq_dim);
-  check_writable_caches(op, caches);
+  seq_dim = check_kv_compact_(caches, keep_pos, seq_dim);
   const c10::cuda::CUDAGuard guard(keep_pos.device());
   const at::Tensor keep = keep_rows(keep_pos);
   const int64_t S = caches[0].size(seq_dim);
-  TORCH_CHECK_VALUE(keep.size(1) <= S, op, ": keep_pos has ", keep.size(1), " entries per row, more than S=", S);
   assert_keep_in_range(keep, S, op);
   if (keep.size(1) > 1) {
-    device_assert(keep.slice(1, 1).gt(keep.slice(1, 0, -1)).all(),
-                  "v2drop.kv_compact_: keep_pos rows must be strictly increasing for in-place compaction");
+    device_assert(keep.slice(1, 1).gt(keep.slice(1, 0, -1)).all(), msg_strictly_increasing(op));
   }
   std::vector<at::Tensor> views;
   for (const at::Tensor& cache : caches) {
@@ -276,12 +296,9 @@ void kv_compact_inplace_cuda(at::TensorList caches, const at::Tensor& keep_pos, 
 
 }  // namespace
 
-// The test suite builds this file on the host against the CUDA emulator, with CPU tensors, as
-// its own library (python_tests/cuda_emulator/ops.cpp defines the schemas there).
-#ifdef V2DROP_CUDA_EMULATION
-#define V2DROP_CUDA_LIBRARY v2drop_cuda_emulated
-#define V2DROP_CUDA_KEY CPU
-#else
+// The library and dispatch key the kernels register under: torch.ops.v2drop on CUDA tensors. A
+// host build of this file against a CUDA emulator (the test suite's) defines its own.
+#ifndef V2DROP_CUDA_LIBRARY
 #define V2DROP_CUDA_LIBRARY v2drop
 #define V2DROP_CUDA_KEY CUDA
 #endif
@@ -290,6 +307,8 @@ TORCH_LIBRARY_IMPL(V2DROP_CUDA_LIBRARY, V2DROP_CUDA_KEY, m) {
   m.impl("variation_topk", &variation_topk_cuda);
   m.impl("variation_drop", &variation_drop_cuda);
   m.impl("variation_drop_varlen", &variation_drop_varlen_cuda);
+  m.impl("select_drop", &select_drop_cuda);
+  m.impl("select_drop_varlen", &select_drop_varlen_cuda);
   m.impl("kv_compact", &kv_compact_cuda);
   m.impl("kv_compact_", &kv_compact_inplace_cuda);
 }

@@ -58,7 +58,7 @@ def load():
         raise ValueError(f"CUDA_EMULATOR_SANITIZE must be 'address' or unset, got {sanitize!r}")
     # Kernels read 16-byte vectors as elements through pointer casts, as CUDA code does; nvcc
     # allows it, a host compiler only without type-based alias analysis.
-    cflags = ["-O2", "-std=c++17", "-fno-strict-aliasing", "-ffp-contract=off", "-DV2DROP_CUDA_EMULATION"]
+    cflags = ["-O2", "-fno-strict-aliasing", "-ffp-contract=off"]  # the C++ standard: torch's own
     ldflags = []
     if sanitize:
         cflags += ["-fsanitize=address", "-fno-omit-frame-pointer", "-g"]
@@ -75,4 +75,8 @@ def load():
         is_python_module=False,
         verbose=False,
     )
+    from v2drop_kernels import fake
+
+    for op in fake.OPS:  # the same fake kernels as torch.ops.v2drop.*
+        torch.library.register_fake(f"v2drop_cuda_emulated::{op}")(getattr(fake, op))
     return torch.ops.v2drop_cuda_emulated

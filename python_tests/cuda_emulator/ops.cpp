@@ -7,4 +7,7 @@
 
 TORCH_LIBRARY(v2drop_cuda_emulated, m) { v2drop::define_ops(m); }
 
+// The binding registers its kernels under this library and dispatch key (CPU tensors here).
+#define V2DROP_CUDA_LIBRARY v2drop_cuda_emulated
+#define V2DROP_CUDA_KEY CPU
 #include "../../csrc/cuda/torch_bindings.cpp"

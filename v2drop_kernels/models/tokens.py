@@ -28,6 +28,8 @@ class Selection:
     keep: Tensor  # int64 [B, n] (padded) or [n] (packed, global indices)
     num_visual: list[int]  # visual tokens per row after the step
     cu_seqlens: Tensor | None = None  # packed: int32 [B + 1] of the result
+    position_ids: Tensor | None = None  # the survivors' position ids and visual mask, when the op
+    vis_mask: Tensor | None = None  # that selected them compacted those too
 
 
 @dataclass
@@ -59,21 +61,16 @@ class Tokens:
         return torch.full((self.hidden.shape[0],), self.hidden.shape[1] - 1, device=self.hidden.device)
 
     def select(self, scores: Tensor, keep_visual: list[int]) -> Selection:
-        """Keeps every text token and, per row, the ``keep_visual[b]`` visual tokens of highest score.
-
-        The ranking (ties to the lower position, NaN last) is the ops' contract: the scores go through
-        the fused op as one-wide hidden states against a zero ``prev`` (``‖s − 0‖ = s`` for ``s >= 0``).
-        """
-        col = scores.float().unsqueeze(-1)
-        zero = torch.zeros_like(col)
+        """Keeps every text token and, per row, the ``keep_visual[b]`` visual tokens of highest
+        ``scores`` (float32 ``[B, S]`` / ``[T]``), through :func:`v2drop_kernels.select_drop`: the
+        ops' ranking (ties to the lower position, NaN last)."""
         if self.packed:
-            pos = torch.arange(col.shape[0], device=col.device)
-            out = ops.variation_drop_varlen(col, zero, self.vis_mask, pos, self.cu_seqlens, keep_visual,
-                                            num_visual=self.num_visual, backend=self.backend)
-            return Selection(out.keep_pos, list(keep_visual), out.cu_seqlens)
-        out = ops.variation_drop(col, zero, self.vis_mask, None, keep_visual[0], num_visual=self.num_visual[0],
-                                 backend=self.backend)
-        return Selection(out.keep_pos, list(keep_visual))
+            out = ops.select_drop_varlen(scores, self.vis_mask, self.position_ids, self.cu_seqlens, keep_visual,
+                                         num_visual=self.num_visual, backend=self.backend)
+        else:
+            out = ops.select_drop(scores, self.vis_mask, self.position_ids, keep_visual[0], num_visual=self.num_visual[0],
+                                  backend=self.backend)
+        return Selection(out.keep_pos, list(keep_visual), out.cu_seqlens, out.position_ids, out.vis_mask)
 
     def compact(self, sel: Selection, *extras: Tensor) -> tuple["Tokens", list[Tensor]]:
         """The survivors of ``sel``, and the same rows of ``extras`` (``[B, H, S, Dh]`` / ``[T, H, Dh]``).
@@ -84,10 +81,9 @@ class Tokens:
         moved = ops.kv_compact([self.hidden.unsqueeze(1), *extras], sel.keep, seq_dim, backend=self.backend)
         return self.shrink(sel, moved[0].squeeze(1)), list(moved[1:])
 
-    def shrink(self, sel: Selection, hidden: Tensor, position_ids: Tensor | None = None,
-               vis_mask: Tensor | None = None) -> "Tokens":
+    def shrink(self, sel: Selection, hidden: Tensor) -> "Tokens":
         """The tokens after a drop to ``sel``, given the survivors' hidden states (already compacted,
-        by the fused op or :meth:`compact`); position ids and mask are gathered unless given."""
+        by the fused op or :meth:`compact`); position ids and mask are gathered unless ``sel`` has them."""
         if self.packed:
             take = lambda x: x.index_select(0, sel.keep)  # noqa: E731
             lengths = torch.diff(sel.cu_seqlens)
@@ -98,8 +94,8 @@ class Tokens:
         return replace(
             self,
             hidden=hidden,
-            position_ids=take(self.position_ids) if position_ids is None else position_ids,
-            vis_mask=take(self.vis_mask) if vis_mask is None else vis_mask,
+            position_ids=take(self.position_ids) if sel.position_ids is None else sel.position_ids,
+            vis_mask=take(self.vis_mask) if sel.vis_mask is None else sel.vis_mask,
             orig_pos=take(self.orig_pos),
             valid=None if self.valid is None else take(self.valid),
             num_visual=sel.num_visual,

@@ -17,9 +17,8 @@ written yet. Traffic: reads and writes n·Dh·e bytes per (b, h).
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import wrap_triton
 
-from ._launch import gather_config, inplace_config
+from .launching import gather_config, inplace_config, launchable
 
 
 @triton.jit
@@ -71,7 +70,7 @@ def launch_gather(src: Tensor, keep: Tensor, out: Tensor) -> None:
     heads, dh = src.shape[2], src.shape[3]
     rows = batch * n * heads
     block_r, block_d, warps = gather_config(dh)
-    wrap_triton(_gather_kernel)[(triton.cdiv(rows, block_r),)](
+    launchable(_gather_kernel)[(triton.cdiv(rows, block_r),)](
         src, keep, out, rows, n, heads, dh,
         src.stride(0), src.stride(1), src.stride(2), out.stride(0), out.stride(1), out.stride(2),
         BLOCK_R=block_r, BLOCK_D=block_d, num_warps=warps,
@@ -85,7 +84,7 @@ def launch_compact_inplace(cache: Tensor, keep: Tensor) -> None:
     if batch * heads * n == 0:
         return
     block_j, block_d, warps = inplace_config(dh)
-    wrap_triton(_compact_inplace_kernel)[(batch * heads,)](
+    launchable(_compact_inplace_kernel)[(batch * heads,)](
         cache, keep, n, heads, dh, cache.stride(0), cache.stride(1), cache.stride(2),
         BLOCK_J=block_j, BLOCK_D=block_d, num_warps=warps,
     )

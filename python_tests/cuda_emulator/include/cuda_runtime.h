@@ -70,6 +70,10 @@ Launch<Kernel> launch(dim3 grid, dim3 block, cudaStream_t, Kernel* kernel) {
 
 }  // namespace cuda_emulator
 
+// The package's kernels launch through V2DROP_LAUNCH (csrc/cuda/common.cuh); here a launch is a
+// call into the emulator.
+#define V2DROP_LAUNCH(grid, block, stream, ...) ::cuda_emulator::launch(grid, block, stream, __VA_ARGS__)
+
 #define threadIdx (::cuda_emulator::thread_idx)
 #define blockIdx (::cuda_emulator::block_idx)
 #define blockDim (::cuda_emulator::block_dim)

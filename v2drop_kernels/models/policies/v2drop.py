@@ -40,7 +40,7 @@ class V2Drop(Policy):
             out = ops.variation_drop(tokens.hidden, tokens.prev, tokens.vis_mask, tokens.position_ids, k[0],
                                      num_visual=tokens.num_visual[0], backend=tokens.backend)
         tokens.notes.setdefault("scores", {})[layer] = (out.scores, tokens.orig_pos)
-        return tokens.shrink(Selection(out.keep_pos, k, out.cu_seqlens), out.hidden, out.position_ids, out.vis_mask)
+        return tokens.shrink(Selection(out.keep_pos, k, out.cu_seqlens, out.position_ids, out.vis_mask), out.hidden)
 
     def describe(self) -> str:
         return f"v2drop(layers={list(self.layers)}, keep={list(self.keep)})"

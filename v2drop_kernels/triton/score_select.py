@@ -1,4 +1,4 @@
-"""Triton kernels shared by the variation ops (topk, drop, drop_varlen): scores and exact selection.
+"""Triton kernels shared by the variation and select ops: scores and exact selection.
 
 ``_scores_kernel`` — scores[t] = ‖hidden[t] − prev[t]‖₂ (float32 accumulation, correctly rounded
 sqrt) for visual tokens, 0 elsewhere. Grid: (cdiv(R·S, BLOCK_T),), BLOCK_T tokens × BLOCK_D columns
@@ -13,13 +13,16 @@ vis_mask_out (drop). Traffic: 34 passes over the segment's scores and mask (5 by
 resident), plus the outputs. Works for any length (no power-of-two limit, no tl.sort).
 """
 
+from typing import Sequence
+
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import wrap_triton
 
-from ._launch import scores_config, select_config
+from .. import checks
+
+from .launching import launchable, scores_config, select_config
 
 
 @triton.jit
@@ -128,17 +131,17 @@ def _select_kernel(
         ties_seen += tl.sum(tie.to(tl.int64), axis=0)
 
 
-def launch_scores(hidden: Tensor, prev: Tensor, vis_mask: Tensor) -> Tensor:
-    """float32 [R, S] scores of [R, S, D] hidden/prev and a [R, S] mask (one launch)."""
+def launch_scores(hidden: Tensor, prev: Tensor, vis_mask: Tensor, scores: Tensor) -> None:
+    """Writes the float32 scores (contiguous [R, S]) of [R, S, D] hidden/prev and a [R, S] mask (one launch)."""
     rows, seq, dim = hidden.shape
-    scores = hidden.new_empty((rows, seq), dtype=torch.float32)
+    if rows * seq == 0:
+        return
     block_t, block_d, warps = scores_config(dim)
-    wrap_triton(_scores_kernel)[(triton.cdiv(rows * seq, block_t),)](
+    launchable(_scores_kernel)[(triton.cdiv(rows * seq, block_t),)](
         hidden, prev, vis_mask, scores, rows * seq, seq, dim,
         hidden.stride(0), hidden.stride(1), prev.stride(0), prev.stride(1), vis_mask.stride(0), vis_mask.stride(1),
         BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps,
     )
-    return scores
 
 
 def launch_select(
@@ -154,9 +157,11 @@ def launch_select(
     packed = cu_seqlens is not None
     drop = keep_pos is not None
     segments = cu_seqlens.shape[0] - 1 if packed else scores.shape[0]
+    if segments == 0:
+        return
     dummy = scores  # stands for pointers a specialisation never reads
     block, warps = select_config()
-    wrap_triton(_select_kernel)[(segments,)](
+    launchable(_select_kernel)[(segments,)](
         scores, scores.stride(0), vis_mask, vis_mask.stride(0), vis_mask.stride(1),
         scores.shape[1], k, cu_seqlens if packed else dummy, k_per_seq if packed else dummy, cu_out if packed else dummy,
         position_ids if drop else dummy,
@@ -166,3 +171,23 @@ def launch_select(
         keep_pos.stride(0) if drop else 0, position_ids_out[0].numel() if drop else 0,
         PACKED=packed, DROP=drop, NPOS=position_ids.shape[0] if drop else 1, BLOCK=block, num_warps=warps,
     )
+
+
+def packed_segments(op: str, cu_seqlens: Tensor, vis_mask: Tensor, num_visual: Sequence[int], k: Sequence[int],
+                    cu_out: Tensor) -> Tensor:
+    """The packed layout's segments: checks cu_seqlens and the visual counts on the device (one
+    assert, the message of :func:`v2drop_kernels.checks.msg_varlen`), writes the result's
+    cu_seqlens into ``cu_out`` and returns ``k`` per sequence as a device tensor."""
+    tokens = vis_mask.shape[0]
+    device = vis_mask.device
+    running = torch.nn.functional.pad(vis_mask.cumsum(0), (1, 0))
+    bounds = cu_seqlens.long()
+    counts = running[bounds[1:].clamp(0, tokens)] - running[bounds[:-1].clamp(0, tokens)]
+    expected = torch.tensor(list(num_visual), dtype=counts.dtype, device=device)
+    ok = (bounds[0] == 0) & (bounds[-1] == tokens) & (bounds[1:] >= bounds[:-1]).all() & (counts == expected).all()
+    checks.device_assert(ok, checks.msg_varlen(op, tokens))
+    shift = [0]
+    for v, kb in zip(num_visual, k):
+        shift.append(shift[-1] + kb - v)
+    cu_out.copy_(cu_seqlens + torch.tensor(shift, dtype=torch.int32, device=device))
+    return torch.tensor(list(k), dtype=torch.int64, device=device)

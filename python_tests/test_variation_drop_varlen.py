@@ -6,6 +6,7 @@ import torch
 import v2drop_kernels as v2d
 from helpers import BACKENDS, DTYPES, device_of, skip_if_too_big_for_interpreter, assert_scores_close, assert_selection, assert_unchanged, make_hidden, make_mask
 from v2drop_kernels import reference
+from v2drop_kernels.testing import make_packed
 
 # Per sequence: (length, visual tokens, images, k). Rows differ in V; one has no image.
 ROWS = {
@@ -13,20 +14,6 @@ ROWS = {
     "one-row": [(3000, 2880, 5, 1440)],
     "tiny": [(1, 1, 1, 1), (2, 0, 0, 0), (5, 5, 1, 2)],
 }
-
-
-def make_packed(rows, dim, dtype, device, gen, *, integer=False, mrope=False):
-    masks = [make_mask(1, length, v, images, gen)[0] if v else torch.zeros(length, dtype=torch.bool) for length, v, images, _ in rows]
-    vis_mask = torch.cat(masks).to(device)
-    total = vis_mask.numel()
-    hidden, prev = make_hidden(1, total, dim, dtype, device, gen, integer=integer)
-    lengths = torch.tensor([0] + [r[0] for r in rows])
-    cu_seqlens = lengths.cumsum(0).int().to(device)
-    if mrope:
-        position_ids = torch.randint(0, 10_000, (3, total), generator=gen).to(device)
-    else:
-        position_ids = torch.cat([torch.arange(r[0]) for r in rows]).to(device)
-    return hidden[0], prev[0], vis_mask, position_ids, cu_seqlens
 
 
 @pytest.mark.parametrize("mrope", [False, True], ids=["pos1d", "mrope"])
@@ -40,7 +27,7 @@ def test_matches_reference(backend, dtype, rows, mrope):
     device = device_of(backend)
     num_visual, k = [r[1] for r in spec], [r[3] for r in spec]
     for integer in (True, False):
-        hidden, prev, vis_mask, position_ids, cu = make_packed(spec, 769, dtype, device, gen, integer=integer, mrope=mrope)
+        hidden, prev, vis_mask, position_ids, cu = make_packed([r[:3] for r in spec], 769, dtype, device, gen, integer=integer, mrope=mrope)
         inputs = [t.clone() for t in (hidden, prev, vis_mask, position_ids, cu)]
         out = v2d.variation_drop_varlen(hidden, prev, vis_mask, position_ids, cu, k, num_visual=num_visual, backend=backend)
         ref = reference.variation_drop_varlen(hidden, prev, vis_mask, position_ids, cu, num_visual, k)
@@ -90,7 +77,7 @@ def test_num_visual_and_int_k_defaults(backend):
     gen = torch.Generator().manual_seed(4)
     device = device_of(backend)
     spec = ROWS["llava-mix"]
-    hidden, prev, vis_mask, position_ids, cu = make_packed(spec, 32, torch.float32, device, gen)
+    hidden, prev, vis_mask, position_ids, cu = make_packed([r[:3] for r in spec], 32, torch.float32, device, gen)
     out = v2d.variation_drop_varlen(hidden, prev, vis_mask, position_ids, cu, 3, backend=backend)
     ref = reference.variation_drop_varlen(hidden, prev, vis_mask, position_ids, cu, [576, 0, 576, 3], [3, 0, 3, 3])
     assert torch.equal(out.keep_pos, ref[2]) and torch.equal(out.cu_seqlens, ref[4])
