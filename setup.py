@@ -14,7 +14,7 @@ from packaging.version import Version
 from setuptools import find_packages, setup
 from torch.utils import cpp_extension
 
-MIN_TORCH = Version("2.6.0")
+MIN_TORCH = Version("2.11.0")  # tested: 2.11 (the GPU machine's) and 2.13 (the pin of requirements-dev.txt)
 if Version(torch.__version__.split("+")[0]) < MIN_TORCH:
     raise RuntimeError(f"v2drop_kernels needs torch >= {MIN_TORCH}, found {torch.__version__}")
 
@@ -34,7 +34,9 @@ def _extension():
     debug = os.environ.get("V2DROP_DEBUG") == "1"
     cxx_flags = ["-O0", "-g"] if debug else ["-O3"]
     # No FMA contraction: the float32 sums of squares give the same bits on every x86 build.
-    cxx_flags += ["-std=c++17", "-ffp-contract=off", "-DPy_LIMITED_API=0x03090000"]
+    # The C++ standard and Py_LIMITED_API are torch's own (cpp_extension adds them: C++17 in torch
+    # 2.11, C++20 in 2.13; Py_LIMITED_API for py_limited_api=True).
+    cxx_flags += ["-ffp-contract=off"]
     kwargs = dict(
         name="v2drop_kernels._C",
         extra_compile_args={"cxx": cxx_flags},
@@ -44,7 +46,7 @@ def _extension():
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
     cuda_sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
     if _want_cuda() and cuda_sources:
-        kwargs["extra_compile_args"]["nvcc"] = ["-O3", "-std=c++17", "-lineinfo"]
+        kwargs["extra_compile_args"]["nvcc"] = ["-O3", "-lineinfo"]
         kwargs["define_macros"] = [("V2DROP_WITH_CUDA", "1")]
         return cpp_extension.CUDAExtension(sources=sources + cuda_sources, **kwargs)
     return cpp_extension.CppExtension(sources=sources, **kwargs)
@@ -59,5 +61,5 @@ setup(
     cmdclass={"build_ext": cpp_extension.BuildExtension},
     options={"bdist_wheel": {"py_limited_api": "cp39"}},
     python_requires=">=3.10",
-    install_requires=["torch>=2.6"],
+    install_requires=[f"torch>={MIN_TORCH}"],
 )

@@ -29,11 +29,22 @@ ARCHS = ["sm_80", "sm_90"]
 pytestmark = pytest.mark.skipif(NVCC is None, reason="needs nvcc")
 
 
+def torch_cxx_std() -> str:
+    """The C++ standard torch's extension builder passes (-std=c++17 in torch 2.11, c++20 in 2.13),
+    read from its source: setup.py leaves the choice to it."""
+    import inspect
+
+    import torch.utils.cpp_extension as ext
+
+    found = re.search(r"cpp_flag_prefix \+ '(c\+\+\d+)'", inspect.getsource(ext))
+    return "-std=" + (found.group(1) if found else "c++17")
+
+
 def ptxas_report(source: str, arch: str, out_dir: str) -> tuple[int, str]:
     # torch's CUDAExtension adds these defines; the kernels must build with them too
     torch_defines = ["-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
                      "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__"]
-    cmd = [NVCC, "-c", "-std=c++17", "-O3", f"-arch={arch}", *torch_defines, "-Xptxas", "-v", source,
+    cmd = [NVCC, "-c", torch_cxx_std(), "-O3", f"-arch={arch}", *torch_defines, "-Xptxas", "-v", source,
            "-o", os.path.join(out_dir, f"{os.path.basename(source)}.{arch}.o")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     return proc.returncode, proc.stdout + proc.stderr
@@ -89,7 +100,7 @@ def test_torch_binding_syntax(tmp_path):
     stub = tmp_path / "c10" / "cuda" / "impl"
     stub.mkdir(parents=True)
     (stub / "cuda_cmake_macros.h").write_text("#pragma once\n")
-    cmd = [os.environ.get("CXX", "g++"), "-std=c++17", "-fsyntax-only", *[f"-I{p}" for p in ext.include_paths()],
+    cmd = [os.environ.get("CXX", "g++"), torch_cxx_std(), "-fsyntax-only", *[f"-I{p}" for p in ext.include_paths()],
            f"-I{tmp_path}", f"-I{sysconfig.get_paths()['include']}", f"-I{cuda_include}", f"-I{os.path.join(ROOT, 'csrc')}",
            os.path.join(CUDA_DIR, "torch_bindings.cpp")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

@@ -21,6 +21,8 @@ SCRIPT = os.path.join(os.path.dirname(__file__), "triton_compile_check.py")
 @pytest.mark.skipif(triton is None, reason="needs triton")
 def test_triton_kernels_compile_without_spills():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the package, also when built in place
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
     proc = subprocess.run([sys.executable, SCRIPT], capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     reports = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
