@@ -2,7 +2,8 @@
 
     python -m v2drop_kernels.demo [--model PATH] [--image IMG] [--prompt TEXT] [--max-new-tokens N]
                                   [--policy none|v2drop|pdrop|fastv] [--layers 3,17,22] [--keep 0.5,0.5,0]
-                                  [--device cpu|cuda] [--dtype fp32|bf16|fp16] [--json] [--heatmap out.png]
+                                  [--device cpu|cuda] [--dtype fp32|bf16|fp16] [--repeats N] [--json]
+                                  [--heatmap out.png]
 
 Without ``--model`` it builds, in process and with nothing downloaded, a small randomly initialised
 LLaVA-1.5-shaped model (32 decoder layers of width 128, a 336 px CLIP tower: 576 visual tokens)
@@ -12,39 +13,167 @@ mechanics: which visual tokens each layer keeps, the time of each phase, the mem
 tokenizer when the folder has one.
 
 ``--keep`` lists, per pruning layer, the visual tokens kept: counts (``288,144,1``) or ratios of
-what is left (``0.5,0.5,0``, floor of one token).
+what is left (``0.5,0.5,0``, floor of one token). Every flag is checked before any work starts.
+Timings: after a warm-up, the policy and the unpruned run alternate ``--repeats`` times; the
+medians are printed with their range, and a speed-up only where the ranges do not overlap.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
+import os
+import statistics
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from .models import Llava, load_llava, make_policy, random_llava, tiny_config
+from .backends import available_backends
+from .models import Llava, LlavaConfig, load_llava, make_policy, random_llava, tiny_config
+from .models.policies import kept_count
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_PROMPT = "USER: <image>\nWhat is the red object in the picture? ASSISTANT:"
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+DEFAULT_LAYERS = {"v2drop": 3, "pdrop": 3, "fastv": 1}  # pruning layers of each policy's default schedule
+PHASES = ("vision", "prefill", "decode")
 
 
-def parse_list(text: str | None, kind):
-    return None if text is None else [kind(v) for v in text.split(",") if v.strip()]
+# -- flags --------------------------------------------------------------------------------------------
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 3,17,22, got {text!r}") from None
 
 
-def parse_keep(text: str | None):
-    """``288,144,1`` → counts; ``0.5,0.5,0`` → ratios (a value with a '.' or below 1 is a ratio)."""
-    if text is None:
-        return None
+def parse_keep(text: str) -> list[int | float]:
+    """``288,144,1`` → counts; ``0.5,0.5,0`` → ratios (a value with a '.' is a ratio, as is 0)."""
     values = []
     for v in text.split(","):
         v = v.strip()
-        values.append(float(v) if "." in v or float(v) < 1 else int(v))
+        try:
+            values.append(float(v) if "." in v or v == "0" else int(v))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected counts such as 288,144,1 or ratios such as 0.5,0.5,0, got {text!r}") from None
     return values
 
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m v2drop_kernels.demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="HF LLaVA-1.5 checkpoint folder (default: a small random model built here)")
+    parser.add_argument("--image", help="image file (default: a synthetic picture)")
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="text with one <image> placeholder")
+    parser.add_argument("--max-new-tokens", type=_positive, default=32)
+    parser.add_argument("--policy", choices=["none", "v2drop", "pdrop", "fastv"], default="v2drop")
+    parser.add_argument("--layers", type=_int_list, help="pruning layers, e.g. 3,17,22 (fastv: K)")
+    parser.add_argument("--keep", type=parse_keep, help="visual tokens kept after each pruning layer: counts 288,144,1 or ratios 0.5,0.5,0")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=list(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
+    parser.add_argument("--backend", choices=["cpu", "cuda", "triton", "reference"], default=None,
+                        help="ops backend (default: the fastest for the device)")
+    parser.add_argument("--repeats", type=_positive, default=3, help="timed runs of each policy, interleaved (default 3)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print a machine-readable summary only")
+    parser.add_argument("--heatmap", help="save the first drop's scores over the image the model saw, as a PNG")
+    return parser
+
+
+@dataclass
+class Plan:
+    """What the flags ask for, checked."""
+
+    cfg: LlavaConfig
+    policy: object
+    device: torch.device
+    dtype: torch.dtype
+    visual: int  # visual tokens of the prompt
+
+
+def check_flags(parser: argparse.ArgumentParser, args) -> Plan:
+    """Every flag against the machine, the model's config and the policy, before any work; a
+    problem exits through ``parser.error`` (one line naming the flag, status 2)."""
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"argument --device: not a device: {args.device!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"argument --device: {args.device} is not available here (torch {torch.__version__}, "
+                     f"{'no CUDA device found' if torch.version.cuda else 'a build without CUDA'}); use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"argument --device: cpu or cuda, got {args.device!r}")
+    if args.backend is not None and args.backend not in available_backends(device):
+        parser.error(f"argument --backend: {args.backend!r} does not run on {device.type} here; "
+                     f"available: {', '.join(available_backends(device))}")
+    if args.model:
+        config = Path(args.model) / "config.json"
+        if not config.is_file():
+            parser.error(f"argument --model: {args.model} has no config.json (expected an HF LLaVA-1.5 checkpoint folder)")
+        try:
+            cfg = LlavaConfig.from_hf(json.loads(config.read_text()))
+        except (ValueError, KeyError, NotImplementedError) as e:
+            parser.error(f"argument --model: {config}: {e}")
+    else:
+        cfg = tiny_config()
+    if args.image and not os.access(args.image, os.R_OK):
+        parser.error(f"argument --image: cannot read {args.image}")
+    images = args.prompt.count("<image>")
+    if images != 1:
+        parser.error(f"argument --prompt: needs exactly one <image> placeholder, got {images}")
+    visual = cfg.tokens_per_image
+    num_layers = cfg.text.num_layers
+
+    if args.policy == "none":
+        for flag in ("layers", "keep", "heatmap"):
+            if getattr(args, flag) is not None:
+                parser.error(f"argument --{flag}: policy none drops nothing, so --{flag} means nothing; choose a policy")
+    else:
+        stages = len(args.layers) if args.layers is not None else DEFAULT_LAYERS[args.policy]
+        if args.policy == "fastv" and stages != 1:
+            parser.error(f"argument --layers: fastv prunes once, after layer K: give one layer, got {args.layers}")
+        for layer in args.layers or []:
+            if not 1 <= layer < num_layers:
+                parser.error(f"argument --layers: layer {layer} is outside 1..{num_layers - 1} of this {num_layers}-layer model")
+        if args.keep is not None:
+            if len(args.keep) != stages:
+                parser.error(f"argument --keep: {len(args.keep)} values for {stages} pruning layer(s) of {args.policy}")
+            left = visual
+            for i, rule in enumerate(args.keep):
+                if isinstance(rule, int) and rule > left:
+                    where = "the prompt's" if i == 0 else f"the visual tokens left at stage {i + 1}:"
+                    parser.error(f"argument --keep: {rule} is more than {where} {left} visual tokens")
+                if isinstance(rule, float) and not 0.0 <= rule <= 1.0:
+                    parser.error(f"argument --keep: a ratio must lie in [0, 1], got {rule}")
+                if isinstance(rule, int) and rule < 1:
+                    parser.error(f"argument --keep: a count must be >= 1, got {rule}")
+                left = kept_count(rule, left)
+    if args.heatmap:
+        folder = os.path.dirname(os.path.abspath(args.heatmap))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK) or (os.path.exists(args.heatmap) and not os.access(args.heatmap, os.W_OK)):
+            parser.error(f"argument --heatmap: cannot write {args.heatmap}")
+    try:
+        policy = make_policy(args.policy, args.layers, args.keep)
+        policy.check(num_layers)
+    except ValueError as e:
+        parser.error(f"argument --policy: {e}")
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    return Plan(cfg, policy, device, dtype, visual)
+
+
+# -- inputs -------------------------------------------------------------------------------------------
 
 def synthetic_image(size: int = 336):
     """A grey gradient with a red disk in the upper left: the 'object' the default prompt asks about."""
@@ -81,8 +210,17 @@ def byte_tokens(text: str, model: Llava) -> torch.Tensor:
     return torch.tensor(ids)
 
 
-def build_inputs(model: Llava, folder: Path | None, image, prompt: str):
-    """``(input_ids, pixel_values, decode)``: the folder's processor/tokenizer when there is one."""
+@dataclass
+class Inputs:
+    ids: torch.Tensor  # prompt ids with the image tokens
+    pixel_values: torch.Tensor  # [1, 3, H, W]: exactly what the model sees
+    mean: tuple[float, ...]  # the normalisation that made them
+    std: tuple[float, ...]
+    decode: Callable | None  # ids -> text, when a tokenizer is known
+
+
+def build_inputs(model: Llava, folder: Path | None, image, prompt: str) -> Inputs:
+    """The folder's processor or tokenizer when there is one, else byte ids and CLIP preprocessing."""
     size = model.cfg.vision["image_size"]
     if folder is not None:
         try:
@@ -90,8 +228,10 @@ def build_inputs(model: Llava, folder: Path | None, image, prompt: str):
 
             processor = AutoProcessor.from_pretrained(folder)
             inputs = processor(images=image, text=prompt, return_tensors="pt")
-            return inputs["input_ids"][0], inputs["pixel_values"], processor.tokenizer.decode
-        except (OSError, ValueError, TypeError, KeyError):
+            ip = processor.image_processor
+            return Inputs(inputs["input_ids"][0], inputs["pixel_values"], tuple(ip.image_mean), tuple(ip.image_std),
+                          processor.tokenizer.decode)
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
             pass
         try:
             from transformers import AutoTokenizer
@@ -101,11 +241,13 @@ def build_inputs(model: Llava, folder: Path | None, image, prompt: str):
             ids = parts[0]
             for part in parts[1:]:
                 ids = ids + [model.cfg.image_token_id] * model.cfg.tokens_per_image + part
-            return torch.tensor(ids), pixel_values(image, size), tok.decode
+            return Inputs(torch.tensor(ids), pixel_values(image, size), CLIP_MEAN, CLIP_STD, tok.decode)
         except (OSError, ValueError, TypeError, KeyError):
             pass
-    return byte_tokens(prompt, model), pixel_values(image, size), None
+    return Inputs(byte_tokens(prompt, model), pixel_values(image, size), CLIP_MEAN, CLIP_STD, None)
 
+
+# -- output -------------------------------------------------------------------------------------------
 
 def layer_runs(per_layer: list[int]) -> str:
     """``[576, 576, 576, 288, ...]`` → ``layers 0-2: 576 | 3-16: 288 | ...``."""
@@ -118,115 +260,153 @@ def layer_runs(per_layer: list[int]) -> str:
     return "layers " + " | ".join(runs)
 
 
-def save_heatmap(path: str, image, scores: torch.Tensor, kept: torch.Tensor) -> None:
-    """The image beside the same image overlaid with one score per patch (blue low, yellow high);
-    ``kept`` (bool, one per patch) leaves the kept patches bright and darkens the dropped ones."""
-    from PIL import Image
-
-    grid = math.isqrt(scores.numel())
-    heat = scores[: grid * grid].float().cpu().view(grid, grid)
-    heat = (heat - heat.min()) / (heat.max() - heat.min()).clamp_min(1e-12)
-    shade = torch.where(kept[: grid * grid].cpu().view(grid, grid), 1.0, 0.35)[..., None]
-    rgb = torch.stack([heat, heat * 0.85 + 0.1, 1 - heat], dim=-1) * shade
-    size = 336
-    base = image.convert("RGB").resize((size, size))
-    overlay = Image.fromarray((rgb * 255).byte().numpy(), "RGB").resize((size, size), Image.NEAREST)
-    canvas = Image.new("RGB", (2 * size + 8, size), "white")
-    canvas.paste(base, (0, 0))
-    canvas.paste(Image.blend(base, overlay, 0.75), (size + 8, 0))
-    canvas.save(path)
+def heatmap_arrays(pix: torch.Tensor, mean, std, scores: torch.Tensor, kept: torch.Tensor, patch: int):
+    """What the heatmap draws, at the pixels the model saw: ``(image [H, W, 3] in [0, 1], heat [H, W]
+    (each patch's score), kept [H, W] bool)``. ``pix [1, 3, H, W]`` are the pixel values given to
+    the vision tower (so any crop or padding of the preprocessing is in them); ``scores`` and
+    ``kept`` hold one entry per patch, row-major."""
+    image = (pix[0].float().cpu() * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]).clamp(0, 1)
+    rows, cols = image.shape[1] // patch, image.shape[2] // patch
+    grid = lambda x: x[: rows * cols].cpu().view(rows, cols).repeat_interleave(patch, 0).repeat_interleave(patch, 1)  # noqa: E731
+    return image.permute(1, 2, 0), grid(scores.float()), grid(kept)
 
 
-def summarise(name: str, out, decode) -> dict:
+def save_heatmap(path: str, arrays, title: str, score_name: str) -> None:
+    """The image the model saw beside the same image under its per-patch scores, dropped patches
+    darkened and hatched, with a colour bar and a legend."""
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    image, heat, kept = (a.numpy() for a in arrays)
+    dropped = (~kept).astype(float)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6), gridspec_kw={"width_ratios": [1, 1.22]})
+    axes[0].imshow(image)
+    axes[0].set_title(f"what the model saw ({image.shape[1]}x{image.shape[0]} px)", fontsize=9)
+    axes[1].imshow(image)
+    shown = axes[1].imshow(heat, cmap="viridis", alpha=0.65, interpolation="nearest")
+    shade = np.zeros((*dropped.shape, 4))
+    shade[..., 3] = 0.45 * dropped  # dropped patches darkened
+    axes[1].imshow(shade, interpolation="nearest")
+    axes[1].contourf(dropped, levels=[0.5, 1.5], colors="none", hatches=["////"])
+    axes[1].set_title(f"{score_name} per patch", fontsize=9)
+    fig.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.03, label=score_name)
+    axes[1].legend(handles=[Patch(facecolor="white", edgecolor="black", label="kept"),
+                            Patch(facecolor="grey", hatch="////", label="dropped")], loc="lower right", fontsize=8, framealpha=0.8)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _stats(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def compare(name: str, a: dict, b: dict) -> str:
+    """``a`` vs ``b`` (phase stats of two policies): a ratio only where their ranges do not overlap."""
+    if a["max"] < b["min"]:
+        return f"{name} {b['median'] / a['median']:.2f}x faster"
+    if b["max"] < a["min"]:
+        return f"{name} {a['median'] / b['median']:.2f}x slower"
+    return f"{name}: no difference beyond the run-to-run range"
+
+
+def summarise(name: str, runs: list, decode) -> dict:
+    out = runs[-1]
     tokens = out.tokens[0].tolist()
+    timings = {phase: _stats([r.timings_ms[phase] for r in runs]) for phase in PHASES}
     return {
         "policy": name,
         "generated_ids": tokens,
         "generated_text": decode(tokens) if decode else None,
         "visual_tokens_per_layer": [v[0] for v in out.trace.visual_per_layer],
-        "timings_ms": {k: round(v, 2) for k, v in out.timings_ms.items()},
+        "timings_ms": {phase: round(t["median"], 2) for phase, t in timings.items()},
+        "timings_ms_range": {phase: [round(t["min"], 2), round(t["max"], 2)] for phase, t in timings.items()},
+        "repeats": len(runs),
         "kv_cache_bytes": out.kv_cache_bytes,
         "peak_memory_bytes": out.peak_memory_bytes,
     }
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="HF LLaVA-1.5 checkpoint folder (default: a small random model built here)")
-    parser.add_argument("--image", help="image file (default: a synthetic picture)")
-    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="text with one <image> placeholder")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--policy", choices=["none", "v2drop", "pdrop", "fastv"], default="v2drop")
-    parser.add_argument("--layers", help="pruning layers, e.g. 3,17,22 (fastv: K)")
-    parser.add_argument("--keep", help="visual tokens kept after each pruning layer: counts 288,144,1 or ratios 0.5,0.5,0")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=list(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
-    parser.add_argument("--backend", choices=["cpu", "cuda", "triton", "reference"], default=None,
-                        help="ops backend (default: the fastest for the device)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", action="store_true", help="print a machine-readable summary only")
-    parser.add_argument("--heatmap", help="save the first drop's scores over the image grid as a PNG")
+    parser = build_parser()
     args = parser.parse_args(argv)
+    plan = check_flags(parser, args)
     say = (lambda *a: None) if args.json else print
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
     torch.manual_seed(args.seed)
 
     if args.model:
-        model = load_llava(args.model, dtype=dtype, device=args.device)
+        model = load_llava(args.model, dtype=plan.dtype, device=plan.device)
         source = args.model
     else:
-        model = random_llava(tiny_config(), seed=args.seed, dtype=dtype, device=args.device)
+        model = random_llava(plan.cfg, seed=args.seed, dtype=plan.dtype, device=plan.device)
         source = "random LLaVA-1.5-shaped model (32 layers x 128 wide, CLIP 336 px / 14: 576 visual tokens)"
     from PIL import Image
 
     image = Image.open(args.image) if args.image else synthetic_image()
-    ids, pix, decode = build_inputs(model, Path(args.model) if args.model else None, image, args.prompt)
-    ids, pix = ids.to(args.device), pix.to(args.device)
-    policy = make_policy(args.policy, parse_list(args.layers, int), parse_keep(args.keep))
-    num_layers = len(model.language_model.layers)
-    say(f"v2drop demo: {source}\n  {ids.numel()} prompt tokens ({int((ids == model.cfg.image_token_id).sum())} visual), "
-        f"{args.dtype or ('bf16' if dtype == torch.bfloat16 else 'fp32')} on {args.device}, policy {policy.describe()}")
+    inputs = build_inputs(model, Path(args.model) if args.model else None, image, args.prompt)
+    ids, pix = inputs.ids.to(plan.device), inputs.pixel_values.to(plan.device)
+    policy, num_layers = plan.policy, plan.cfg.text.num_layers
+    say(f"v2drop demo: {source}\n  {ids.numel()} prompt tokens ({plan.visual} visual), "
+        f"{str(plan.dtype).removeprefix('torch.')} on {plan.device}, policy {policy.describe()}, "
+        f"{args.repeats} timed runs each after a warm-up")
 
+    policies = {policy.describe(): policy, "none": make_policy("none")}
     progress = not args.json and args.max_new_tokens >= 64
-    model.generate([ids], pix, max_new_tokens=2, policy=policy, backend=args.backend)  # warm-up
-    runs = {}
-    for name, pol in ((policy.describe(), policy), ("none", make_policy("none"))):
-        if name not in runs:
-            out = model.generate([ids], pix, max_new_tokens=args.max_new_tokens, policy=pol, backend=args.backend,
-                                 progress=progress)
-            runs[name] = (out, summarise(name, out, decode))
-    pruned, baseline = runs[policy.describe()], runs["none"]
 
-    for name, (out, s) in runs.items():
-        t = s["timings_ms"]
+    def generate(pol, new_tokens, show=False):
+        return model.generate([ids], pix, max_new_tokens=new_tokens, policy=pol, backend=args.backend, progress=show)
+
+    for pol in policies.values():  # warm-up: first calls allocate, build kernels, fill caches
+        generate(pol, min(2, args.max_new_tokens))
+    runs: dict[str, list] = {name: [] for name in policies}
+    for r in range(args.repeats):  # interleaved, so drift of the machine hits both alike
+        for name, pol in policies.items():
+            runs[name].append(generate(pol, args.max_new_tokens, show=progress and r == 0))
+    summaries = {name: summarise(name, outs, inputs.decode) for name, outs in runs.items()}
+
+    for name, s in summaries.items():
+        t, span = s["timings_ms"], s["timings_ms_range"]
         say(f"\n[{name}]")
         say(f"  generated ids: {s['generated_ids']}")
         if s["generated_text"] is not None:
             say(f"  generated text: {s['generated_text']!r}")
         say(f"  visual tokens per layer: {layer_runs(s['visual_tokens_per_layer'])}")
-        say(f"  time: vision {t['vision']:.1f} ms, prefill {t['prefill']:.1f} ms, decode {t['decode']:.1f} ms "
-            f"({len(s['generated_ids'])} tokens)")
+        say("  time, median (range) of " + f"{s['repeats']} runs: " + ", ".join(
+            f"{phase} {t[phase]:.1f} ms ({span[phase][0]:.1f}-{span[phase][1]:.1f})" for phase in PHASES)
+            + f"; {len(s['generated_ids'])} tokens")
         mem = f"peak CUDA memory {s['peak_memory_bytes'] / 2**20:.1f} MiB, " if s["peak_memory_bytes"] else ""
         say(f"  memory: {mem}KV cache after prefill {s['kv_cache_bytes'] / 2**20:.2f} MiB")
     if policy.name != "none":
-        a, b = pruned[1], baseline[1]
+        a, b = summaries[policy.describe()], summaries["none"]
+        stats = lambda s, phase: {"median": s["timings_ms"][phase], "min": s["timings_ms_range"][phase][0], "max": s["timings_ms_range"][phase][1]}  # noqa: E731
         avg = sum(a["visual_tokens_per_layer"]) / num_layers
         say(f"\n{policy.name} vs none: visual tokens per layer on average {avg:.0f} vs {b['visual_tokens_per_layer'][0]}; "
-            f"prefill {b['timings_ms']['prefill'] / a['timings_ms']['prefill']:.2f}x faster; "
-            f"KV cache {a['kv_cache_bytes'] / b['kv_cache_bytes']:.0%} of unpruned")
+            + "; ".join(compare(phase, stats(a, phase), stats(b, phase)) for phase in ("prefill", "decode"))
+            + f"; KV cache {a['kv_cache_bytes'] / b['kv_cache_bytes']:.0%} of unpruned")
 
-    if args.heatmap and policy.name != "none":
-        out = pruned[0]
+    if args.heatmap:
+        out = runs[policy.describe()][-1]
         layer = min(out.trace.scores)
         scores, orig = out.trace.scores[layer]
-        vis_pos = torch.nonzero(ids == model.cfg.image_token_id)[:, 0]  # the first image's patches, row-major
-        visual_scores = scores[0][torch.isin(orig[0], vis_pos)]
+        vis_pos = torch.nonzero(ids == model.cfg.image_token_id)[:, 0]  # the image's patches, row-major
+        patch_scores = scores[0][torch.isin(orig[0], vis_pos)]
         kept = torch.isin(vis_pos, out.layer_positions[layer][0])
-        save_heatmap(args.heatmap, image, visual_scores, kept)
+        arrays = heatmap_arrays(inputs.pixel_values, inputs.mean, inputs.std, patch_scores, kept, model.cfg.vision["patch_size"])
+        score_name = "‖x_l − x_(l−1)‖₂" if policy.name == "v2drop" else "last-token attention"
+        title = f"{policy.describe()}: scores before layer {layer}; {int(kept.sum())} of {kept.numel()} patches kept"
+        save_heatmap(args.heatmap, arrays, title, score_name)
         say(f"\nheatmap of the scores before layer {layer} -> {args.heatmap}")
 
-    summary = {"model": source, "device": args.device, "dtype": str(dtype).removeprefix("torch."),
-               "prompt_tokens": ids.numel(), "num_layers": num_layers, "runs": [s for _, s in runs.values()]}
+    summary = {"model": source, "device": str(plan.device), "dtype": str(plan.dtype).removeprefix("torch."),
+               "prompt_tokens": ids.numel(), "num_layers": num_layers, "runs": list(summaries.values())}
     if args.json:
         print(json.dumps(summary))
     return summary
