@@ -1,23 +1,32 @@
-"""End-to-end benchmark: latency, throughput and memory of a 7B-sized LLaVA decoder with and without pruning.
+"""End-to-end benchmark: latency, throughput and memory of a 7B-sized LLaVA with and without pruning,
+beside transformers on the same weights, in one run.
 
     python bench/e2e.py                 # GPU: LLaVA-1.5-7B and LLaVA-OneVision-7B shapes, every workload
     python bench/e2e.py --cpu           # CPU mode: small models and workloads (exercises the script; no claim)
-    python bench/e2e.py --models llava-1.5-7b --workloads image,video64 --batches 1 --no-long
+    python bench/e2e.py --models llava-1.5-7b --workloads image --batches 1 --publish
 
 Per model shape (random weights: latency does not depend on their values), workload (image 576
-visual tokens, high-resolution 2880, video 32×196 and 64×196), batch (1, 8) and policy (none;
-V²Drop through the fastest ops backend; V²Drop through the eager reference ops, the way the public
-code prunes; PyramidDrop; FastV) it measures:
+visual tokens, high-resolution 5×576, video 32×196 and 64×196), and batch (1, 8), one
+``transformers`` ``LlavaForConditionalGeneration`` is built (SDPA attention, a one-layer CLIP tower
+that yields the workload's tokens per image) and this package's decoder runs on the same tensors
+(:func:`~v2drop_kernels.models.llava_from_transformers`). Rows, by ``policy`` and ``decoder``:
 
-- TTFT: time to first token (prefill, including the drops, and the first greedy token);
-- latency of a short answer (1 and 8 new tokens) and of a long one (256), TPOT and tokens/s;
-- peak GPU memory (allocator peak over the 8-token generation, weights included) and the KV bytes
-  after prefill;
-- the pruning share of prefill: time in the policy's hooks and compactions (synchronised run).
+- this decoder (``decoder`` = ``fast``: compiled dense maths, and the decode step in a CUDA graph
+  on a GPU): ``none``, ``v2drop`` (fastest ops backend), ``v2drop-eager-ops`` (the reference ops,
+  the way the public code prunes), ``pdrop``, ``fastv``;
+- this decoder without compilation or graphs (``decoder`` = ``eager``): ``none``, ``v2drop``;
+- transformers' stock ``generate`` (``transformers``) and the same with
+  ``enable_pruning(V2Drop())`` (``transformers+v2drop``).
 
-Medians over repeated runs, timed with CUDA events (wall clock on CPU), after a warm-up run.
-The LLM alone is timed: the prompt's image features are random tensors (no vision tower).
-Results: one table on stdout; bench/results/e2e_<device>.{json,md,png}.
+Measured: TTFT (a 1-token answer), the latency of an 8-token answer, TPOT (timed per step within
+one long answer: our decode lap over its steps; transformers' between its streamed tokens), the
+weight-read floor of a decode step (bytes of the decoder weights a step reads / measured copy
+bandwidth) and TPOT / floor, tokens/s, peak GPU memory, KV bytes after prefill, and the pruning
+share of prefill (synchronised time in the policy's hooks, from the decoder's pruning context).
+Times are medians (with their range) of ``--repeats`` runs after a warm-up, by CUDA events on a
+GPU and wall clock on CPU; reductions are against ``none`` of the same decoder (transformers+v2drop
+against transformers). A figure that cannot be (not positive, not finite) stops the run.
+Results: a table on stdout; bench/out/e2e_<device>.{json,md,png} (bench/results/ with --publish).
 
 Schedules: images use V²Drop's LLaVA-1.5 schedule (before layers 3, 17, 22 keep 50%, 50%, 0% of
 what is left); videos the published video schedule (layers 3, 16, 22 keeping 25% and 5% of the
@@ -27,20 +36,18 @@ visual tokens, then one). PyramidDrop: boundaries 8, 16, 24 with λ = 0.5. FastV
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import sys
 import time
-from contextlib import contextmanager
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import git_commit, markdown_table, today, write_results  # noqa: E402
+from common import copy_bandwidth_gbs, git_commit, markdown_table, today, write_results  # noqa: E402
 
-from v2drop_kernels.models import FastV, LlavaConfig, Policy, PyramidDrop, V2Drop  # noqa: E402
-from v2drop_kernels.models.llava import Llava  # noqa: E402
-from v2drop_kernels.models.tokens import Tokens  # noqa: E402
+from v2drop_kernels.models import FastV, Policy, PyramidDrop, V2Drop, llava_from_transformers  # noqa: E402
 
 # name: (layers, hidden, mlp, heads, kv heads, vocab)
 MODELS = {
@@ -51,31 +58,33 @@ CPU_MODELS = {
     "tiny-llava-1.5": (32, 128, 344, 4, 4, 512),
     "tiny-llava-ov": (28, 112, 592, 4, 1, 512),
 }
-WORKLOADS = {"image": 576, "highres": 2880, "video32": 32 * 196, "video64": 64 * 196}
-CPU_WORKLOADS = {"image": 576, "video8": 8 * 196}
+# name: (images or frames, visual tokens each)
+WORKLOADS = {"image": (1, 576), "highres": (5, 576), "video32": (32, 196), "video64": (64, 196)}
+CPU_WORKLOADS = {"image": (1, 576), "video8": (8, 196)}
 TEXT_BEFORE, TEXT_AFTER = 35, 20  # system prompt, question
-PUBLISHED = {  # reductions the papers report, for the README beside ours
-    "v2drop_image_latency": 31.5, "v2drop_video_latency": 74.2,
-}
+PUBLISHED = {"v2drop_image_latency": 31.5, "v2drop_video_latency": 74.2}  # reductions the paper reports
 
 
-def build(name: str, shape, device: str, dtype: torch.dtype) -> Llava:
+def build(shape, tokens_per_image: int, device: str, dtype: torch.dtype):
+    """transformers' LLaVA of ``shape`` (random weights, SDPA, a one-layer CLIP tower giving
+    ``tokens_per_image`` tokens) and this package's model on the same tensors."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
     layers, hidden, mlp, heads, kv_heads, vocab = shape
-    cfg = LlavaConfig.from_hf({
-        "model_type": "llava", "image_token_id": vocab - 1,
-        "text_config": {"model_type": "llama", "vocab_size": vocab, "hidden_size": hidden, "intermediate_size": mlp,
-                        "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
-                        "eos_token_id": None, "pad_token_id": 0},
-        "vision_config": {"model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64,
-                          "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 28, "patch_size": 14},
-    })
+    side = math.isqrt(tokens_per_image) * 14
+    cfg = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                       image_size=side, patch_size=14),
+        text_config=LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=mlp, num_hidden_layers=layers,
+                                num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=32768,
+                                eos_token_id=None, pad_token_id=0, initializer_range=0.02),
+        image_token_id=vocab - 1, vision_feature_layer=-1,
+    )
+    cfg._attn_implementation = "sdpa"
     with torch.device(device):
-        model = Llava(cfg, vision_tower=False).to(dtype)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0, 0.02)
-    return model.eval()
+        hf = LlavaForConditionalGeneration(cfg).to(dtype).eval()
+    hf.generation_config.eos_token_id = None
+    return hf, llava_from_transformers(hf)
 
 
 def policies(workload: str, num_visual: int) -> dict[str, tuple[Policy, str | None]]:
@@ -95,106 +104,144 @@ def policies(workload: str, num_visual: int) -> dict[str, tuple[Policy, str | No
 
 
 class Timer:
-    """Medians of CUDA-event (GPU) or wall-clock (CPU) times, in ms, after one warm-up call."""
+    """Times a call by CUDA events (GPU) or the wall clock (CPU), in ms."""
 
     def __init__(self, device: str):
         self.cuda = device.startswith("cuda")
 
-    def __call__(self, fn, repeats: int) -> tuple[float, object]:
+    def __call__(self, fn):
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end), out
+        t0 = time.perf_counter()
         out = fn()
-        times = []
-        for _ in range(repeats):
-            if self.cuda:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                out = fn()
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end))
-            else:
-                t0 = time.perf_counter()
-                out = fn()
-                times.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(times), out
+        return (time.perf_counter() - t0) * 1e3, out
 
 
-@contextmanager
-def pruning_clock(policy: Policy, cuda: bool):
-    """Accumulates the time spent in ``policy``'s hooks and in compactions (synchronised)."""
-    spent = [0.0]
-
-    def timed(fn):
-        def wrapper(*args, **kwargs):
-            if cuda:
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            out = fn(*args, **kwargs)
-            if cuda:
-                torch.cuda.synchronize()
-            spent[0] += (time.perf_counter() - t0) * 1e3
-            return out
-        return wrapper
-
-    compact = Tokens.compact
-    Tokens.compact = timed(compact)
-    policy.before_layer, policy.inside_attention = timed(policy.before_layer), timed(policy.inside_attention)
-    try:
-        yield spent
-    finally:
-        Tokens.compact = compact
-        del policy.before_layer, policy.inside_attention
+def stats(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def measure(model: Llava, workload: str, num_visual: int, batch: int, name: str, policy: Policy, backend, args, timer):
-    cfg, device = model.cfg, model.lm_head.weight.device
-    gen = torch.Generator().manual_seed(0)
-    text = lambda n: torch.randint(3, cfg.text.vocab_size - 1, (n,), generator=gen)  # noqa: E731
-    prompts = [torch.cat([text(TEXT_BEFORE), torch.full((num_visual,), cfg.image_token_id), text(TEXT_AFTER)])
-               for _ in range(batch)]
-    dtype = model.lm_head.weight.dtype
-    features = torch.randn(batch, num_visual, cfg.text.hidden_size, generator=gen).to(device, dtype)
+def check_figure(row: dict, key: str) -> None:
+    value = row.get(key)
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise RuntimeError(f"impossible figure {key}={value} in {row['model']}/{row['workload']}/b{row['batch']}/{row['policy']}")
 
-    def run(new: int):
-        return model.generate(prompts, image_features=features, max_new_tokens=new, policy=policy, backend=backend)
 
-    ttft, _ = timer(lambda: run(1), args.repeats)
-    lat8, out8 = timer(lambda: run(8), args.repeats)
+class Workload:
+    """Prompts (text, the image tokens, text) and pixel values for one workload and batch."""
+
+    def __init__(self, hf, images: int, per_image: int, batch: int, device: str):
+        cfg = hf.config
+        gen = torch.Generator().manual_seed(0)
+        text = lambda n: torch.randint(3, cfg.text_config.vocab_size - 1, (n,), generator=gen)  # noqa: E731
+        row = torch.cat([text(TEXT_BEFORE), torch.full((images * per_image,), cfg.image_token_id), text(TEXT_AFTER)])
+        self.prompts = [row] * batch
+        self.ids = torch.stack(self.prompts).to(device)
+        side = cfg.vision_config.image_size
+        self.pixels = torch.randn(batch * images, 3, side, side, generator=gen).to(device, hf.dtype)
+        self.num_visual = images * per_image
+
+
+def measure_ours(model, work: Workload, policy: Policy, backend, args, timer, graph: bool) -> dict:
+    def run(new: int, **kw):
+        return model.generate(work.prompts, work.pixels, max_new_tokens=new, policy=policy, backend=backend, cuda_graph=graph, **kw)
+
+    model.release_decode_buffers()  # the previous row's buffers must not count in this row's memory
+    run(args.long)  # warm-up: compilation, graph capture, allocator
+    ttft = [timer(lambda: run(1))[0] for _ in range(args.repeats)]
+    lat8, outs = zip(*[timer(lambda: run(8)) for _ in range(args.repeats)])
+    longs = [run(args.long) for _ in range(args.repeats)]
+    out8 = outs[-1]
     row = {
-        "model": args.model_name, "workload": workload, "batch": batch, "policy": name,
-        "prompt tokens": TEXT_BEFORE + num_visual + TEXT_AFTER,
         "visual per layer (avg)": sum(v[0] for v in out8.trace.visual_per_layer) / len(out8.trace.visual_per_layer),
-        "TTFT ms": ttft, "latency 1 tok ms": ttft, "latency 8 tok ms": lat8,
+        "TTFT": stats(ttft), "latency 8 tok": stats(list(lat8)),
+        "TPOT": stats([o.timings_ms["decode"] / (o.tokens.shape[1] - 1) for o in longs]),
         "peak memory GiB": None if out8.peak_memory_bytes is None else out8.peak_memory_bytes / 2**30,
         "KV after prefill GiB": out8.kv_cache_bytes / 2**30,
     }
-    if args.long:
-        lat_long, _ = timer(lambda: run(args.long), args.long_repeats)
-        row[f"latency {args.long} tok ms"] = lat_long
-        row["TPOT ms"] = (lat_long - ttft) / (args.long - 1)
-        row["tokens/s"] = batch * args.long / lat_long * 1e3
-    else:
-        row["TPOT ms"] = (lat8 - ttft) / 7
-        row["tokens/s"] = batch * 8 / lat8 * 1e3
-    if name != "none":
-        cuda = device.type == "cuda"
-        with pruning_clock(policy, cuda) as spent:
-            out = run(1)
-        row["pruning % of prefill"] = 100 * spent[0] / out.timings_ms["prefill"]
+    if policy.layers:
+        timed = run(1, time_pruning=True)
+        row["pruning % of prefill"] = 100 * timed.trace.pruning_ms / timed.timings_ms["prefill"]
     return row
 
 
-def add_reductions(rows: list[dict]) -> None:
-    """Per (model, workload, batch): each policy's reduction vs no pruning, in %."""
-    base = {(r["model"], r["workload"], r["batch"]): r for r in rows if r["policy"] == "none"}
-    for r in rows:
-        b = base.get((r["model"], r["workload"], r["batch"]))
-        if b is None or r is b:
-            continue
-        r["TTFT −%"] = 100 * (1 - r["TTFT ms"] / b["TTFT ms"])
-        r["latency 1 tok −%"] = r["TTFT −%"]
-        r["latency 8 tok −%"] = 100 * (1 - r["latency 8 tok ms"] / b["latency 8 tok ms"])
-        mem, base_mem = r["peak memory GiB"], b["peak memory GiB"]
-        r["peak memory −%"] = None if mem is None else 100 * (1 - mem / base_mem)
+def measure_transformers(hf, work: Workload, policy: Policy | None, args, timer) -> dict:
+    from transformers.generation.streamers import BaseStreamer
+
+    from v2drop_kernels.integrations.transformers import enable_pruning
+
+    class Stamps(BaseStreamer):  # the time each new token reaches the streamer
+        def __init__(self):
+            self.times = []
+
+        def put(self, value):
+            if timer.cuda:
+                torch.cuda.synchronize()
+            self.times.append(time.perf_counter())
+
+        def end(self):
+            pass
+
+    def run(new: int, streamer=None):
+        return hf.generate(input_ids=work.ids, pixel_values=work.pixels, max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                           pad_token_id=0, streamer=streamer)
+
+    handle = enable_pruning(hf, policy) if policy is not None else None
+    try:
+        if timer.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        with torch.inference_mode():
+            run(args.long)  # warm-up
+            ttft = [timer(lambda: run(1))[0] for _ in range(args.repeats)]
+            lat8 = [timer(lambda: run(8))[0] for _ in range(args.repeats)]
+            tpot = []
+            for _ in range(args.repeats):
+                stamps = Stamps()
+                run(args.long, stamps)
+                new_tokens = stamps.times[1:]  # the first put is the prompt
+                tpot.append((new_tokens[-1] - new_tokens[0]) * 1e3 / (len(new_tokens) - 1))
+        row = {"TTFT": stats(ttft), "latency 8 tok": stats(lat8), "TPOT": stats(tpot),
+               "peak memory GiB": torch.cuda.max_memory_allocated() / 2**30 if timer.cuda else None}
+        if handle is not None:
+            visual = handle.trace.visual_per_layer
+            row["visual per layer (avg)"] = sum(v[0] for v in visual) / len(visual)
+        else:
+            row["visual per layer (avg)"] = float(work.num_visual)
+        return row
+    finally:
+        if handle is not None:
+            handle.disable()
+
+
+def weight_bytes(model) -> int:
+    """Bytes of the weights a decode step reads: every decoder layer, the final norm, the LM head
+    (the embedding table is read one row a token)."""
+    lm = model.language_model
+    tensors = [p for p in lm.layers.parameters()] + [p for p in lm.norm.parameters()] + [model.lm_head.weight]
+    return sum(p.numel() * p.element_size() for p in tensors)
+
+
+def finish_row(row: dict, base: dict | None, floor_ms: float) -> None:
+    """Flattens the medians, adds the floor ratio, tokens/s and the reductions against ``base``."""
+    for key in ("TTFT", "latency 8 tok", "TPOT"):
+        s = row.pop(key)
+        row[f"{key} ms"] = s["median"]
+        row[f"{key} ms range"] = [s["min"], s["max"]]
+    row["weight floor ms"] = floor_ms
+    row["TPOT / floor"] = row["TPOT ms"] / floor_ms
+    row["tokens/s"] = row["batch"] * 1e3 / row["TPOT ms"]
+    for key in ("TTFT ms", "latency 8 tok ms", "TPOT ms", "weight floor ms"):
+        check_figure(row, key)
+    if base is not None and base is not row:
+        row["TTFT −%"] = 100 * (1 - row["TTFT ms"] / base["TTFT ms"])
+        row["latency 8 tok −%"] = 100 * (1 - row["latency 8 tok ms"] / base["latency 8 tok ms"])
+        mem, base_mem = row.get("peak memory GiB"), base.get("peak memory GiB")
+        row["peak memory −%"] = None if mem is None or not base_mem else 100 * (1 - mem / base_mem)
 
 
 def plot(rows: list[dict], path: str, title: str) -> None:
@@ -204,44 +251,50 @@ def plot(rows: list[dict], path: str, title: str) -> None:
     import matplotlib.pyplot as plt
 
     groups = sorted({(r["model"], r["workload"], r["batch"]) for r in rows}, key=lambda g: [str(x) for x in g])
-    names = list(dict.fromkeys(r["policy"] for r in rows))
-    memory_key = "peak memory GiB" if any(r["peak memory GiB"] for r in rows) else "KV after prefill GiB"
-    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(groups) + 4), 4.5))
+    names = list(dict.fromkeys(label(r) for r in rows))
+    memory_key = "peak memory GiB" if any(r.get("peak memory GiB") for r in rows) else "KV after prefill GiB"
+    fig, axes = plt.subplots(1, 2, figsize=(max(9, 1.8 * len(groups) + 5), 4.8))
     width = 0.8 / len(names)
     for ax, key in zip(axes, ("TTFT ms", memory_key)):
         for i, name in enumerate(names):
-            values = [next((r[key] for r in rows if (r["model"], r["workload"], r["batch"]) == g and r["policy"] == name), 0)
+            values = [next((r.get(key) or 0 for r in rows if (r["model"], r["workload"], r["batch"]) == g and label(r) == name), 0)
                       for g in groups]
             ax.bar([x + i * width for x in range(len(groups))], values, width, label=name)
         ax.set_xticks([x + 0.4 - width / 2 for x in range(len(groups))])
         ax.set_xticklabels([f"{m}\n{w} b{b}" for m, w, b in groups], fontsize=7)
         ax.set_ylabel(key)
-    axes[0].legend(fontsize=7)
+    axes[0].legend(fontsize=6)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-COLUMNS = [("model", ""), ("workload", ""), ("batch", ""), ("policy", ""), ("visual per layer (avg)", ".0f"),
+def label(row: dict) -> str:
+    return row["policy"] if row["decoder"] in ("fast", "transformers") else f"{row['policy']} ({row['decoder']})"
+
+
+COLUMNS = [("model", ""), ("workload", ""), ("batch", ""), ("policy", ""), ("decoder", ""), ("visual per layer (avg)", ".0f"),
            ("TTFT ms", ".2f"), ("TTFT −%", ".1f"), ("latency 8 tok ms", ".2f"), ("latency 8 tok −%", ".1f"),
-           ("TPOT ms", ".2f"), ("tokens/s", ".1f"), ("peak memory GiB", ".2f"), ("peak memory −%", ".1f"),
-           ("KV after prefill GiB", ".3f"), ("pruning % of prefill", ".2f")]
-
-
-SUMMARY = [("model", ""), ("workload", ""), ("batch", ""), ("policy", ""), ("visual per layer (avg)", ".0f"),
-           ("TTFT ms", ".1f"), ("TTFT −%", ".1f"), ("latency 8 tok −%", ".1f"), ("peak memory −%", ".1f"),
-           ("KV after prefill GiB", ".3f"), ("pruning % of prefill", ".2f")]
+           ("TPOT ms", ".2f"), ("weight floor ms", ".2f"), ("TPOT / floor", ".1f"), ("tokens/s", ".1f"),
+           ("peak memory GiB", ".2f"), ("peak memory −%", ".1f"), ("KV after prefill GiB", ".3f"), ("pruning % of prefill", ".2f")]
+SUMMARY = [("model", ""), ("workload", ""), ("batch", ""), ("policy", ""), ("decoder", ""), ("TTFT ms", ".1f"), ("TTFT −%", ".1f"),
+           ("latency 8 tok −%", ".1f"), ("TPOT ms", ".2f"), ("TPOT / floor", ".1f"), ("peak memory −%", ".1f"),
+           ("pruning % of prefill", ".2f")]
 
 
 def summarize(path: str) -> str:
-    """The README's results section for one recorded run (``bench/results/e2e_*.json``)."""
+    """The README's results section for one recorded run (``e2e_*.json``); refuses impossible figures."""
     import json
 
     with open(path) as f:
         run = json.load(f)
+    for row in run["rows"]:
+        for key in ("TTFT ms", "latency 8 tok ms", "TPOT ms"):
+            check_figure(row, key)
     meta = run["meta"]
-    head = f"{meta['device']}, {meta['dtype']}, torch {meta['torch']}, commit {meta['commit']}, {meta['date']} ({meta['mode']})"
+    head = (f"{meta['device']}, {meta['dtype']}, torch {meta['torch']}, commit {meta['commit']}, {meta['date']} ({meta['mode']}); "
+            f"copy bandwidth {meta['copy bandwidth GB/s (read + write)']} GB/s; `{meta['command']}`")
     return head + "\n\n" + "\n".join(markdown_table(SUMMARY, run["rows"]))
 
 
@@ -251,12 +304,12 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--models", help="comma list of " + ", ".join([*MODELS, *CPU_MODELS]))
     parser.add_argument("--workloads", help="comma list of " + ", ".join([*WORKLOADS, *CPU_WORKLOADS]))
     parser.add_argument("--batches", default=None, help="comma list (default 1,8; CPU mode 1,2)")
-    parser.add_argument("--policies", default=None, help="comma list (default: none,v2drop,v2drop-eager-ops,pdrop,fastv)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs per short measurement (default 5, CPU 3)")
-    parser.add_argument("--long", type=int, default=None, help="new tokens of the long answer (default 256, CPU 32)")
-    parser.add_argument("--no-long", action="store_true", help="skip the long answer")
-    parser.add_argument("--long-repeats", type=int, default=2)
+    parser.add_argument("--policies", default=None, help="comma list of rows (default: all): none, v2drop, v2drop-eager-ops, "
+                                                         "pdrop, fastv, eager (the eager-decoder rows), transformers, transformers+v2drop")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per figure (default 5, CPU 3)")
+    parser.add_argument("--long", type=int, default=None, help="new tokens of the answer TPOT is timed on (default 64, CPU 16)")
     parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None)
+    parser.add_argument("--no-compile", action="store_true", help="the fast rows without torch.compile")
     parser.add_argument("--out", default=None, help="directory for the JSON, markdown and PNG (default bench/out)")
     parser.add_argument("--publish", action="store_true", help="write to bench/results (the committed record)")
     parser.add_argument("--summarize", metavar="JSON", help="print the README summary of a recorded run and exit")
@@ -268,44 +321,75 @@ def main(argv=None) -> list[dict]:
     device = "cpu" if args.cpu else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
         parser.error("no CUDA device: run with --cpu (the small CPU mode)")
-    models = CPU_MODELS if args.cpu else MODELS
-    workloads = CPU_WORKLOADS if args.cpu else WORKLOADS
     pick = lambda text, pool: {k: pool[k] for k in text.split(",")} if text else pool  # noqa: E731
-    models, workloads = pick(args.models, models), pick(args.workloads, workloads)
+    models = pick(args.models, CPU_MODELS if args.cpu else MODELS)
+    workloads = pick(args.workloads, CPU_WORKLOADS if args.cpu else WORKLOADS)
     batches = [int(b) for b in (args.batches or ("1,2" if args.cpu else "1,8")).split(",")]
-    wanted = (args.policies or "none,v2drop,v2drop-eager-ops,pdrop,fastv").split(",")
+    wanted = set((args.policies or "none,v2drop,v2drop-eager-ops,pdrop,fastv,eager,transformers,transformers+v2drop").split(","))
     args.repeats = args.repeats or (3 if args.cpu else 5)
-    args.long = None if args.no_long else (args.long or (32 if args.cpu else 256))
+    args.long = args.long or (16 if args.cpu else 64)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype or ("fp32" if args.cpu else "bf16")]
     timer = Timer(device)
+    graph = device == "cuda"
+    bandwidth = copy_bandwidth_gbs(device)
 
     rows = []
     for model_name, shape in models.items():
-        model = build(model_name, shape, device, dtype)
-        args.model_name = model_name
-        for workload, num_visual in workloads.items():
-            for batch in batches:
-                for name, (policy, backend) in policies(workload, num_visual).items():
-                    if name not in wanted:
-                        continue
-                    row = measure(model, workload, num_visual, batch, name, policy, backend, args, timer)
-                    rows.append(row)
-                    print(f"{model_name:15s} {workload:8s} b{batch:<2d} {name:17s} TTFT {row['TTFT ms']:9.2f} ms  "
-                          f"8 tok {row['latency 8 tok ms']:9.2f} ms  TPOT {row['TPOT ms']:7.2f} ms", flush=True)
-        del model
-        if device == "cuda":
-            torch.cuda.empty_cache()
-    add_reductions(rows)
+        for per_image in sorted({per for _, per in workloads.values()}):
+            hf, ours = build(shape, per_image, device, dtype)
+            floor_ms = weight_bytes(ours) / (bandwidth * 1e9) * 1e3
+            for workload, (images, per) in workloads.items():
+                if per != per_image:
+                    continue
+                for batch in batches:
+                    work = Workload(hf, images, per, batch, device)
+                    head = {"model": model_name, "workload": workload, "batch": batch, "prompt tokens": work.ids.shape[1]}
+                    measured: list[dict] = []
+
+                    def add(policy_name: str, decoder: str, row: dict) -> None:
+                        row.update(head, policy=policy_name, decoder=decoder)
+                        if "KV after prefill GiB" not in row:
+                            row["KV after prefill GiB"] = None
+                        measured.append(row)
+                        print(f"{model_name:15s} {workload:8s} b{batch:<2d} {policy_name:19s} {decoder:12s} "
+                              f"TTFT {row['TTFT']['median']:9.2f} ms  8 tok {row['latency 8 tok']['median']:9.2f} ms  "
+                              f"TPOT {row['TPOT']['median']:7.2f} ms", flush=True)
+
+                    # (decoder, compiled, CUDA graph, rows): the fast decoder for every policy; the eager
+                    # one (no compilation, no graph) for none and v2drop
+                    configs = [("fast", not args.no_compile, graph, [n for n in policies(workload, 1) if n in wanted])]
+                    if "eager" in wanted:
+                        configs.append(("eager", False, False, ["none", "v2drop"]))
+                    for decoder, compiled, use_graph, names in configs:
+                        ours.decoder.compile(compiled)
+                        for name in names:
+                            policy, backend = policies(workload, work.num_visual)[name]
+                            add(name, decoder, measure_ours(ours, work, policy, backend, args, timer, use_graph))
+                    ours.release_decode_buffers()
+                    for name, policy in (("transformers", None), ("transformers+v2drop", policies(workload, work.num_visual)["v2drop"][0])):
+                        if name in wanted:
+                            add(name, "transformers", measure_transformers(hf, work, policy, args, timer))
+                    bases = {(r["decoder"]): r for r in measured if r["policy"] in ("none", "transformers")}
+                    for r in measured:
+                        finish_row(r, bases.get(r["decoder"]), floor_ms)
+                    rows.extend(measured)
+            del hf, ours
+            if device == "cuda":
+                torch.cuda.empty_cache()
 
     device_name = torch.cuda.get_device_name() if device == "cuda" else f"CPU {os.uname().machine}, {torch.get_num_threads()} threads"
-    meta = {"device": device_name, "torch": torch.__version__, "dtype": str(dtype).removeprefix("torch."),
-            "commit": git_commit(), "date": today(), "mode": "cpu (small models, not a performance claim)" if args.cpu else "gpu",
-            "repeats": args.repeats, "long answer tokens": args.long}
-    columns = COLUMNS + ([(f"latency {args.long} tok ms", ".1f")] if args.long else [])
-    table = markdown_table(columns, rows)
+    import transformers
+
+    meta = {"device": device_name, "torch": torch.__version__, "transformers": transformers.__version__,
+            "dtype": str(dtype).removeprefix("torch."), "commit": git_commit(), "date": today(),
+            "mode": "cpu (small models, not a performance claim)" if args.cpu else "gpu", "repeats": args.repeats,
+            "long answer tokens": args.long, "copy bandwidth GB/s (read + write)": round(bandwidth, 1),
+            "command": "python bench/e2e.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    table = markdown_table(COLUMNS, rows)
     print("\n" + "\n".join(table))
     stem = "e2e_cpu" if args.cpu else "e2e_" + torch.cuda.get_device_name().split()[-1].lower()
-    out = write_results(stem, "End-to-end LLaVA decoder: pruning policies", meta, rows, table, publish=args.publish, directory=args.out)
+    out = write_results(stem, "End-to-end LLaVA decoder: pruning policies beside transformers", meta, rows, table,
+                        publish=args.publish, directory=args.out)
     plot(rows, os.path.join(out, stem + ".png"), f"{meta['device']} · {meta['dtype']} · commit {meta['commit']} · {meta['date']}")
     print(f"\nwritten: {os.path.join(out, stem)}.{{json,md,png}}")
     return rows

@@ -50,3 +50,12 @@ def left_pad(prompts: list[torch.Tensor], pad: int = 0) -> tuple[torch.Tensor, t
         ids[row, width - p.numel():] = p
         mask[row, width - p.numel():] = 1
     return ids, mask
+
+
+def pixels(n: int, seed: int = 0) -> torch.Tensor:
+    """``n`` random images for the tiny checkpoint (28 px)."""
+    return torch.randn(n, 3, 28, 28, generator=torch.Generator().manual_seed(seed))
+
+
+# Two prompts of different lengths, one image each.
+PROMPT_PAIR = [prompt([1, 5, 6], 1, [7, 8, 9, 10]), prompt([1, 21, 22, 23, 24, 25, 26], 1, [30, 31])]

@@ -45,7 +45,7 @@ def packed(gen, lengths, h=4, hkv=2, d=8):
 def test_varlen_fallback_is_causal_per_sequence():
     gen = torch.Generator().manual_seed(1)
     (q, k, v), cu = packed(gen, [5, 1, 7])
-    out = attention.varlen_attention(q, k, v, cu, 7)
+    out = attention.varlen_attention(q, k, v, cu, cu.tolist())
     for start, end in zip(cu[:-1].tolist(), cu[1:].tolist()):
         seg = [x[start:end].transpose(0, 1)[None] for x in (q, k, v)]
         n = end - start
@@ -60,7 +60,7 @@ def test_torch_varlen_adapter_speaks_both_signatures(monkeypatch, signature):
 
     def fake(q, k, v, cu_q, cu_k, max_q, max_k, **kwargs):
         calls.append((kwargs, k.shape[1]))
-        return attention.varlen_attention(q, k, v, cu_q, max_q)
+        return attention.varlen_attention(q, k, v, cu_q, cu_q.tolist())
 
     args = {"is_causal"} if signature == "is_causal" else {"window_size", "enable_gqa"}
     monkeypatch.setattr(attention, "_torch_varlen", fake)
@@ -68,7 +68,7 @@ def test_torch_varlen_adapter_speaks_both_signatures(monkeypatch, signature):
     gen = torch.Generator().manual_seed(2)
     (q, k, v), cu = packed(gen, [3, 6])
     out = attention._torch_varlen_causal(q, k, v, cu, 6)
-    torch.testing.assert_close(out, attention.varlen_attention(q, k, v, cu, 6))
+    torch.testing.assert_close(out, attention.varlen_attention(q, k, v, cu, cu.tolist()))
     kwargs, heads = calls[0]
     if signature == "is_causal":
         assert kwargs == {"is_causal": True} and heads == 4  # K/V heads repeated for GQA
@@ -92,7 +92,7 @@ def test_varlen_on_cuda_matches_sdpa_per_sequence():
     gen = torch.Generator().manual_seed(4)
     (q, k, v), cu = packed(gen, [37, 5, 120], h=8, hkv=2, d=64)
     q, k, v = (x.cuda().bfloat16() for x in (q, k, v))
-    out = attention.varlen_attention(q, k, v, cu.cuda(), 120)
+    out = attention.varlen_attention(q, k, v, cu.cuda(), cu.tolist())
     for start, end in zip(cu[:-1].tolist(), cu[1:].tolist()):
         seg = [x[start:end].transpose(0, 1)[None] for x in (q, k, v)]
         ref = F.scaled_dot_product_attention(*seg, is_causal=True, enable_gqa=True)[0].transpose(0, 1)

@@ -29,20 +29,45 @@ E2E = os.path.join(os.path.dirname(__file__), "..", "bench", "e2e.py")
 
 
 def test_e2e_benchmark_cpu_mode_writes_its_results(tmp_path):
-    """bench/e2e.py --cpu on one small model and workload: every policy measured, files written."""
+    """bench/e2e.py --cpu on one small model and workload: every row measured (this decoder fast and
+    eager, transformers with and without pruning), files written, no impossible figure."""
     pytest.importorskip("matplotlib")
     spec = importlib.util.spec_from_file_location("e2e", E2E)
     e2e = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(e2e)
     rows = e2e.main(["--cpu", "--models", "tiny-llava-1.5", "--workloads", "image", "--batches", "1",
                      "--repeats", "1", "--long", "4", "--out", str(tmp_path)])
-    assert [r["policy"] for r in rows] == ["none", "v2drop", "v2drop-eager-ops", "pdrop", "fastv"]
-    by = {r["policy"]: r for r in rows}
-    assert by["none"]["visual per layer (avg)"] == 576
-    assert by["v2drop"]["visual per layer (avg)"] == by["v2drop-eager-ops"]["visual per layer (avg)"] == (3 * 576 + 14 * 288 + 5 * 144 + 10) / 32
-    assert by["v2drop"]["KV after prefill GiB"] < 0.5 * by["none"]["KV after prefill GiB"]
-    assert all(r["TTFT ms"] > 0 and r["latency 4 tok ms"] > 0 for r in rows)
-    assert all("pruning % of prefill" in r and "TTFT −%" in r for r in rows if r["policy"] != "none")
+    assert [(r["policy"], r["decoder"]) for r in rows] == [
+        ("none", "fast"), ("v2drop", "fast"), ("v2drop-eager-ops", "fast"), ("pdrop", "fast"), ("fastv", "fast"),
+        ("none", "eager"), ("v2drop", "eager"), ("transformers", "transformers"), ("transformers+v2drop", "transformers")]
+    by = {(r["policy"], r["decoder"]): r for r in rows}
+    assert by["none", "fast"]["visual per layer (avg)"] == by["transformers", "transformers"]["visual per layer (avg)"] == 576
+    v2 = (3 * 576 + 14 * 288 + 5 * 144 + 10) / 32
+    assert by["v2drop", "fast"]["visual per layer (avg)"] == by["v2drop-eager-ops", "fast"]["visual per layer (avg)"] == v2
+    assert by["transformers+v2drop", "transformers"]["visual per layer (avg)"] == v2
+    assert by["v2drop", "fast"]["KV after prefill GiB"] < 0.5 * by["none", "fast"]["KV after prefill GiB"]
+    for r in rows:
+        assert r["TTFT ms"] > 0 and r["latency 8 tok ms"] > 0 and r["TPOT ms"] > 0 and r["weight floor ms"] > 0
+        assert r["TTFT ms range"][0] <= r["TTFT ms"] <= r["TTFT ms range"][1]
+        assert r["TPOT / floor"] == pytest.approx(r["TPOT ms"] / r["weight floor ms"])
+        if r["policy"] not in ("none", "transformers"):
+            assert "TTFT −%" in r and r["TTFT −%"] < 100
+    assert all("pruning % of prefill" in r for r in rows if r["decoder"] != "transformers" and r["policy"] != "none")
     for ext in ("json", "md", "png"):
         assert (tmp_path / f"e2e_cpu.{ext}").stat().st_size > 0
-    assert "| tiny-llava-1.5 | image | 1 | v2drop |" in e2e.summarize(str(tmp_path / "e2e_cpu.json"))
+    assert "| tiny-llava-1.5 | image | 1 | v2drop | fast |" in e2e.summarize(str(tmp_path / "e2e_cpu.json"))
+
+
+def test_e2e_summary_refuses_impossible_figures(tmp_path):
+    import json
+
+    spec = importlib.util.spec_from_file_location("e2e", E2E)
+    e2e = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(e2e)
+    row = {"model": "m", "workload": "w", "batch": 1, "policy": "none", "decoder": "fast", "TTFT ms": 5.0,
+           "latency 8 tok ms": 9.0, "TPOT ms": -1.17}
+    meta = {"device": "d", "dtype": "f", "torch": "t", "commit": "c", "date": "x", "mode": "cpu",
+            "copy bandwidth GB/s (read + write)": 1, "command": "e2e"}
+    (tmp_path / "bad.json").write_text(json.dumps({"meta": meta, "rows": [row]}))
+    with pytest.raises(RuntimeError, match="impossible figure TPOT ms=-1.17"):
+        e2e.summarize(str(tmp_path / "bad.json"))

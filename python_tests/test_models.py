@@ -145,10 +145,10 @@ class Recorder(V2Drop):
         super().__init__(*args, **kwargs)
         self.seen = {}
 
-    def before_layer(self, layer, tokens):
+    def before_layer(self, layer, tokens, ctx):
         if layer in self.layers:
             self.seen[layer] = {name: getattr(tokens, name) for name in ("hidden", "prev", "vis_mask", "orig_pos", "cu_seqlens")}
-        out = super().before_layer(layer, tokens)
+        out = super().before_layer(layer, tokens, ctx)
         # RoPE position ids of the survivors stay the original ones: the prompt index (0 on padding)
         assert torch.equal(out.position_ids, out.orig_pos.clamp_min(0))
         return out
@@ -269,3 +269,14 @@ def test_bf16_on_cuda_runs_both_layouts_alike(checkpoint, name):
     assert padded.trace.visual_per_layer == packed.trace.visual_per_layer
     torch.testing.assert_close(padded.prefill_logits, packed.prefill_logits, atol=0.1, rtol=0.05)
     assert padded.peak_memory_bytes > 0
+
+
+def test_a_model_on_the_weights_of_an_in_memory_transformers_model(hf):
+    from v2drop_kernels.models import llava_from_transformers
+
+    ours = llava_from_transformers(hf)
+    assert ours.lm_head.weight.data_ptr() == hf.lm_head.weight.data_ptr()  # the same tensors, not copies
+    ids, pix = PROMPTS[0], pixels(1)
+    with torch.no_grad():
+        expected = hf(input_ids=ids[None], pixel_values=pix).logits[0]
+    torch.testing.assert_close(ours([ids], pix)[0][0], expected, atol=1e-4, rtol=0)

@@ -68,14 +68,17 @@ SelectArgs select_args(const at::Tensor& scores, const at::Tensor& mask, int32_t
 
 // The packed layout's segments: cu_seqlens (contiguous), the result's cu_seqlens, and per
 // sequence k, the tokens dropped before it and the expected visual count (dev[0..2], known on
-// the host, copied to the device in one small transfer).
+// the host, copied to the device in one small asynchronous transfer from pinned memory: a
+// pageable copy would wait for the device; the caching host allocator keeps the pinned block
+// alive until the copy has run).
 struct PackedSegments {
   at::Tensor cu, cu_out, dev;
 };
 
 PackedSegments packed_segments(const at::Tensor& cu_seqlens, at::IntArrayRef num_visual, at::IntArrayRef k) {
   const int64_t B = cu_seqlens.size(0) - 1;
-  at::Tensor host = at::empty({3, B}, at::TensorOptions().dtype(at::kLong));
+  const bool cuda = cu_seqlens.is_cuda();
+  at::Tensor host = at::empty({3, B}, at::TensorOptions().dtype(at::kLong).pinned_memory(cuda));
   int64_t* h = host.mutable_data_ptr<int64_t>();
   int64_t dropped = 0;
   for (int64_t b = 0; b < B; ++b) {
@@ -84,7 +87,8 @@ PackedSegments packed_segments(const at::Tensor& cu_seqlens, at::IntArrayRef num
     h[2 * B + b] = num_visual[b];
     dropped += num_visual[b] - k[b];
   }
-  return {cu_seqlens.contiguous(), at::empty({B + 1}, cu_seqlens.options()), host.to(cu_seqlens.device())};
+  return {cu_seqlens.contiguous(), at::empty({B + 1}, cu_seqlens.options()),
+          host.to(cu_seqlens.device(), /*non_blocking=*/true)};
 }
 
 // One device check for all the data rules of the packed layout (the select kernel counts -1

@@ -24,8 +24,9 @@ import torch
 from torch import Tensor
 
 from ..models.config import TextConfig
-from ..models.decoder import Decoder, PrefillTrace
+from ..models.decoder import Decoder
 from ..models.policies import Policy
+from ..models.pruning import PrefillTrace, PruningContext
 from ..models.tokens import Tokens
 
 
@@ -61,7 +62,7 @@ class PruningHandle:
         self.lm = model.model.language_model
         self.cfg = TextConfig.from_hf(model.config.text_config.to_dict())
         self.image_token_id = model.config.image_token_id
-        self.decoder = Decoder(self.lm, self.cfg)
+        self.decoder = Decoder(self.lm, self.cfg, fuse=False)  # transformers' modules stay as they are
         self.trace: PrefillTrace | None = None  # of the last prefill
         self._dynamic_cache = DynamicCache
         self._input_ids: Tensor | None = None
@@ -100,11 +101,12 @@ class PruningHandle:
                 raise ValueError(f"v2drop pruning in transformers needs the same number of image tokens per row, got {counts}")
             valid = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.bool()
             cols = torch.arange(s, device=device).expand(b, -1)
-            tokens = Tokens(inputs_embeds, position_ids, cols, vis, counts, valid=valid, backend=self.backend)
+            tokens = Tokens(inputs_embeds, position_ids, cols, vis, counts, valid=valid)
             adapter = _CacheAdapter(past_key_values, len(self.lm.layers))
             self._adapters = {id(past_key_values): adapter}
-            self.trace = PrefillTrace()
-            hidden = self.decoder.prefill(tokens, self.policy, adapter, self.trace).hidden
+            ctx = PruningContext(self.backend)
+            self.trace = ctx.trace
+            hidden = self.decoder.prefill(tokens, self.policy, adapter, ctx).hidden
         else:
             if s != 1:
                 raise NotImplementedError("v2drop pruning decodes one token per step (no assisted/speculative decoding)")

@@ -9,10 +9,10 @@
 
 from .config import LlavaConfig, TextConfig
 from .llava import Generation, Llava
-from .loading import load_llava, random_llava, tiny_config
+from .loading import llava_from_transformers, load_llava, random_llava, tiny_config
 from .policies import POLICIES, FastV, Policy, PyramidDrop, V2Drop, make_policy
 
 __all__ = [
     "POLICIES", "FastV", "Generation", "Llava", "LlavaConfig", "Policy", "PyramidDrop", "TextConfig", "V2Drop",
-    "load_llava", "make_policy", "random_llava", "tiny_config",
+    "llava_from_transformers", "load_llava", "make_policy", "random_llava", "tiny_config",
 ]

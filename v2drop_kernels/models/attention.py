@@ -32,6 +32,12 @@ except ImportError:  # torch < 2.10
     _torch_varlen, _TORCH_VARLEN_ARGS = None, set()
 
 
+def sdpa(q: Tensor, k: Tensor, v: Tensor, **kwargs) -> Tensor:
+    """``scaled_dot_product_attention``, grouped-query only when the head counts differ (asking for
+    it with equal counts can rule out a fused backend)."""
+    return F.scaled_dot_product_attention(q, k, v, enable_gqa=q.shape[-3] != k.shape[-3], **kwargs)
+
+
 def padded_attention(q: Tensor, k: Tensor, v: Tensor, key_valid: Tensor | None, causal: bool) -> Tensor:
     """Attention of ``q [B, H, Sq, Dh]`` over ``k, v [B, Hkv, Sk, Dh]`` (grouped-query).
 
@@ -40,28 +46,30 @@ def padded_attention(q: Tensor, k: Tensor, v: Tensor, key_valid: Tensor | None, 
     padding of a prompt) still sees itself, so that no row is all-masked (no NaN anywhere).
     """
     if key_valid is None:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal and q.shape[2] > 1, enable_gqa=True)
+        return sdpa(q, k, v, is_causal=causal and q.shape[2] > 1)
     sq, sk = q.shape[2], k.shape[2]
     allowed = key_valid[:, None, None, :]  # [B, 1, 1, Sk]
     if causal and sq > 1:
         qi = torch.arange(sq, device=q.device)[:, None] + (sk - sq)
         kj = torch.arange(sk, device=q.device)[None, :]
         allowed = (allowed & (kj <= qi)) | (kj == qi)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, enable_gqa=True)
+    return sdpa(q, k, v, attn_mask=allowed)
 
 
-def varlen_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_len: int) -> Tensor:
-    """Causal attention over packed sequences: ``q [T, H, Dh]``, ``k, v [T, Hkv, Dh]``, int32 ``cu_seqlens``."""
+def varlen_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, bounds: list[int]) -> Tensor:
+    """Causal attention over packed sequences: ``q [T, H, Dh]``, ``k, v [T, Hkv, Dh]``, int32
+    ``cu_seqlens`` and the same bounds on the host (the kernels take the longest length as an int;
+    the fallback slices), so nothing is read back from the device."""
+    max_len = max((e - s for s, e in zip(bounds[:-1], bounds[1:])), default=0)
     if _flash_attn_varlen is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
         return _flash_attn_varlen(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, causal=True)
     if _torch_varlen is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
         return _torch_varlen_causal(q, k, v, cu_seqlens, max_len)
     out = torch.empty_like(q)
-    bounds = cu_seqlens.tolist()
     for start, end in zip(bounds[:-1], bounds[1:]):
         if end > start:
             seg = [t[start:end].transpose(0, 1)[None] for t in (q, k, v)]  # [1, H, L, Dh]
-            out[start:end] = F.scaled_dot_product_attention(*seg, is_causal=True, enable_gqa=True)[0].transpose(0, 1)
+            out[start:end] = sdpa(*seg, is_causal=True)[0].transpose(0, 1)
     return out
 
 

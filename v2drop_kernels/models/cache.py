@@ -1,13 +1,19 @@
-"""Per-layer KV cache whose length differs from layer to layer.
+"""Per-layer KV cache whose length differs from layer to layer, with static decode shapes.
 
 Layer ``l`` stores the keys and values of the tokens that reached it, so after V²Drop's drops the
 deep layers hold far fewer entries than the shallow ones: that is where the memory goes down.
-Each layer is one preallocated ``[B, Hkv, capacity, Dh]`` buffer (prefill length plus the tokens
-still to generate), so a decode step writes in place and never reallocates.
+Each layer is one ``[B, Hkv, capacity_l, Dh]`` buffer: its prefill length ``length_l`` plus room for
+the tokens still to generate. A decode step writes column ``length_l + step`` of every layer, with
+``step`` a device tensor, and attends over the whole buffer through a mask, so every step has the
+same shapes and addresses (a CUDA graph captures it) and nothing is read back from the device.
 
-``valid bool[B, capacity]`` marks real entries: left padding of a padded prompt, and the holes of
-a packed prompt whose rows have different lengths (each row is laid out from column 0; generated
-tokens go to a shared column, so shorter rows skip a few columns).
+``valid bool[B, capacity_l]`` marks real prefill entries: left padding of a padded prompt, and the
+holes of a packed prompt whose rows have different lengths (each row is laid out from column 0;
+generated tokens go to a shared column, so shorter rows skip a few columns). Unwritten columns are
+masked, and buffers start zeroed, so masked entries are always finite.
+
+Buffers come from a :class:`BufferPool` when one is given: the same shapes get the same tensors on
+the next call, which is what lets a captured decode graph be replayed by the next generation.
 """
 
 from __future__ import annotations
@@ -16,64 +22,94 @@ import torch
 from torch import Tensor
 
 
+class BufferPool:
+    """Tensors by name that keep their storage from call to call while their shape, dtype and device
+    stay the same. ``allocations`` counts new tensors: a graph captured over pooled tensors is valid
+    while it has not changed."""
+
+    def __init__(self):
+        self._buffers: dict[str, Tensor] = {}
+        self.allocations = 0
+
+    def get(self, name: str, shape, dtype: torch.dtype, device: torch.device) -> Tensor:
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype or buf.device != device:
+            buf = self._buffers[name] = torch.zeros(shape, dtype=dtype, device=device)
+            self.allocations += 1
+        return buf
+
+    def clear(self) -> None:
+        self._buffers.clear()
+        self.allocations += 1
+
+
 class KVCache:
-    def __init__(self, num_layers: int, extra: int):
+    def __init__(self, num_layers: int, extra: int, pool: BufferPool | None = None):
         self.extra = extra  # decode steps the buffers leave room for
+        self.pool = pool
         self.k: list[Tensor | None] = [None] * num_layers
         self.v: list[Tensor | None] = [None] * num_layers
-        self.valid: list[Tensor | None] = [None] * num_layers  # None: every entry is valid
-        self.length = [0] * num_layers  # columns in use
+        self.valid: list[Tensor | None] = [None] * num_layers  # bool [B, capacity]; None: every prefill entry is valid
+        self.length = [0] * num_layers  # prefill entries (columns) per layer, on the host
         self.orig_pos: list[Tensor | None] = [None] * num_layers  # prompt index of each prefill entry
+        self._columns: list[Tensor | None] = [None] * num_layers  # arange(capacity), for the step mask
+
+    def _buffer(self, name: str, shape, dtype, device) -> Tensor:
+        if self.pool is not None:
+            return self.pool.get(name, shape, dtype, device)
+        return torch.zeros(shape, dtype=dtype, device=device)
 
     def store(self, layer: int, k: Tensor, v: Tensor, tokens) -> None:
         """Keeps the prefill keys/values of ``layer`` (``[B, Hkv, S, Dh]`` or packed ``[T, Hkv, Dh]``)."""
         if tokens.packed:
-            k, v, valid, orig = self._unpack(k, v, tokens)
+            b, s, (h, d) = tokens.batch, tokens.max_len, k.shape[1:]
         else:
-            valid, orig = tokens.valid, tokens.orig_pos
-        b, h, s, d = k.shape
-        kbuf = k.new_empty(b, h, s + self.extra, d)
-        vbuf = v.new_empty(b, h, s + self.extra, d)
-        kbuf[:, :, :s] = k
-        vbuf[:, :, :s] = v
-        if valid is not None:
-            valid = torch.cat([valid, valid.new_ones(b, self.extra)], dim=1)
-        self.k[layer], self.v[layer], self.valid[layer] = kbuf, vbuf, valid
+            b, h, s, d = k.shape
+        cap = s + self.extra
+        kbuf = self._buffer(f"k{layer}", (b, h, cap, d), k.dtype, k.device)
+        vbuf = self._buffer(f"v{layer}", (b, h, cap, d), v.dtype, v.device)
+        orig = torch.full((b, s), -1, dtype=torch.long, device=k.device)
+        valid = None
+        if tokens.packed:  # row r's tokens go to columns [0, lengths[r]), from host bounds: no read-back
+            for row, (start, n) in enumerate(zip(tokens.bounds, tokens.lengths)):
+                kbuf[row, :, :n] = k[start : start + n].transpose(0, 1)
+                vbuf[row, :, :n] = v[start : start + n].transpose(0, 1)
+                orig[row, :n] = tokens.orig_pos[start : start + n]
+            if min(tokens.lengths) < s:
+                valid = torch.zeros(b, s, dtype=torch.bool, device=k.device)
+                for row, n in enumerate(tokens.lengths):
+                    valid[row, :n] = True
+        else:
+            kbuf[:, :, :s] = k
+            vbuf[:, :, :s] = v
+            orig, valid = tokens.orig_pos, tokens.valid
+        if valid is not None:  # decode columns are always valid
+            valid_buf = self._buffer(f"valid{layer}", (b, cap), torch.bool, k.device)
+            valid_buf[:, :s] = valid
+            valid_buf[:, s:] = True
+            valid = valid_buf
+        columns = self._buffer(f"columns{layer}", (cap,), torch.long, k.device)
+        columns.copy_(torch.arange(cap, device=k.device))
+        self.k[layer], self.v[layer], self.valid[layer], self._columns[layer] = kbuf, vbuf, valid, columns
         self.length[layer], self.orig_pos[layer] = s, orig
 
-    @staticmethod
-    def _unpack(k: Tensor, v: Tensor, tokens):
-        """Packed ``[T, Hkv, Dh]`` → ``[B, Hkv, L, Dh]``, row ``b`` in columns ``[0, len_b)``."""
-        cu = tokens.cu_seqlens.long()
-        lengths = torch.diff(cu)
-        b, width = lengths.numel(), tokens.max_len
-        rows = torch.repeat_interleave(torch.arange(b, device=k.device), lengths)
-        cols = torch.arange(k.shape[0], device=k.device) - cu[rows]
-        kp = k.new_zeros(b, k.shape[1], width, k.shape[2])
-        vp = v.new_zeros(b, v.shape[1], width, v.shape[2])
-        kp[rows, :, cols] = k
-        vp[rows, :, cols] = v
-        valid = torch.zeros(b, width, dtype=torch.bool, device=k.device)
-        valid[rows, cols] = True
-        orig = torch.full((b, width), -1, dtype=torch.long, device=k.device)
-        orig[rows, cols] = tokens.orig_pos
-        return kp, vp, (None if bool(valid.all()) else valid), orig
+    def write_step(self, layer: int, k: Tensor, v: Tensor, step: Tensor) -> None:
+        """Writes one decode step's ``k, v [B, Hkv, 1, Dh]`` at column ``length + step``."""
+        column = (step + self.length[layer]).view(1)
+        self.k[layer].index_copy_(2, column, k)
+        self.v[layer].index_copy_(2, column, v)
 
-    def append(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Writes one decode step (``[B, Hkv, 1, Dh]``); returns the layer's keys, values and validity."""
-        col = self.length[layer]
-        if col >= self.k[layer].shape[2]:
-            raise RuntimeError(f"KV cache of layer {layer} is full ({col} entries); raise max_new_tokens")
-        self.k[layer][:, :, col : col + 1] = k
-        self.v[layer][:, :, col : col + 1] = v
-        self.length[layer] = n = col + 1
-        valid = None if self.valid[layer] is None else self.valid[layer][:, :n]
-        return self.k[layer][:, :, :n], self.v[layer][:, :, :n], valid
+    def step_mask(self, layer: int, step: Tensor) -> Tensor:
+        """``bool [B | 1, 1, 1, capacity]``: the entries the query of decode step ``step`` attends to."""
+        allowed = self._columns[layer] <= step + self.length[layer]
+        if self.valid[layer] is not None:
+            allowed = allowed & self.valid[layer]
+        return allowed.view(-1, 1, 1, allowed.shape[-1])
 
     def lengths(self) -> list[int]:
-        """Entries in use per layer (columns, padding included)."""
+        """Prefill entries per layer (columns, padding included)."""
         return list(self.length)
 
     def nbytes(self) -> int:
-        """Bytes of the entries in use (keys and values, all layers)."""
+        """Bytes of the prefill entries (keys and values, all layers)."""
         return sum(2 * k[:, :, :n].numel() * k.element_size() for k, n in zip(self.k, self.length) if k is not None)

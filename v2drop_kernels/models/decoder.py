@@ -7,96 +7,134 @@ It runs on any module tree with ``transformers``' Llama names (``layers[i].self_
 
 Per prefill layer ``i``::
 
-    tokens = policy.before_layer(i, tokens)          # V²Drop and FastV drop here
-    q, k, v = rope(qkv(input_layernorm(hidden)))
-    sel = policy.inside_attention(i, tokens, q, k)  # PyramidDrop drops here, reusing this layer's K/V
+    tokens = policy.before_layer(i, tokens, ctx)        # V²Drop and FastV drop here
+    q, k, v = pre_attention(hidden, weights[i], rope)   # norm, fused q/k/v projection, RoPE
+    sel = policy.inside_attention(i, tokens, q, k, ctx) # PyramidDrop drops here, reusing this layer's K/V
     tokens, (q, k, v) = tokens.compact(sel, q, k, v)
-    hidden = hidden + o_proj(attention(q, k, v)); hidden = hidden + mlp(post_attention_layernorm(hidden))
+    hidden = post_attention(hidden, attention(q, k, v), weights[i])   # o_proj, residual, norm, SwiGLU
 
-The cache of layer ``i`` keeps the ``k, v`` of the tokens that reached it.
+The cache of layer ``i`` keeps the ``k, v`` of the tokens that reached it. Nothing in prefill or
+decode reads the device back: every shape follows from host counts (``Tokens``). The dense maths
+(:func:`~v2drop_kernels.models.llama.pre_attention`, :func:`~v2drop_kernels.models.llama.post_attention`)
+can run compiled (:meth:`Decoder.compile`): one graph for every layer, since the weights are inputs,
+with a dynamic sequence length in prefill (pruned lengths do not recompile) and static shapes in
+decode. Attention and the pruning ops run between the compiled pieces.
+
+Decode has two entry points: :meth:`Decoder.decode_step`, the static step of
+:meth:`Llava.generate <v2drop_kernels.models.llava.Llava.generate>` (fixed shapes and addresses over a
+:class:`~v2drop_kernels.models.cache.KVCache`, capturable in a CUDA graph), and :meth:`Decoder.decode`,
+one step over any cache that grows (``append``), which the transformers integration uses with
+transformers' own cache.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
+import torch
 from torch import Tensor, nn
 
-from .attention import padded_attention, varlen_attention
-from .cache import KVCache
+from .attention import padded_attention, sdpa, varlen_attention
 from .config import TextConfig
-from .llama import Rotary, apply_rope
+from .llama import LayerWeights, Rotary, layer_weights, post_attention, pre_attention
+from .pruning import PrefillTrace, PruningContext  # noqa: F401  (PrefillTrace: re-exported)
 from .tokens import Tokens
 
 
-@dataclass
-class PrefillTrace:
-    """What pruning did during one prefill (visual tokens per row that each layer's attention saw)."""
-
-    visual_per_layer: list[list[int]] = field(default_factory=list)
-    tokens_per_layer: list[int] = field(default_factory=list)  # sequence length (padded) / total tokens (packed)
-    scores: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)  # layer -> (scores, orig_pos) of a drop
-
-
 class Decoder:
-    """Runs ``model.layers`` with a policy; ``model`` has ``layers`` and ``norm`` (HF Llama names)."""
+    """Runs ``model.layers`` with a policy; ``model`` has ``layers`` and ``norm`` (HF Llama names).
 
-    def __init__(self, model: nn.Module, cfg: TextConfig, rotary: Rotary | None = None):
-        self.model, self.cfg = model, cfg
+    ``fuse``: join each layer's q/k/v and gate/up projections into one linear each (the modules'
+    weights become views of the fused ones, so there is no second copy). Off for modules that must
+    stay as they are (transformers' own model in the integration).
+    """
+
+    def __init__(self, model: nn.Module, cfg: TextConfig, rotary: Rotary | None = None, *, fuse: bool = True):
+        self.model, self.cfg, self.fuse = model, cfg, fuse
         self.rotary = rotary if rotary is not None else Rotary(cfg)
+        self.compiled = False
+        self._pre = self._pre_step = pre_attention
+        self._post = self._post_step = post_attention
 
-    # -- per-token maths shared by prefill and decode -------------------------------------------
-    def _qkv(self, attn: nn.Module, x: Tensor, position_ids: Tensor, packed: bool):
+    def compile(self, enabled: bool = True) -> "Decoder":
+        """Runs the dense per-layer maths through ``torch.compile`` (``fullgraph``): dynamic sequence
+        length for prefill, static shapes for the decode step. The first calls compile; the policy's
+        ops and attention stay outside the compiled functions."""
+        self.compiled = enabled
+        if enabled:
+            self._pre = torch.compile(pre_attention, dynamic=True, fullgraph=True)
+            self._post = torch.compile(post_attention, dynamic=True, fullgraph=True)
+            self._pre_step = torch.compile(pre_attention, dynamic=False, fullgraph=True)
+            self._post_step = torch.compile(post_attention, dynamic=False, fullgraph=True)
+        else:
+            self._pre = self._pre_step = pre_attention
+            self._post = self._post_step = post_attention
+        return self
+
+    def weights(self) -> list[LayerWeights]:
+        """Every layer's weights (fused projections built on first use, and again after ``.to()``)."""
+        return [layer_weights(layer, self.cfg.rms_norm_eps, self.fuse) for layer in self.model.layers]
+
+    def _qkv(self, pre, x: Tensor, w: LayerWeights, cos: Tensor, sin: Tensor, packed: bool):
         """``q [B, H, S, Dh]``, ``k, v [B, Hkv, S, Dh]`` (packed: ``[T, H, Dh]``), RoPE applied."""
-        hd = self.cfg.head_dim
-        cos, sin = self.rotary(position_ids, x.dtype)
-        cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # broadcast over heads
-        q, k, v = (proj(x).unflatten(-1, (-1, hd)) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = pre(x, w, cos, sin, self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim)
         if packed:
             return q, k, v
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
-    @staticmethod
-    def _finish(layer: nn.Module, residual: Tensor, attn_out: Tensor) -> Tensor:
-        hidden = residual + layer.self_attn.o_proj(attn_out)
-        return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-
     # -- prefill ------------------------------------------------------------------------------------
-    def prefill(self, tokens: Tokens, policy, cache: KVCache | None = None, trace: PrefillTrace | None = None) -> Tokens:
-        """Runs every layer on ``tokens`` (pruning as ``policy`` says); returns the final, normed tokens."""
-        layers = self.model.layers
-        policy.check(len(layers))
-        for i, layer in enumerate(layers):
-            tokens = policy.before_layer(i, tokens)
-            x = layer.input_layernorm(tokens.hidden)
-            q, k, v = self._qkv(layer.self_attn, x, tokens.position_ids, tokens.packed)
-            sel = policy.inside_attention(i, tokens, q, k)
-            if sel is not None:
-                tokens, (q, k, v) = tokens.compact(sel, q, k, v)
-            if trace is not None:  # what this layer's attention and KV cache see
-                trace.visual_per_layer.append(list(tokens.num_visual))
-                trace.tokens_per_layer.append(tokens.hidden.shape[-2])
+    def prefill(self, tokens: Tokens, policy, cache=None, ctx: PruningContext | None = None) -> Tokens:
+        """Runs every layer on ``tokens`` (pruning as ``policy`` says, recording into ``ctx``);
+        returns the final, normed tokens."""
+        ctx = ctx if ctx is not None else PruningContext()
+        weights = self.weights()
+        policy.check(len(weights))
+        device = tokens.hidden.device
+        rope_of, cos, sin = None, None, None
+        for i, w in enumerate(weights):
+            with ctx.hook(device):
+                tokens = policy.before_layer(i, tokens, ctx)
+            if rope_of is not tokens.position_ids:  # RoPE tables once per token set, not per layer
+                rope_of = tokens.position_ids
+                cos, sin = self.rotary(tokens.position_ids, tokens.hidden.dtype)
+            q, k, v = self._qkv(self._pre, tokens.hidden, w, cos, sin, tokens.packed)
+            with ctx.hook(device):
+                sel = policy.inside_attention(i, tokens, q, k, ctx)
+                if sel is not None:
+                    tokens, (q, k, v) = tokens.compact(sel, q, k, v, backend=ctx.backend)
+            ctx.record_layer(tokens.num_visual, tokens.hidden.shape[-2])  # what this layer's attention and cache see
             # V²Drop before layer i + 1 scores against this layer's input; otherwise let it go.
             tokens.prev = tokens.hidden if policy.keeps_prev(i) else None
             if tokens.packed:
-                out = varlen_attention(q, k, v, tokens.cu_seqlens, tokens.max_len).flatten(-2)
+                out = varlen_attention(q, k, v, tokens.cu_seqlens, tokens.bounds).flatten(-2)
             else:
                 out = padded_attention(q, k, v, tokens.valid, causal=True).transpose(1, 2).flatten(-2)
             if cache is not None:
                 cache.store(i, k, v, tokens)
-            tokens.hidden = self._finish(layer, tokens.hidden, out)
+            tokens.hidden = self._post(tokens.hidden, out, w)
         tokens.hidden = self.model.norm(tokens.hidden)
         tokens.prev = None
         return tokens
 
     # -- decode -------------------------------------------------------------------------------------
-    def decode(self, hidden: Tensor, position_ids: Tensor, cache: KVCache) -> Tensor:
-        """One step for ``hidden [B, 1, D]`` at ``position_ids [B, 1]``; returns the normed output."""
-        for i, layer in enumerate(self.model.layers):
-            x = layer.input_layernorm(hidden)
-            q, k, v = self._qkv(layer.self_attn, x, position_ids, packed=False)
+    def decode_step(self, hidden: Tensor, position_ids: Tensor, step: Tensor, cache) -> Tensor:
+        """One static decode step: ``hidden [B, 1, D]`` at ``position_ids [B, 1]``; ``step`` (an int64
+        device scalar) is the number of steps done before, so layer ``l`` writes column
+        ``length_l + step`` of its :class:`~v2drop_kernels.models.cache.KVCache`. Shapes and
+        addresses are the same at every step. Returns the normed output."""
+        cos, sin = self.rotary(position_ids, hidden.dtype)  # once per step, for every layer
+        for i, w in enumerate(self.weights()):
+            q, k, v = self._qkv(self._pre_step, hidden, w, cos, sin, packed=False)
+            cache.write_step(i, k, v, step)
+            out = sdpa(q, cache.k[i], cache.v[i], attn_mask=cache.step_mask(i, step)).transpose(1, 2).flatten(-2)
+            hidden = self._post_step(hidden, out, w)
+        return self.model.norm(hidden)
+
+    def decode(self, hidden: Tensor, position_ids: Tensor, cache) -> Tensor:
+        """One step over a cache that grows: ``cache.append(layer, k, v)`` returns the layer's keys,
+        values and validity (the transformers integration's adapter over transformers' cache)."""
+        cos, sin = self.rotary(position_ids, hidden.dtype)
+        for i, w in enumerate(self.weights()):
+            q, k, v = self._qkv(self._pre_step, hidden, w, cos, sin, packed=False)
             keys, values, valid = cache.append(i, k, v)
             out = padded_attention(q, keys, values, valid, causal=False).transpose(1, 2).flatten(-2)
-            hidden = self._finish(layer, hidden, out)
+            hidden = self._post_step(hidden, out, w)
         return self.model.norm(hidden)

@@ -3,11 +3,14 @@
 Module and parameter names follow ``transformers``' ``LlamaModel`` (``layers.N.self_attn.q_proj``,
 ``layers.N.mlp.gate_proj``, ``layers.N.input_layernorm``, ...), so an HF state dict loads by name
 and :mod:`v2drop_kernels.models.decoder` can run its layer loop on either these modules or
-``transformers``' own (the integration does the latter). The forward logic lives in the decoder;
-these modules only hold weights and do the per-token maths.
+``transformers``' own (the integration does the latter). The modules only hold weights; a layer's
+maths is two pure functions of its weights (:func:`pre_attention`, :func:`post_attention`), so one
+compiled function serves every layer (the weights are its inputs, not guarded constants).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,9 +28,7 @@ class RMSNorm(nn.Module):
         self.variance_epsilon = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
-        return self.weight * xf.to(x.dtype)
+        return rms_norm(x, self.weight, self.variance_epsilon)
 
 
 class Rotary(nn.Module):
@@ -100,3 +101,95 @@ class LlamaModel(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+# -- a layer's maths, as functions of its weights ---------------------------------------------------------
+
+Linear = tuple[Tensor, Tensor | None]  # (weight [out, in], bias [out] or None)
+
+
+class LayerWeights(NamedTuple):
+    """One decoder layer's weights. ``qkv`` and ``gate_up`` are projection groups whose outputs are
+    concatenated: one fused linear (``[Hq·Dh + 2·Hkv·Dh, D]``, ``[2F, D]``) or the three / two
+    separate ones of a model that must not be touched (transformers' own, in the integration)."""
+
+    input_norm: Tensor
+    qkv: tuple[Linear, ...]
+    o: Linear
+    post_norm: Tensor
+    gate_up: tuple[Linear, ...]
+    down: Linear
+    eps: float
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """``x / rms(x) * weight`` computed in float32, as Llama (and HF) do."""
+    xf = x.float()
+    return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def _project(x: Tensor, groups: Sequence[Linear]) -> Tensor:
+    if len(groups) == 1:
+        return F.linear(x, *groups[0])
+    return torch.cat([F.linear(x, w, b) for w, b in groups], dim=-1)
+
+
+def pre_attention(x: Tensor, w: LayerWeights, cos: Tensor, sin: Tensor, heads: int, kv_heads: int, head_dim: int):
+    """Input norm, q/k/v projections, RoPE: ``q [..., Hq, Dh]``, ``k, v [..., Hkv, Dh]`` for tokens
+    ``x [..., D]`` whose RoPE tables ``cos, sin [..., Dh]`` are given."""
+    qkv = _project(rms_norm(x, w.input_norm, w.eps), w.qkv)
+    q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
+    q, k, v = q.unflatten(-1, (heads, head_dim)), k.unflatten(-1, (kv_heads, head_dim)), v.unflatten(-1, (kv_heads, head_dim))
+    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # broadcast over heads
+    return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+
+def post_attention(residual: Tensor, attn: Tensor, w: LayerWeights) -> Tensor:
+    """Output projection and residual, then the SwiGLU MLP with its norm and residual."""
+    hidden = residual + F.linear(attn, *w.o)
+    gate, up = _project(rms_norm(hidden, w.post_norm, w.eps), w.gate_up).chunk(2, dim=-1)
+    return hidden + F.linear(F.silu(gate) * up, *w.down)
+
+
+def _linear(module: nn.Linear) -> Linear:
+    return module.weight, module.bias
+
+
+def _fused(modules: Sequence[nn.Linear]) -> Linear:
+    """One linear for ``modules`` whose weights (and biases) become views of the fused ones: no
+    second copy of the weights; loading and ``state_dict`` still see the modules' own names.
+    Done again when the modules' weights are no longer those views (``model.to(...)``)."""
+    weight = modules[0].weight
+    if getattr(modules[0], "_v2drop_fused", None) is not None:
+        fused_w, fused_b = modules[0]._v2drop_fused
+        if weight.data_ptr() == fused_w.data_ptr() and weight.device == fused_w.device and weight.dtype == fused_w.dtype:
+            return fused_w, fused_b
+    with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, even when called under inference mode
+        fused_w = torch.cat([m.weight for m in modules])
+        biases = [m.bias for m in modules]
+        fused_b = None if biases[0] is None else torch.cat(biases)
+        start = 0
+        for m in modules:
+            rows = m.weight.shape[0]
+            m.weight = nn.Parameter(fused_w[start : start + rows], requires_grad=False)
+            if fused_b is not None:
+                m.bias = nn.Parameter(fused_b[start : start + rows], requires_grad=False)
+            start += rows
+    modules[0]._v2drop_fused = (fused_w, fused_b)
+    return fused_w, fused_b
+
+
+def layer_weights(layer: nn.Module, eps: float, fuse: bool) -> LayerWeights:
+    """The weights of a layer with HF Llama names; ``fuse`` joins q/k/v and gate/up (see :func:`_fused`)."""
+    attn, mlp = layer.self_attn, layer.mlp
+    qkv = (attn.q_proj, attn.k_proj, attn.v_proj)
+    gate_up = (mlp.gate_proj, mlp.up_proj)
+    return LayerWeights(
+        input_norm=layer.input_layernorm.weight,
+        qkv=(_fused(qkv),) if fuse else tuple(_linear(m) for m in qkv),
+        o=_linear(attn.o_proj),
+        post_norm=layer.post_attention_layernorm.weight,
+        gate_up=(_fused(gate_up),) if fuse else tuple(_linear(m) for m in gate_up),
+        down=_linear(mlp.down_proj),
+        eps=eps,
+    )

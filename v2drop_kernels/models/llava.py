@@ -19,11 +19,12 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from .cache import KVCache
+from .cache import BufferPool, KVCache
 from .config import LlavaConfig
-from .decoder import Decoder, PrefillTrace
+from .decoder import Decoder
 from .llama import LlamaModel, Rotary
 from .policies import Policy
+from .pruning import PrefillTrace, PruningContext
 from .tokens import Tokens
 
 
@@ -80,6 +81,8 @@ class Llava(nn.Module):
             self.lm_head.weight = self.language_model.embed_tokens.weight
         self.rotary = Rotary(cfg.text)
         self.decoder = Decoder(self.language_model, cfg.text, self.rotary)
+        self._pool = BufferPool()  # decode buffers kept for the next call (CUDA graphs replay over them)
+        self._graphs: dict = {}
 
     # -- inputs -------------------------------------------------------------------------------------
     def image_features(self, pixel_values: Tensor) -> Tensor:
@@ -120,7 +123,7 @@ class Llava(nn.Module):
             cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=device)
             pos = torch.cat([torch.arange(n, device=device) for n in lengths])
             visual = [int((p == self.cfg.image_token_id).sum()) for p in prompts]
-            return Tokens(hidden, pos, pos, vis, visual, cu_seqlens=cu, max_len=max(lengths))
+            return Tokens(hidden, pos, pos, vis, visual, cu_seqlens=cu, lengths=lengths)
         if layout != "padded":
             raise ValueError(f"layout must be 'padded', 'packed' or 'auto', got {layout!r}")
         width, pad = max(lengths), self.cfg.text.pad_token_id or 0
@@ -144,8 +147,7 @@ class Llava(nn.Module):
         """Prefill only: logits of every surviving token and the final :class:`Tokens`."""
         features = None if pixel_values is None else self.image_features(pixel_values)
         tokens = self.tokens(prompts, features, layout)
-        tokens.backend = backend
-        tokens = self.decoder.prefill(tokens, policy or Policy())
+        tokens = self.decoder.prefill(tokens, policy or Policy(), ctx=PruningContext(backend))
         return self.lm_head(tokens.hidden).float(), tokens
 
     @torch.inference_mode()
@@ -160,17 +162,25 @@ class Llava(nn.Module):
         backend: str | None = None,
         progress: bool = False,
         image_features: Tensor | None = None,
+        cuda_graph: bool | None = None,
+        time_pruning: bool = False,
     ) -> Generation:
         """Greedy generation. ``layout="auto"`` packs only when rows hold different image counts.
 
         ``image_features`` (``[N, tokens_per_image, hidden]``, projector outputs) replaces
-        ``pixel_values``: features computed once can serve several prompts.
+        ``pixel_values``: features computed once can serve several prompts. ``cuda_graph`` (default:
+        on CUDA) replays the decode step as one CUDA graph; its buffers stay allocated for the next
+        call with the same shapes (:meth:`release_decode_buffers` frees them). ``time_pruning`` adds
+        the time spent in the policy's hooks to the trace (it synchronises the device around them).
         """
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         policy = policy or Policy()
         device = self.lm_head.weight.device
         cuda = device.type == "cuda"
+        graph = cuda if cuda_graph is None else cuda_graph
+        if graph and not cuda:
+            raise ValueError("cuda_graph=True needs the model on a CUDA device")
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
         clock = _Clock(cuda)
@@ -181,50 +191,129 @@ class Llava(nn.Module):
             counts = {int((torch.as_tensor(p) == self.cfg.image_token_id).sum()) for p in prompts}
             layout = "padded" if len(counts) == 1 else "packed"
         tokens = self.tokens(prompts, features, layout)
-        tokens.backend = backend
-        cache, trace = KVCache(len(self.language_model.layers), max_new_tokens - 1), PrefillTrace()
-        tokens = self.decoder.prefill(tokens, policy, cache, trace)
+        ctx = PruningContext(backend, time_pruning=time_pruning)
+        cache = KVCache(len(self.language_model.layers), max_new_tokens - 1, self._pool if graph else None)
+        tokens = self.decoder.prefill(tokens, policy, cache, ctx)
         last = tokens.last_index()
         if tokens.packed:
             final, next_pos = tokens.hidden[last].unsqueeze(1), tokens.position_ids[last] + 1
         else:
             final, next_pos = tokens.hidden[:, -1:], tokens.position_ids[:, -1] + 1
-        logits = prefill_logits = self.lm_head(final)[:, -1].float()
-        trace.scores = {layer: s for layer, s in tokens.notes.get("scores", {}).items()}
-        cache_lengths, kv_bytes = cache.lengths(), cache.nbytes()
+        prefill_logits = self.lm_head(final)[:, -1].float()
         clock.lap("prefill")
 
-        eos = self.cfg.text.eos_token_id
-        eos = torch.tensor(eos if isinstance(eos, list) else [] if eos is None else [eos], device=device)
-        pad = self.cfg.text.pad_token_id if self.cfg.text.pad_token_id is not None else (int(eos[0]) if eos.numel() else 0)
-        done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
-        out = []
-        steps = range(max_new_tokens)
-        if progress:
-            from tqdm import tqdm
-
-            steps = tqdm(steps, desc="decode", unit="tok", leave=False)
-        for step in steps:
-            nxt = logits.argmax(-1)
-            nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
-            out.append(nxt)
-            done |= torch.isin(nxt, eos)
-            if step == max_new_tokens - 1 or bool(done.all()):
-                break
-            hidden = self.language_model.embed_tokens(nxt)[:, None]
-            hidden = self.decoder.decode(hidden, (next_pos + step)[:, None], cache)
-            logits = self.lm_head(hidden)[:, -1].float()
+        out = self._decode(prefill_logits, next_pos, cache, max_new_tokens, graph, progress)
         clock.lap("decode")
         return Generation(
-            tokens=torch.stack(out, dim=1),
-            trace=trace,
-            cache_lengths=cache_lengths,
+            tokens=out,
+            trace=ctx.trace,
+            cache_lengths=cache.lengths(),
             layer_positions=list(cache.orig_pos),
-            kv_cache_bytes=kv_bytes,
+            kv_cache_bytes=cache.nbytes(),
             timings_ms=clock.laps,
             peak_memory_bytes=torch.cuda.max_memory_allocated(device) if cuda else None,
             prefill_logits=prefill_logits,
         )
+
+    def release_decode_buffers(self) -> None:
+        """Frees the KV and step buffers (and the captured decode graphs) kept for the next call."""
+        self._pool.clear()
+        self._graphs.clear()
+
+    # -- decoding: one static step, replayed --------------------------------------------------------
+    EOS_CHECK_EVERY = 8  # decode steps between reads of the "every row is done" flag (the only sync)
+    WARMUP_STEPS = 2  # eager steps before a CUDA graph is captured (lazy initialisation runs there)
+
+    def _decode(self, prefill_logits: Tensor, next_pos: Tensor, cache: KVCache, max_new: int, graph: bool,
+                progress: bool) -> Tensor:
+        """Greedy decode after prefill: returns the generated ids ``[B, n]`` (after EOS a row repeats
+        the pad id; generation stops once every row is done)."""
+        device, batch = prefill_logits.device, prefill_logits.shape[0]
+        text = self.cfg.text
+        eos_ids = text.eos_token_id if isinstance(text.eos_token_id, list) else [] if text.eos_token_id is None else [text.eos_token_id]
+        pad = text.pad_token_id if text.pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
+        pool = self._pool if graph else None
+        io = _StepState.allocate(pool, batch, max_new, len(eos_ids), device)
+        io.eos.copy_(torch.tensor(eos_ids, dtype=torch.long))
+        first = prefill_logits.argmax(-1)
+        io.out[:, 0] = first
+        io.tok.copy_(first)
+        io.done.copy_(torch.isin(first, io.eos))
+        io.pos0.copy_(next_pos)
+        io.step.zero_()
+        io.count.fill_(1)
+
+        def step() -> None:
+            self._decode_step(io, cache, pad)
+
+        run, first_step = step, 0
+        if graph:
+            # The graph bakes in the buffers' addresses and these host values: reuse it only if all agree.
+            key = (pool.allocations, tuple(cache.length), tuple(v is None for v in cache.valid), pad, self.decoder.compiled,
+                   tuple(w.qkv[0][0].data_ptr() for w in self.decoder.weights()))
+            run = self._graphs.get(key)
+            if run is None:
+                first_step = min(self.WARMUP_STEPS, max_new - 1)
+                run = self._capture(step, key, first_step)
+        steps = range(first_step, max_new - 1)
+        if progress:
+            from tqdm import tqdm
+
+            steps = tqdm(steps, desc="decode", unit="tok", leave=False, initial=first_step, total=max_new - 1)
+        for i in steps:
+            run()
+            if (i + 1) % self.EOS_CHECK_EVERY == 0 and bool(io.done.all()):
+                break
+        return io.out[:, : int(io.count)].clone()
+
+    def _decode_step(self, io: "_StepState", cache: KVCache, pad: int) -> None:
+        """One greedy step on the device state ``io``: every shape fixed, nothing read back (capturable)."""
+        hidden = self.language_model.embed_tokens(io.tok)[:, None]
+        hidden = self.decoder.decode_step(hidden, (io.pos0 + io.step)[:, None], io.step, cache)
+        nxt = self.lm_head(hidden)[:, -1].float().argmax(-1)
+        nxt = torch.where(io.done, pad, nxt)
+        io.count.add_((~io.done.all()).long())  # a token counts while some row is still going
+        io.out.index_copy_(1, (io.step + 1).view(1), nxt[:, None])
+        io.done.logical_or_(torch.isin(nxt, io.eos))
+        io.tok.copy_(nxt)
+        io.step.add_(1)
+
+    def _capture(self, step, key, warmup: int):
+        """Runs ``warmup`` real steps on a side stream, then records one step as a CUDA graph."""
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(warmup):
+                step()
+        torch.cuda.current_stream().wait_stream(stream)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            step()  # recorded, not run
+        self._graphs.clear()  # one live graph: its buffers are the pool's
+        self._graphs[key] = g.replay
+        return g.replay
+
+
+@dataclass
+class _StepState:
+    """The decode loop's device state: the step's input token and position base, the step count,
+    which rows are done, the output ids and how many of them count."""
+
+    tok: Tensor  # int64 [B]
+    pos0: Tensor  # int64 [B]: position of the first generated token
+    step: Tensor  # int64 []: decode steps done
+    done: Tensor  # bool [B]
+    out: Tensor  # int64 [B, max_new]
+    count: Tensor  # int64 []: generated ids that count (1 + steps before every row was done)
+    eos: Tensor  # int64 [n_eos]
+
+    @classmethod
+    def allocate(cls, pool: BufferPool | None, batch: int, max_new: int, n_eos: int, device) -> "_StepState":
+        def buf(name, shape, dtype=torch.long):
+            return pool.get("step." + name, shape, dtype, device) if pool else torch.zeros(shape, dtype=dtype, device=device)
+
+        return cls(buf("tok", (batch,)), buf("pos0", (batch,)), buf("step", ()), buf("done", (batch,), torch.bool),
+                   buf("out", (batch, max_new)), buf("count", ()), buf("eos", (n_eos,)))
 
 
 class _Clock:

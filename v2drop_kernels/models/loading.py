@@ -50,20 +50,36 @@ def load_llava(path: str | Path, dtype: torch.dtype = torch.float32, device: str
     if not files:
         raise FileNotFoundError(f"{path}: no *.safetensors weights")
     cfg = LlavaConfig.from_hf(json.loads((path / "config.json").read_text()))
+    state = {}
+    for file in files:
+        state.update((key, tensor.to(dtype)) for key, tensor in load_file(str(file), device=str(device)).items())
+    return _assemble(cfg, state, device, str(path))
+
+
+def llava_from_transformers(hf_model) -> Llava:
+    """:class:`Llava` on the weights of an in-memory ``transformers`` ``LlavaForConditionalGeneration``
+    (the same tensors, not copies; its device and dtype)."""
+    cfg = LlavaConfig.from_hf(hf_model.config.to_dict())
+    device = next(hf_model.parameters()).device
+    return _assemble(cfg, hf_model.state_dict(), device, type(hf_model).__name__)
+
+
+def _assemble(cfg: LlavaConfig, checkpoint: dict[str, torch.Tensor], device, source: str) -> Llava:
+    """A :class:`Llava` of ``cfg`` whose parameters are the checkpoint's tensors (by name, see
+    :func:`map_key`); every weight must be found."""
     with torch.device("meta"):
         model = Llava(cfg)
     state = {}
-    for file in files:
-        for key, tensor in load_file(str(file), device=str(device)).items():
-            name = map_key(key)
-            if name is not None:
-                state[name] = tensor.to(dtype)
+    for key, tensor in checkpoint.items():
+        name = map_key(key)
+        if name is not None:
+            state[name] = tensor
     if cfg.text.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     missing = [m for m in missing if not (cfg.text.tie_word_embeddings and m == "lm_head.weight")]
     if missing or unexpected:
-        raise ValueError(f"{path}: checkpoint does not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(f"{source}: checkpoint does not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}")
     if cfg.text.tie_word_embeddings:
         model.lm_head.weight = model.language_model.embed_tokens.weight
     _fix_vision_buffers(model, device)

@@ -6,14 +6,16 @@ Two layouts, one class:
 - packed: ``hidden [T, D]`` plus int32 ``cu_seqlens [B + 1]`` (flash-attn's varlen convention);
   rows may hold different numbers of visual tokens, or none.
 
-Pruning never reorders: survivors keep their original order, their original RoPE position ids and
-(``orig_pos``) their index in their own prompt, so the caller can tell which tokens each layer saw.
+Every count a shape depends on is kept on the host too (``num_visual``, and ``lengths`` of the packed
+rows), so that pruning never reads the device: after a drop the new counts follow from the old ones
+and the kept counts. Pruning never reorders: survivors keep their original order, their original
+RoPE position ids and (``orig_pos``) their index in their own prompt, so the caller can tell which
+tokens each layer saw.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -38,13 +40,11 @@ class Tokens:
     position_ids: Tensor  # int64 [B, S] / [T]: original RoPE positions
     orig_pos: Tensor  # int64 [B, S] / [T]: index of each token in its own prompt (-1: left padding)
     vis_mask: Tensor  # bool [B, S] / [T]
-    num_visual: list[int]  # visual tokens per row
+    num_visual: list[int]  # visual tokens per row (host)
     valid: Tensor | None = None  # padded: bool [B, S], False on left padding; None when there is none
     cu_seqlens: Tensor | None = None  # packed: int32 [B + 1]
-    max_len: int = 0  # packed: longest row
+    lengths: list[int] | None = None  # packed: tokens per row (host), so that cu_seqlens is never read back
     prev: Tensor | None = None  # input of the previous layer, kept while a policy needs it (V²Drop)
-    backend: str | None = None  # ops backend for pruning (None: the fastest available)
-    notes: dict[str, Any] = field(default_factory=dict)  # policies' scratch (FastV's scores)
 
     @property
     def packed(self) -> bool:
@@ -54,43 +54,54 @@ class Tokens:
     def batch(self) -> int:
         return len(self.num_visual)
 
+    @property
+    def bounds(self) -> list[int]:
+        """Packed: ``cu_seqlens`` on the host."""
+        out = [0]
+        for n in self.lengths:
+            out.append(out[-1] + n)
+        return out
+
+    @property
+    def max_len(self) -> int:
+        """Packed: the longest row."""
+        return max(self.lengths, default=0)
+
     def last_index(self) -> Tensor:
         """Index of each row's last token (the last instruction token during prefill)."""
         if self.packed:
             return self.cu_seqlens[1:].long() - 1
         return torch.full((self.hidden.shape[0],), self.hidden.shape[1] - 1, device=self.hidden.device)
 
-    def select(self, scores: Tensor, keep_visual: list[int]) -> Selection:
+    def select(self, scores: Tensor, keep_visual: list[int], backend: str | None = None) -> Selection:
         """Keeps every text token and, per row, the ``keep_visual[b]`` visual tokens of highest
         ``scores`` (float32 ``[B, S]`` / ``[T]``), through :func:`v2drop_kernels.select_drop`: the
         ops' ranking (ties to the lower position, NaN last)."""
         if self.packed:
             out = ops.select_drop_varlen(scores, self.vis_mask, self.position_ids, self.cu_seqlens, keep_visual,
-                                         num_visual=self.num_visual, backend=self.backend)
+                                         num_visual=self.num_visual, backend=backend)
         else:
             out = ops.select_drop(scores, self.vis_mask, self.position_ids, keep_visual[0], num_visual=self.num_visual[0],
-                                  backend=self.backend)
+                                  backend=backend)
         return Selection(out.keep_pos, list(keep_visual), out.cu_seqlens, out.position_ids, out.vis_mask)
 
-    def compact(self, sel: Selection, *extras: Tensor) -> tuple["Tokens", list[Tensor]]:
+    def compact(self, sel: Selection, *extras: Tensor, backend: str | None = None) -> tuple["Tokens", list[Tensor]]:
         """The survivors of ``sel``, and the same rows of ``extras`` (``[B, H, S, Dh]`` / ``[T, H, Dh]``).
 
         The hidden states and every extra tensor move in one :func:`v2drop_kernels.kv_compact` call.
         """
         seq_dim = 0 if self.packed else 2
-        moved = ops.kv_compact([self.hidden.unsqueeze(1), *extras], sel.keep, seq_dim, backend=self.backend)
+        moved = ops.kv_compact([self.hidden.unsqueeze(1), *extras], sel.keep, seq_dim, backend=backend)
         return self.shrink(sel, moved[0].squeeze(1)), list(moved[1:])
 
     def shrink(self, sel: Selection, hidden: Tensor) -> "Tokens":
         """The tokens after a drop to ``sel``, given the survivors' hidden states (already compacted,
-        by the fused op or :meth:`compact`); position ids and mask are gathered unless ``sel`` has them."""
+        by the fused op or :meth:`compact`); position ids and mask are gathered unless ``sel`` has them.
+        Each row loses ``num_visual − kept`` tokens: the host counts follow without reading the device."""
+        take = (lambda x: x.index_select(0, sel.keep)) if self.packed else (lambda x: x.gather(1, sel.keep))
+        lengths = None
         if self.packed:
-            take = lambda x: x.index_select(0, sel.keep)  # noqa: E731
-            lengths = torch.diff(sel.cu_seqlens)
-            max_len = int(lengths.max()) if lengths.numel() else 0
-        else:
-            take = lambda x: x.gather(1, sel.keep)  # noqa: E731
-            max_len = 0
+            lengths = [n - v + k for n, v, k in zip(self.lengths, self.num_visual, sel.num_visual)]
         return replace(
             self,
             hidden=hidden,
@@ -98,8 +109,8 @@ class Tokens:
             vis_mask=take(self.vis_mask) if sel.vis_mask is None else sel.vis_mask,
             orig_pos=take(self.orig_pos),
             valid=None if self.valid is None else take(self.valid),
-            num_visual=sel.num_visual,
+            num_visual=list(sel.num_visual),
             cu_seqlens=sel.cu_seqlens,
-            max_len=max_len,
+            lengths=lengths,
             prev=None,
         )

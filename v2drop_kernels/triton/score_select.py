@@ -19,6 +19,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from torch._subclasses.fake_tensor import is_fake
 
 from .. import checks
 
@@ -183,11 +184,19 @@ def packed_segments(op: str, cu_seqlens: Tensor, vis_mask: Tensor, num_visual: S
     running = torch.nn.functional.pad(vis_mask.cumsum(0), (1, 0))
     bounds = cu_seqlens.long()
     counts = running[bounds[1:].clamp(0, tokens)] - running[bounds[:-1].clamp(0, tokens)]
-    expected = torch.tensor(list(num_visual), dtype=counts.dtype, device=device)
+    expected = host_to_device(list(num_visual), counts.dtype, cu_seqlens)
     ok = (bounds[0] == 0) & (bounds[-1] == tokens) & (bounds[1:] >= bounds[:-1]).all() & (counts == expected).all()
     checks.device_assert(ok, checks.msg_varlen(op, tokens))
     shift = [0]
     for v, kb in zip(num_visual, k):
         shift.append(shift[-1] + kb - v)
-    cu_out.copy_(cu_seqlens + torch.tensor(shift, dtype=torch.int32, device=device))
-    return torch.tensor(list(k), dtype=torch.int64, device=device)
+    cu_out.copy_(cu_seqlens + host_to_device(shift, torch.int32, cu_seqlens))
+    return host_to_device(list(k), torch.int64, cu_seqlens)
+
+
+def host_to_device(values: Sequence[int], dtype: torch.dtype, like: Tensor) -> Tensor:
+    """Host integers as a tensor on ``like``'s device. On CUDA through pinned memory and an
+    asynchronous copy: a plain ``torch.tensor(..., device="cuda")`` waits for the device (a sync)."""
+    if like.device.type != "cuda" or torch.compiler.is_compiling() or is_fake(like):
+        return torch.tensor(values, dtype=dtype, device=like.device)
+    return torch.tensor(values, dtype=dtype).pin_memory().to(like.device, non_blocking=True)

@@ -4,9 +4,13 @@ A policy is a small object with three hooks the decoder calls during prefill (se
 :mod:`v2drop_kernels.models.decoder`):
 
 - ``keeps_prev(i)``: keep the input of layer ``i`` (V²Drop scores before layer ``i + 1`` against it);
-- ``before_layer(i, tokens) -> tokens``: drop tokens before layer ``i`` runs;
-- ``inside_attention(i, tokens, q, k) -> Selection | None``: drop tokens inside layer ``i`` after its
-  queries/keys are computed (RoPE applied), so their K/V are reused through KV compaction.
+- ``before_layer(i, tokens, ctx) -> tokens``: drop tokens before layer ``i`` runs;
+- ``inside_attention(i, tokens, q, k, ctx) -> Selection | None``: drop tokens inside layer ``i``
+  after its queries/keys are computed (RoPE applied), so their K/V are reused through KV compaction.
+
+``ctx`` is the prefill's :class:`~v2drop_kernels.models.pruning.PruningContext`: the ops backend to
+prune with, scratch between hooks, and the trace each drop is recorded in. A policy object holds
+only its schedule, so one object can serve any number of prefills.
 
 Adding a policy is one file in this folder plus one line in ``POLICIES`` (``__init__.py``).
 """
@@ -20,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ..attention import last_query_attention
+from ..pruning import PruningContext
 from ..tokens import Selection, Tokens
 
 Keep = Sequence[int | float]
@@ -40,10 +45,10 @@ class Policy:
     def keeps_prev(self, layer: int) -> bool:
         return False
 
-    def before_layer(self, layer: int, tokens: Tokens) -> Tokens:
+    def before_layer(self, layer: int, tokens: Tokens, ctx: PruningContext) -> Tokens:
         return tokens
 
-    def inside_attention(self, layer: int, tokens: Tokens, q: Tensor, k: Tensor) -> Selection | None:
+    def inside_attention(self, layer: int, tokens: Tokens, q: Tensor, k: Tensor, ctx: PruningContext) -> Selection | None:
         return None
 
     def describe(self) -> str:
@@ -92,7 +97,7 @@ def last_query_scores(tokens: Tokens, q: Tensor, k: Tensor) -> Tensor:
     if not tokens.packed:
         return last_query_attention(q[:, :, -1:], k, tokens.valid)
     scores = torch.zeros(q.shape[0], dtype=torch.float32, device=q.device)
-    bounds = tokens.cu_seqlens.tolist()
+    bounds = tokens.bounds
     for start, end in zip(bounds[:-1], bounds[1:]):
         if end > start:
             q_last = q[end - 1].unsqueeze(0).unsqueeze(2)  # [1, H, 1, Dh]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from ..pruning import PruningContext
 from ..tokens import Selection, Tokens
 from .base import Policy, kept_count, last_query_scores
 
@@ -22,18 +23,18 @@ class FastV(Policy):
         self.layers = (int(k),)
         self.rule = keep if keep is not None else 1.0 - float(r)
 
-    def inside_attention(self, layer: int, tokens: Tokens, q: Tensor, k: Tensor) -> Selection | None:
+    def inside_attention(self, layer: int, tokens: Tokens, q: Tensor, k: Tensor, ctx: PruningContext) -> Selection | None:
         if layer == self.layers[0] - 1:
-            tokens.notes["fastv"] = last_query_scores(tokens, q, k)
+            ctx.state["fastv"] = last_query_scores(tokens, q, k)
         return None
 
-    def before_layer(self, layer: int, tokens: Tokens) -> Tokens:
+    def before_layer(self, layer: int, tokens: Tokens, ctx: PruningContext) -> Tokens:
         if layer != self.layers[0] or not any(tokens.num_visual):
             return tokens
-        scores = tokens.notes.pop("fastv")
-        tokens.notes.setdefault("scores", {})[layer] = (scores, tokens.orig_pos)
-        sel = tokens.select(scores, [kept_count(self.rule, v) for v in tokens.num_visual])
-        return tokens.compact(sel)[0]
+        scores = ctx.state.pop("fastv")
+        ctx.record_drop(layer, scores, tokens.orig_pos)
+        sel = tokens.select(scores, [kept_count(self.rule, v) for v in tokens.num_visual], ctx.backend)
+        return tokens.compact(sel, backend=ctx.backend)[0]
 
     def describe(self) -> str:
         return f"fastv(K={self.layers[0]}, keep={self.rule})"

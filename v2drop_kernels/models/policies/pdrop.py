@@ -13,6 +13,7 @@ from typing import Sequence
 
 from torch import Tensor
 
+from ..pruning import PruningContext
 from ..tokens import Selection, Tokens
 from .base import Keep, Policy, kept_count, last_query_scores, parse_keep, parse_layers
 
@@ -24,13 +25,13 @@ class PyramidDrop(Policy):
         self.layers = parse_layers("pdrop", layers)
         self.keep = parse_keep(keep if keep is not None else (float(ratio),) * len(self.layers), len(self.layers))
 
-    def inside_attention(self, layer: int, tokens: Tokens, q: Tensor, k: Tensor) -> Selection | None:
+    def inside_attention(self, layer: int, tokens: Tokens, q: Tensor, k: Tensor, ctx: PruningContext) -> Selection | None:
         if layer not in self.layers or not any(tokens.num_visual):
             return None
         rule = self.keep[self.layers.index(layer)]
         scores = last_query_scores(tokens, q, k)
-        tokens.notes.setdefault("scores", {})[layer] = (scores, tokens.orig_pos)
-        return tokens.select(scores, [kept_count(rule, v) for v in tokens.num_visual])
+        ctx.record_drop(layer, scores, tokens.orig_pos)
+        return tokens.select(scores, [kept_count(rule, v) for v in tokens.num_visual], ctx.backend)
 
     def describe(self) -> str:
         return f"pdrop(layers={list(self.layers)}, keep={list(self.keep)})"

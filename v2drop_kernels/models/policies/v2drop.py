@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from ... import ops
+from ..pruning import PruningContext
 from ..tokens import Selection, Tokens
 from .base import Keep, Policy, kept_count, parse_keep, parse_layers
 
@@ -26,20 +27,18 @@ class V2Drop(Policy):
     def keeps_prev(self, layer: int) -> bool:
         return layer + 1 in self.layers
 
-    def before_layer(self, layer: int, tokens: Tokens) -> Tokens:
-        if layer not in self.layers:
+    def before_layer(self, layer: int, tokens: Tokens, ctx: PruningContext) -> Tokens:
+        if layer not in self.layers or not any(tokens.num_visual):
             return tokens
         rule = self.keep[self.layers.index(layer)]
         k = [kept_count(rule, v) for v in tokens.num_visual]
         if tokens.packed:
             out = ops.variation_drop_varlen(tokens.hidden, tokens.prev, tokens.vis_mask, tokens.position_ids,
-                                            tokens.cu_seqlens, k, num_visual=tokens.num_visual, backend=tokens.backend)
-        elif tokens.num_visual[0] == 0:
-            return tokens
+                                            tokens.cu_seqlens, k, num_visual=tokens.num_visual, backend=ctx.backend)
         else:
             out = ops.variation_drop(tokens.hidden, tokens.prev, tokens.vis_mask, tokens.position_ids, k[0],
-                                     num_visual=tokens.num_visual[0], backend=tokens.backend)
-        tokens.notes.setdefault("scores", {})[layer] = (out.scores, tokens.orig_pos)
+                                     num_visual=tokens.num_visual[0], backend=ctx.backend)
+        ctx.record_drop(layer, out.scores, tokens.orig_pos)
         return tokens.shrink(Selection(out.keep_pos, k, out.cu_seqlens, out.position_ids, out.vis_mask), out.hidden)
 
     def describe(self) -> str:
