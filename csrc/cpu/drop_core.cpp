@@ -4,16 +4,20 @@
 // per element): the scores read 2·R·V·D·e (hidden and prev, visual tokens only), the
 // compaction reads and writes R·(S − V + k)·D·e; masks, scores and indices are O(R·S).
 // Parallelism: scores over tokens, selection over segments, gathers over output tokens.
+// Instruction sets: the scores run explicit AVX-512 or AVX2 loops when the CPU has them (16-bit
+// floats widened 16 at a time), outputs of 8 MiB or more are written with non-temporal stores;
+// every path gives the same bits (test_semantics.py compares them).
 #include "drop_core.h"
 
 #include "../checks.h"
 
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 #include <functional>
 #include <type_traits>
 
@@ -43,44 +47,115 @@ float finish_lanes(float (&acc)[kLanes], const scalar_t* a, const scalar_t* b, i
   return acc[0];
 }
 
+// x86-64 paths: explicit AVX-512 / AVX2 loops, chosen at run time (the extension is built for the
+// baseline ISA, where the portable loop runs 4 lanes at a time and widens 16-bit floats one by
+// one). Each keeps the portable loop's 16 lanes (element i in lane i % 16) and multiplies and adds
+// separately (no FMA), then finish_lanes sums the same tree: every path gives the same bits.
 #if defined(__x86_64__)
-// float16 with F16C: the same 16 lanes and order as the portable loop below (lanes 0-7 in lo,
-// 8-15 in hi; multiply and add separately, no FMA), so the result is the same bits. c10::Half's
-// scalar conversion does not vectorise, which made float16 4x slower than bfloat16.
-__attribute__((target("avx2,f16c"))) float squared_distance_f16c(const c10::Half* a,
-                                                                  const c10::Half* b,
-                                                                  int64_t n) {
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw")
+inline __m512 widen16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 widen16(const c10::BFloat16* p) {  // a bfloat16 is the top half of a float32
+  const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+inline __m512 widen16(const c10::Half* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+template <typename scalar_t>
+float squared_distance_avx512(const scalar_t* a, const scalar_t* b, int64_t n) {
+  __m512 acc = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    const __m512 d = _mm512_sub_ps(widen16(a + i), widen16(b + i));
+    acc = _mm512_add_ps(acc, _mm512_mul_ps(d, d));
+  }
+  float lanes[kLanes];
+  _mm512_storeu_ps(lanes, acc);
+  return finish_lanes(lanes, a, b, i, n);
+}
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,f16c")
+// Lanes 0-7 and 8-15 of the 16.
+inline void widen8x2(const float* p, __m256& lo, __m256& hi) {
+  lo = _mm256_loadu_ps(p);
+  hi = _mm256_loadu_ps(p + 8);
+}
+inline void widen8x2(const c10::BFloat16* p, __m256& lo, __m256& hi) {
+  const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  lo = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(bits)), 16));
+  hi = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_extracti128_si256(bits, 1)), 16));
+}
+inline void widen8x2(const c10::Half* p, __m256& lo, __m256& hi) {
+  const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  lo = _mm256_cvtph_ps(_mm256_castsi256_si128(bits));
+  hi = _mm256_cvtph_ps(_mm256_extracti128_si256(bits, 1));
+}
+template <typename scalar_t>
+float squared_distance_avx2(const scalar_t* a, const scalar_t* b, int64_t n) {
   __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
-    const __m256i va = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i));
-    const __m256i vb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + i));
-    const __m256 d_lo = _mm256_sub_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(va)),
-                                      _mm256_cvtph_ps(_mm256_castsi256_si128(vb)));
-    const __m256 d_hi = _mm256_sub_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(va, 1)),
-                                      _mm256_cvtph_ps(_mm256_extracti128_si256(vb, 1)));
+    __m256 a_lo, a_hi, b_lo, b_hi;
+    widen8x2(a + i, a_lo, a_hi);
+    widen8x2(b + i, b_lo, b_hi);
+    const __m256 d_lo = _mm256_sub_ps(a_lo, b_lo), d_hi = _mm256_sub_ps(a_hi, b_hi);
     lo = _mm256_add_ps(lo, _mm256_mul_ps(d_lo, d_lo));
     hi = _mm256_add_ps(hi, _mm256_mul_ps(d_hi, d_hi));
   }
-  float acc[kLanes];
-  _mm256_storeu_ps(acc, lo);
-  _mm256_storeu_ps(acc + 8, hi);
-  return finish_lanes(acc, a, b, i, n);
+  float lanes[kLanes];
+  _mm256_storeu_ps(lanes, lo);
+  _mm256_storeu_ps(lanes + 8, hi);
+  return finish_lanes(lanes, a, b, i, n);
 }
+#pragma GCC pop_options
 
-const bool kHasF16C = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+// Row copies with non-temporal stores: a large output is written without first reading each
+// destination line into the cache (a third of a gather's traffic) and without evicting the inputs.
+#pragma GCC push_options
+#pragma GCC target("avx512f")
+void stream_copy_avx512(char* dst, const char* src, int64_t bytes) {
+  for (int64_t i = 0; i < bytes; i += 64) {
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(dst + i), _mm512_loadu_si512(src + i));
+  }
+}
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx2")
+void stream_copy_avx2(char* dst, const char* src, int64_t bytes) {
+  for (int64_t i = 0; i < bytes; i += 32) {
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(dst + i), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i)));
+  }
+}
+#pragma GCC pop_options
+
+enum class Isa { kPortable, kAvx2, kAvx512 };
+
+// The widest path this CPU runs; V2DROP_CPU_ISA=portable|avx2 asks for a narrower one (the tests
+// compare the paths' bits).
+Isa pick_isa() {
+  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+  const char* want = std::getenv("V2DROP_CPU_ISA");
+  const std::string asked = want == nullptr ? "" : want;
+  if (asked == "portable") return Isa::kPortable;
+  if (asked == "avx2" && avx2) return Isa::kAvx2;
+  return avx512 ? Isa::kAvx512 : avx2 ? Isa::kAvx2 : Isa::kPortable;
+}
+const Isa kIsa = pick_isa();
 #endif
 
-// Sum of squared differences in float32 with kLanes independent accumulators (vectorised by
-// the compiler) and a fixed-order tree reduction: the result depends only on the row's data,
-// never on threads, position or instruction set, so equal rows give bit-equal scores.
+// Sum of squared differences in float32 with kLanes independent accumulators and a fixed-order
+// tree reduction: the result depends only on the row's data, never on threads, position or
+// instruction set, so equal rows give bit-equal scores.
 template <typename scalar_t>
 float squared_distance(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
                        int64_t n) {
 #if defined(__x86_64__)
-  if constexpr (std::is_same_v<scalar_t, c10::Half>) {
-    if (kHasF16C) return squared_distance_f16c(a, b, n);
-  }
+  if (kIsa == Isa::kAvx512) return squared_distance_avx512(a, b, n);
+  if (kIsa == Isa::kAvx2) return squared_distance_avx2(a, b, n);
 #endif
   float acc[kLanes] = {};
   int64_t i = 0;
@@ -138,6 +213,33 @@ void gather_ids(const at::Tensor& vis_mask, const at::Tensor& position_ids, Sele
 }
 
 }  // namespace
+
+RowCopier::RowCopier(const void* dst, int64_t row_bytes, int64_t total_bytes) : row_bytes_(row_bytes) {
+#if defined(__x86_64__)
+  const int64_t width = kIsa == Isa::kAvx512 ? 64 : kIsa == Isa::kAvx2 ? 32 : 0;
+  stream_ = width > 0 && total_bytes >= kStreamBytes && row_bytes % width == 0 &&
+            reinterpret_cast<uintptr_t>(dst) % width == 0;
+#else
+  (void)dst;
+  (void)total_bytes;
+#endif
+}
+
+void RowCopier::copy(char* dst, const char* src) const {
+#if defined(__x86_64__)
+  if (stream_) {
+    if (kIsa == Isa::kAvx512) return stream_copy_avx512(dst, src, row_bytes_);
+    return stream_copy_avx2(dst, src, row_bytes_);
+  }
+#endif
+  std::memcpy(dst, src, row_bytes_);
+}
+
+void RowCopier::finish() const {
+#if defined(__x86_64__)
+  if (stream_) _mm_sfence();  // streaming stores are weakly ordered: make them visible
+#endif
+}
 
 void prefer_huge_pages(void* data, size_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
@@ -209,11 +311,12 @@ std::vector<Segment> packed_segments(const char* op, const at::Tensor& cu_seqlen
 
 void variation_scores(const at::Tensor& hidden, const at::Tensor& prev,
                       const at::Tensor& vis_mask, at::Tensor& scores) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hidden.scalar_type(),
-                                  "v2drop_variation_scores", [&] {
-                                    variation_scores_impl<scalar_t>(hidden, prev, vis_mask,
-                                                                    scores);
-                                  });
+  switch (hidden.scalar_type()) {  // the dtypes check_hidden_pair admits
+    case at::kFloat: return variation_scores_impl<float>(hidden, prev, vis_mask, scores);
+    case at::kHalf: return variation_scores_impl<c10::Half>(hidden, prev, vis_mask, scores);
+    case at::kBFloat16: return variation_scores_impl<c10::BFloat16>(hidden, prev, vis_mask, scores);
+    default: TORCH_INTERNAL_ASSERT(false, "variation_scores: unsupported dtype ", hidden.scalar_type());
+  }
 }
 
 void select_segment(const at::Tensor& scores, const at::Tensor& vis_mask, const Segment& seg,
@@ -280,11 +383,13 @@ void gather_hidden(const at::Tensor& hidden, const at::Tensor& keep_pos, at::Ten
   const int64_t* keep = keep_pos.const_data_ptr<int64_t>();
   char* ho = static_cast<char*>(out.mutable_data_ptr());
   prefer_huge_pages(ho, out.nbytes());
+  const RowCopier copier(ho, row_bytes, out.nbytes());
   const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(row_bytes, 1));
   at::parallel_for(0, R * Sout, grain, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
-      std::memcpy(ho + t * row_bytes, h + (t / Sout) * hr + keep[t] * hs, row_bytes);
+      copier.copy(ho + t * row_bytes, h + (t / Sout) * hr + keep[t] * hs);
     }
+    copier.finish();
   });
 }
 

@@ -41,6 +41,22 @@ inline uint64_t rank_key(float score, int64_t local_pos) {
          static_cast<uint32_t>(~static_cast<uint32_t>(local_pos));
 }
 
+// Copies rows of `row_bytes` into a fresh output of `total_bytes` starting at `dst`: with
+// non-temporal stores when the output is large (>= kStreamBytes, beyond what the caches would keep
+// for the next reader) and the rows are aligned to the vector width, else memcpy. Call finish()
+// once per thread after its copies.
+class RowCopier {
+ public:
+  static constexpr int64_t kStreamBytes = int64_t{8} << 20;
+  RowCopier(const void* dst, int64_t row_bytes, int64_t total_bytes);
+  void copy(char* dst, const char* src) const;
+  void finish() const;
+
+ private:
+  int64_t row_bytes_;
+  bool stream_ = false;
+};
+
 // Asks Linux for transparent huge pages on a fresh output of >= 32 MiB before it is first
 // written. glibc serves such sizes with a new mmap on every call, and faulting it in 4 KiB pages
 // costs more than the copy itself (measured: a 46 MB gather took 31 ms, 4.9 ms into memory

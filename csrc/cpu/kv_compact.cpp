@@ -45,14 +45,16 @@ void gather_rows(const at::Tensor& src, const at::Tensor& keep, at::Tensor& dst)
   const char* s = static_cast<const char*>(src.const_data_ptr());
   char* d = static_cast<char*>(dst.mutable_data_ptr());
   const int64_t* kp = keep.const_data_ptr<int64_t>();
+  // dst is a fresh contiguous tensor (seen through a view): every row starts at a multiple of row_bytes
+  const RowCopier copier(d, row_bytes, dst.numel() * e);
   const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(row_bytes, 1));
   at::parallel_for(0, B * n * H, grain, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t h = i % H, bj = i / H, b = bj / n, j = bj % n;
       const char* from = s + (b * src.stride(0) + kp[bj] * src.stride(1) + h * src.stride(2)) * e;
-      char* to = d + (b * dst.stride(0) + j * dst.stride(1) + h * dst.stride(2)) * e;
-      std::memcpy(to, from, row_bytes);
+      copier.copy(d + (b * dst.stride(0) + j * dst.stride(1) + h * dst.stride(2)) * e, from);
     }
+    copier.finish();
   });
 }
 
