@@ -71,6 +71,19 @@ def copy_bandwidth_gbs(device: str, nbytes: int | None = None) -> float:
     return 2 * nbytes / (median_ms(lambda: dst.copy_(src), device) * 1e-3) / 1e9
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), its cores and torch's thread count."""
+    import platform
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"CPU {model}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+
+
 def git_commit() -> str:
     """The checkout's commit, "+dirty" when tracked files (other than bench/results) differ from it."""
     try:

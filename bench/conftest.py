@@ -5,14 +5,13 @@ the end and written to bench/out/cpu_variation_drop.{json,md} (bench/results/ wi
 from __future__ import annotations
 
 import os
-import platform
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from common import copy_bandwidth_gbs, git_commit, markdown_table, today, write_results  # noqa: E402
+from common import copy_bandwidth_gbs, cpu_name, git_commit, markdown_table, today, write_results  # noqa: E402
 
 ROWS: list[dict] = []
 COLUMNS = [("shape", ""), ("dtype", ""), ("provider", ""), ("median ms", ".2f"), ("x vs eager reference", ".2f"),
@@ -44,7 +43,7 @@ def pytest_terminal_summary(terminalreporter, config):
             key = (r["shape"], r["dtype"])
             r[column] = ref[key] / r["median ms"] if key in ref else None
     meta = {
-        "device": f"CPU {platform.machine()} ({platform.processor() or 'unknown'}), {torch.get_num_threads()} threads",
+        "device": cpu_name(),
         "torch": torch.__version__,
         "commit": git_commit(),
         "date": today(),

@@ -45,7 +45,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import copy_bandwidth_gbs, git_commit, markdown_table, today, write_results  # noqa: E402
+from common import copy_bandwidth_gbs, cpu_name, git_commit, markdown_table, today, write_results  # noqa: E402
 
 from v2drop_kernels.models import FastV, Policy, PyramidDrop, V2Drop, llava_from_transformers  # noqa: E402
 
@@ -377,7 +377,7 @@ def main(argv=None) -> list[dict]:
             if device == "cuda":
                 torch.cuda.empty_cache()
 
-    device_name = torch.cuda.get_device_name() if device == "cuda" else f"CPU {os.uname().machine}, {torch.get_num_threads()} threads"
+    device_name = torch.cuda.get_device_name() if device == "cuda" else cpu_name()
     import transformers
 
     meta = {"device": device_name, "torch": torch.__version__, "transformers": transformers.__version__,
