@@ -187,9 +187,13 @@ def test_cuda_graph_decode_matches_eager_and_syncs_only_at_checks(checkpoint, na
     graph = model.generate(PROMPT_PAIR, pix, max_new_tokens=12, policy=POLICIES[name](), cuda_graph=True)
     replay = model.generate(PROMPT_PAIR, pix, max_new_tokens=12, policy=POLICIES[name](), cuda_graph=True)  # reuses the graph
     assert torch.equal(graph.tokens, eager.tokens) and torch.equal(replay.tokens, eager.tokens)
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        tokens = model.tokens(PROMPT_PAIR, model.image_features(pix), "padded")
-        model.decoder.prefill(tokens, POLICIES[name]())
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    for layout in ("padded", "packed"):
+        with torch.inference_mode():
+            tokens = model.tokens(PROMPT_PAIR, model.image_features(pix), layout)  # building the inputs may sync
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            with torch.inference_mode():
+                model.decoder.prefill(tokens, POLICIES[name]())
+        finally:
+            torch.cuda.set_sync_debug_mode("default")

@@ -175,3 +175,16 @@ def test_reference_raises_like_the_kernels():
         v2d.variation_topk(hidden, prev, mask, 7, backend="reference")
     assert torch.equal(v2d.variation_topk(hidden, prev, mask, 6, backend="reference")[0],
                        reference.variation_topk(hidden, prev, mask, 6)[0])
+
+
+@pytest.mark.skipif(not (TRITON_OK and HAS_CUDA), reason="the Triton backend on a GPU (CPU tensors are its only input here)")
+def test_triton_ops_name_the_device_of_cpu_tensors():
+    """On a GPU machine the Triton ops take CUDA tensors; CPU ones get a clear error, not a fault
+    inside Triton."""
+    hidden, prev = torch.randn(2, 12, 8), torch.randn(2, 12, 8)
+    mask = torch.zeros(2, 12, dtype=torch.bool)
+    mask[:, 3:9] = True
+    with pytest.raises(RuntimeError, match="the Triton backend takes CUDA tensors .* got hidden on cpu"):
+        torch.ops.v2drop_triton.variation_topk(hidden, prev, mask, 3)
+    with pytest.raises(RuntimeError, match="got keep_pos on cpu"):
+        torch.ops.v2drop_triton.kv_compact_([torch.randn(2, 4, 12, 16)], torch.tensor([[0, 3, 5], [1, 2, 11]]), 2)

@@ -68,9 +68,9 @@ class KVCache:
         cap = s + self.extra
         kbuf = self._buffer(f"k{layer}", (b, h, cap, d), k.dtype, k.device)
         vbuf = self._buffer(f"v{layer}", (b, h, cap, d), v.dtype, v.device)
-        orig = torch.full((b, s), -1, dtype=torch.long, device=k.device)
-        valid = None
         if tokens.packed:  # row r's tokens go to columns [0, lengths[r]), from host bounds: no read-back
+            orig = torch.full((b, s), -1, dtype=torch.long, device=k.device)
+            valid = None
             for row, (start, n) in enumerate(zip(tokens.bounds, tokens.lengths)):
                 kbuf[row, :, :n] = k[start : start + n].transpose(0, 1)
                 vbuf[row, :, :n] = v[start : start + n].transpose(0, 1)

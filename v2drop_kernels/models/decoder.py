@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from .attention import padded_attention, sdpa, varlen_attention
 from .config import TextConfig
 from .llama import LayerWeights, Rotary, layer_weights, post_attention, pre_attention
-from .pruning import PrefillTrace, PruningContext  # noqa: F401  (PrefillTrace: re-exported)
+from .pruning import PruningContext
 from .tokens import Tokens
 
 
