@@ -259,12 +259,12 @@ def device_assert(cond: Tensor, message: str) -> None:
     torch._assert_async(cond, message)
 
 
-def host_rows(op: str, mask: Tensor, num_visual: int | None, k: int) -> int:
+def host_rows(op: str, mask: Tensor, num_visual: int | None, k: int) -> None:
     """Padded rows: each holds ``num_visual`` visual tokens (``None``: as many as row 0, and at
-    least ``k``). Returns V."""
+    least ``k``)."""
     counts = mask.sum(1).tolist()
     if not counts:
-        return num_visual or 0
+        return
     for b, c in enumerate(counts):
         if num_visual is None:
             check(c == counts[0], f"{msg_equal_rows(op)}, row {b} holds {c}, row 0 holds {counts[0]}", ValueError)
@@ -272,7 +272,6 @@ def host_rows(op: str, mask: Tensor, num_visual: int | None, k: int) -> int:
             check(c == num_visual, f"{msg_rows_hold(op, num_visual)}, row {b} holds {c}", ValueError)
     if num_visual is None:
         check(k <= counts[0], f"{msg_k_above_visual(op, k)} and V={counts[0]}", ValueError)
-    return counts[0]
 
 
 def host_varlen(op: str, cu_seqlens: Tensor, mask: Tensor, num_visual: Sequence[int]) -> None:

@@ -242,18 +242,20 @@ class Llava(nn.Module):
         io.pos0.copy_(next_pos)
         io.step.zero_()
         io.count.fill_(1)
+        if max_new == 1:  # the prefill's token is the answer: no step to run or capture
+            return io.out[:, :1].clone()
 
         def step() -> None:
             self._decode_step(io, cache, pad)
 
         run, first_step = step, 0
-        if graph:
+        if graph and max_new - 1 > self.WARMUP_STEPS:  # shorter answers run their few steps eagerly
             # The graph bakes in the buffers' addresses and these host values: reuse it only if all agree.
             key = (pool.allocations, tuple(cache.length), tuple(v is None for v in cache.valid), pad, self.decoder.compiled,
                    tuple(w.qkv[0][0].data_ptr() for w in self.decoder.weights()))
             run = self._graphs.get(key)
             if run is None:
-                first_step = min(self.WARMUP_STEPS, max_new - 1)
+                first_step = self.WARMUP_STEPS
                 run = self._capture(step, key, first_step)
         steps = range(first_step, max_new - 1)
         if progress:
