@@ -8,7 +8,8 @@
 """
 
 from .config import LlavaConfig, TextConfig
-from .llava import Generation, Llava
+from .generation import Generation
+from .llava import Llava
 from .loading import llava_from_transformers, load_llava, random_llava, tiny_config
 from .policies import POLICIES, FastV, Policy, PyramidDrop, V2Drop, make_policy
 

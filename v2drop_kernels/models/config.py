@@ -1,7 +1,13 @@
-"""Configuration of the reference LLaVA model, read from an HF ``config.json`` (``llava`` model type).
+"""Configuration of the package's models, read from an HF ``config.json``.
 
-Only what the decoder needs is kept, in plain dataclasses. The CLIP vision tower keeps its own HF
-config (it is ``transformers``' ``CLIPVisionModel``).
+- :class:`TextConfig`: the decoder, a Llama (LLaVA-1.5) or a Qwen2 (Qwen2-VL, Qwen2.5-VL: q/k/v
+  biases and multimodal RoPE);
+- :class:`LlavaConfig`: LLaVA-1.5 (``llava`` model type);
+- :class:`QwenVLConfig`: Qwen2-VL and Qwen2.5-VL (``qwen2_vl``, ``qwen2_5_vl``), both the nested
+  layout of ``transformers`` 5 (``text_config``) and the flat one of the published checkpoints.
+
+Only what the decoder needs is kept, in plain dataclasses. The vision towers keep their own HF
+config (they are ``transformers``' modules).
 """
 
 from __future__ import annotations
@@ -12,7 +18,10 @@ from typing import Any
 
 @dataclass(frozen=True)
 class TextConfig:
-    """A Llama decoder: RMSNorm, RoPE, grouped-query attention, SwiGLU."""
+    """A Llama-style decoder: RMSNorm, RoPE, grouped-query attention, SwiGLU. Qwen2 differs only by
+    biases on q/k/v (``qkv_bias``, none on o) and, in Qwen2-VL, by multimodal RoPE: ``mrope_section``
+    splits the ``head_dim / 2`` rotary frequencies into temporal, height and width sections, each
+    turned by its own plane of ``[3, ...]`` position ids."""
 
     vocab_size: int
     hidden_size: int
@@ -24,7 +33,9 @@ class TextConfig:
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
     rope_linear_factor: float = 1.0  # "linear" RoPE scaling divides positions by this
-    attention_bias: bool = False
+    qkv_bias: bool = False  # biases on the q, k and v projections
+    o_bias: bool = False  # bias on the output projection
+    mrope_section: tuple[int, ...] | None = None  # multimodal RoPE (Qwen2-VL); None: one position plane
     mlp_bias: bool = False
     tie_word_embeddings: bool = False
     bos_token_id: int | None = 1
@@ -33,13 +44,29 @@ class TextConfig:
 
     @classmethod
     def from_hf(cls, cfg: dict[str, Any]) -> "TextConfig":
+        """From an HF text config: ``llama`` or a Qwen2-VL / Qwen2.5-VL text model."""
+        model_type = cfg.get("model_type", "llama")
+        qwen = model_type in _QWEN_TEXT_TYPES
+        if not qwen and model_type != "llama":
+            raise NotImplementedError(f"text model {model_type!r}: Llama and Qwen2-VL / Qwen2.5-VL decoders are implemented")
         if cfg.get("hidden_act", "silu") != "silu":
             raise NotImplementedError(f"text_config.hidden_act={cfg['hidden_act']!r}: only SwiGLU ('silu') is implemented")
+        if cfg.get("use_sliding_window"):
+            raise NotImplementedError("use_sliding_window=True: sliding-window attention is not implemented")
         rope = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
         rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if qwen and rope_type == "mrope":  # the published checkpoints' name for default M-RoPE
+            rope_type = "default"
         if rope_type not in ("default", "linear"):
             raise NotImplementedError(f"RoPE type {rope_type!r} is not implemented (default and linear are)")
         heads = cfg["num_attention_heads"]
+        head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
+        mrope = None
+        if qwen:  # transformers' default section when the config names none
+            mrope = tuple(int(n) for n in rope.get("mrope_section", (16, 24, 24)))
+            if sum(mrope) != head_dim // 2:
+                raise ValueError(f"mrope_section {list(mrope)} must add up to head_dim / 2 = {head_dim // 2}")
+        bias = cfg.get("attention_bias", False)
         return cls(
             vocab_size=cfg["vocab_size"],
             hidden_size=cfg["hidden_size"],
@@ -47,17 +74,22 @@ class TextConfig:
             num_layers=cfg["num_hidden_layers"],
             num_heads=heads,
             num_kv_heads=cfg.get("num_key_value_heads") or heads,
-            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
+            head_dim=head_dim,
             rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
-            rope_theta=rope.get("rope_theta", cfg.get("rope_theta", 10000.0)),
+            rope_theta=rope.get("rope_theta", cfg.get("rope_theta", 1e6 if qwen else 10000.0)),
             rope_linear_factor=float(rope.get("factor", 1.0)) if rope_type == "linear" else 1.0,
-            attention_bias=cfg.get("attention_bias", False),
+            qkv_bias=True if qwen else bias,
+            o_bias=False if qwen else bias,
+            mrope_section=mrope,
             mlp_bias=cfg.get("mlp_bias", False),
             tie_word_embeddings=cfg.get("tie_word_embeddings", False),
             bos_token_id=cfg.get("bos_token_id", 1),
             eos_token_id=cfg.get("eos_token_id", 2),
             pad_token_id=cfg.get("pad_token_id"),
         )
+
+
+_QWEN_TEXT_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen2_vl_text", "qwen2_5_vl_text")
 
 
 @dataclass(frozen=True)
@@ -83,7 +115,7 @@ class LlavaConfig:
             raise NotImplementedError(f"model_type {cfg.get('model_type')!r}: only 'llava' (LLaVA-1.5) checkpoints load")
         text = dict(cfg["text_config"])
         if text.get("model_type", "llama") != "llama":
-            raise NotImplementedError(f"text model {text.get('model_type')!r}: only Llama decoders are implemented")
+            raise NotImplementedError(f"text model {text.get('model_type')!r}: LLaVA checkpoints with Llama decoders are implemented")
         vision = dict(cfg["vision_config"])
         if vision.get("model_type", "clip_vision_model") != "clip_vision_model":
             raise NotImplementedError(f"vision tower {vision.get('model_type')!r}: only CLIP is implemented")
@@ -97,4 +129,48 @@ class LlavaConfig:
             vision_feature_select_strategy=cfg.get("vision_feature_select_strategy", "default"),
             projector_hidden_act=cfg.get("projector_hidden_act", "gelu"),
             projector_bias=cfg.get("multimodal_projector_bias", True),
+        )
+
+
+@dataclass(frozen=True)
+class QwenVLConfig:
+    """Qwen2-VL / Qwen2.5-VL: a ViT whose patch merger emits one token per 2×2 patches → Qwen2 decoder
+    with M-RoPE. Images and videos are spans of ``image_token_id`` / ``video_token_id`` tokens,
+    ``t·h·w / merge²`` per item of ``grid_thw``."""
+
+    arch: str  # "qwen2_vl" or "qwen2_5_vl"
+    text: TextConfig
+    vision: dict[str, Any] = field(repr=False)  # HF vision config as a dict
+    image_token_id: int = 151655
+    video_token_id: int = 151656
+    vision_start_token_id: int = 151652
+
+    @property
+    def spatial_merge_size(self) -> int:
+        return int(self.vision.get("spatial_merge_size", 2))
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Qwen2.5-VL: temporal position ids advance ``tokens_per_second · seconds`` per grid step."""
+        return float(self.vision.get("tokens_per_second", 4))
+
+    @classmethod
+    def from_hf(cls, cfg: dict[str, Any]) -> "QwenVLConfig":
+        arch = cfg.get("model_type")
+        if arch not in ("qwen2_vl", "qwen2_5_vl"):
+            raise NotImplementedError(f"model_type {arch!r}: only 'qwen2_vl' and 'qwen2_5_vl' load as Qwen-VL models")
+        if "text_config" in cfg and cfg["text_config"]:  # transformers 5: nested
+            text = dict(cfg["text_config"])
+        else:  # the published checkpoints: the text model's keys at the top level
+            text = {k: v for k, v in cfg.items() if k != "vision_config"}
+        text.setdefault("model_type", arch)
+        if "tie_word_embeddings" in cfg:
+            text["tie_word_embeddings"] = cfg["tie_word_embeddings"]
+        return cls(
+            arch=arch,
+            text=TextConfig.from_hf(text),
+            vision=dict(cfg["vision_config"]),
+            image_token_id=cfg.get("image_token_id", 151655),
+            video_token_id=cfg.get("video_token_id", 151656),
+            vision_start_token_id=cfg.get("vision_start_token_id", 151652),
         )

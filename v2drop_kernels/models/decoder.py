@@ -94,7 +94,7 @@ class Decoder:
                 tokens = policy.before_layer(i, tokens, ctx)
             if rope_of is not tokens.position_ids:  # RoPE tables once per token set, not per layer
                 rope_of = tokens.position_ids
-                cos, sin = self.rotary(tokens.position_ids, tokens.hidden.dtype)
+                cos, sin = self.rotary(tokens.position_ids, tokens.hidden.dtype, planes=tokens.planes)
             q, k, v = self._qkv(self._pre, tokens.hidden, w, cos, sin, tokens.packed)
             with ctx.hook(device):
                 sel = policy.inside_attention(i, tokens, q, k, ctx)

@@ -1,5 +1,8 @@
 """Llama decoder modules: RMSNorm, RoPE, grouped-query attention projections, SwiGLU.
 
+The same modules hold a Qwen2 decoder (Qwen2-VL, Qwen2.5-VL): it differs by its q/k/v biases and,
+for the VL models, by multimodal RoPE (:class:`Rotary` with ``mrope_section``).
+
 Module and parameter names follow ``transformers``' ``LlamaModel`` (``layers.N.self_attn.q_proj``,
 ``layers.N.mlp.gate_proj``, ``layers.N.input_layernorm``, ...), so an HF state dict loads by name
 and :mod:`v2drop_kernels.models.decoder` can run its layer loop on either these modules or
@@ -32,7 +35,13 @@ class RMSNorm(nn.Module):
 
 
 class Rotary(nn.Module):
-    """RoPE tables for explicit position ids: kept tokens keep their original positions."""
+    """RoPE tables for explicit position ids: kept tokens keep their original positions.
+
+    Multimodal RoPE (``cfg.mrope_section``, Qwen2-VL): position ids come as three planes
+    ``[3, ...]`` (temporal, height, width) and frequency ``j`` turns by the plane of the section
+    ``j`` falls in (sections taken in turn: temporal, height, width). Text tokens have three equal
+    planes, which is plain RoPE; so are generated tokens, whose ids may come as one plane.
+    """
 
     def __init__(self, cfg: TextConfig):
         super().__init__()
@@ -41,14 +50,21 @@ class Rotary(nn.Module):
         inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float, device="cpu") / dim))
         # A plain attribute, not a buffer: ``model.to(torch.bfloat16)`` must not round the frequencies.
         self.inv_freq = inv_freq / cfg.rope_linear_factor
+        self.mrope_section = cfg.mrope_section
         self._on_device: dict[torch.device, Tensor] = {}
 
-    def forward(self, position_ids: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """``cos, sin`` of shape ``position_ids.shape + (head_dim,)``, computed in float32."""
+    def forward(self, position_ids: Tensor, dtype: torch.dtype, planes: bool = False) -> tuple[Tensor, Tensor]:
+        """``cos, sin`` of shape ``position_ids.shape + (head_dim,)``, computed in float32; with
+        ``planes`` (M-RoPE ids ``[3, ...]``) of shape ``position_ids.shape[1:] + (head_dim,)``."""
         inv_freq = self._on_device.get(position_ids.device)
         if inv_freq is None:
             inv_freq = self._on_device[position_ids.device] = self.inv_freq.to(position_ids.device)
         freqs = position_ids[..., None].float() * inv_freq
+        if planes:
+            if self.mrope_section is None:
+                raise ValueError(f"position ids of shape {tuple(position_ids.shape)} have planes, but this model has no mrope_section")
+            sections = freqs.split(list(self.mrope_section), dim=-1)
+            freqs = torch.cat([section[i % 3] for i, section in enumerate(sections)], dim=-1)
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
@@ -63,11 +79,11 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 class Attention(nn.Module):
     def __init__(self, cfg: TextConfig):
         super().__init__()
-        d, hd, bias = cfg.hidden_size, cfg.head_dim, cfg.attention_bias
+        d, hd, bias = cfg.hidden_size, cfg.head_dim, cfg.qkv_bias
         self.q_proj = nn.Linear(d, cfg.num_heads * hd, bias=bias)
         self.k_proj = nn.Linear(d, cfg.num_kv_heads * hd, bias=bias)
         self.v_proj = nn.Linear(d, cfg.num_kv_heads * hd, bias=bias)
-        self.o_proj = nn.Linear(cfg.num_heads * hd, d, bias=bias)
+        self.o_proj = nn.Linear(cfg.num_heads * hd, d, bias=cfg.o_bias)
 
 
 class MLP(nn.Module):

@@ -37,7 +37,7 @@ class Selection:
 @dataclass
 class Tokens:
     hidden: Tensor  # [B, S, D] / [T, D]: the residual stream entering the next layer
-    position_ids: Tensor  # int64 [B, S] / [T]: original RoPE positions
+    position_ids: Tensor  # int64 [B, S] / [T]: original RoPE positions; M-RoPE: [3, B, S] / [3, T]
     orig_pos: Tensor  # int64 [B, S] / [T]: index of each token in its own prompt (-1: left padding)
     vis_mask: Tensor  # bool [B, S] / [T]
     num_visual: list[int]  # visual tokens per row (host)
@@ -49,6 +49,11 @@ class Tokens:
     @property
     def packed(self) -> bool:
         return self.cu_seqlens is not None
+
+    @property
+    def planes(self) -> bool:
+        """Whether the position ids are M-RoPE planes (``[3, B, S]`` / ``[3, T]``)."""
+        return self.position_ids.ndim == self.hidden.ndim
 
     @property
     def batch(self) -> int:
@@ -66,6 +71,17 @@ class Tokens:
     def max_len(self) -> int:
         """Packed: the longest row."""
         return max(self.lengths, default=0)
+
+    def next_positions(self) -> Tensor:
+        """int64 ``[B]``: the position id of each row's first generated token, one past its largest
+        (over every plane): Llama's ``length``, Qwen2-VL's ``max + 1`` (its ``rope_deltas``). Taken
+        before pruning, which may drop the token that holds the largest."""
+        pos = self.position_ids
+        if self.planes:
+            pos = pos.amax(0)
+        if not self.packed:
+            return pos.amax(-1) + 1
+        return torch.stack([pos[s:e].max() + 1 for s, e in zip(self.bounds[:-1], self.bounds[1:])])
 
     def last_index(self) -> Tensor:
         """Index of each row's last token (the last instruction token during prefill)."""
@@ -98,7 +114,11 @@ class Tokens:
         """The tokens after a drop to ``sel``, given the survivors' hidden states (already compacted,
         by the fused op or :meth:`compact`); position ids and mask are gathered unless ``sel`` has them.
         Each row loses ``num_visual − kept`` tokens: the host counts follow without reading the device."""
-        take = (lambda x: x.index_select(0, sel.keep)) if self.packed else (lambda x: x.gather(1, sel.keep))
+        def take(x: Tensor) -> Tensor:  # the survivors' entries of a per-token tensor (with planes or not)
+            if self.packed:
+                return x.index_select(-1, sel.keep)
+            return x.gather(-1, sel.keep.expand(*x.shape[:-2], *sel.keep.shape))
+
         lengths = None
         if self.packed:
             lengths = [n - v + k for n, v, k in zip(self.lengths, self.num_visual, sel.num_visual)]
