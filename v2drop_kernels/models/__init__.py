@@ -1,19 +1,24 @@
-"""Reference LLaVA decoder with visual-token pruning through the package's ops.
+"""Reference vision-language models (LLaVA-1.5, Qwen2-VL, Qwen2.5-VL) with visual-token pruning through the package's ops.
 
 - :mod:`.config`: configs read from HF ``config.json``;
 - :mod:`.llama`: decoder modules (HF parameter names); :mod:`.attention`: SDPA / varlen attention;
 - :mod:`.tokens`: the sequence a layer sees and how pruning compacts it; :mod:`.cache`: per-layer KV;
 - :mod:`.decoder`: the prefill/decode loop with a policy; :mod:`.policies`: none, V²Drop, PyramidDrop, FastV;
-- :mod:`.llava`: the full model and greedy generation; :mod:`.loading`: checkpoints and small random models.
+- :mod:`.generation`: greedy generation (static decode, CUDA graph);
+- :mod:`.llava`: LLaVA-1.5; :mod:`.qwen_vl`: Qwen2-VL / Qwen2.5-VL (M-RoPE);
+- :mod:`.loading`: checkpoints and small random models.
 """
 
-from .config import LlavaConfig, TextConfig
+from .config import LlavaConfig, QwenVLConfig, TextConfig
 from .generation import Generation
 from .llava import Llava
-from .loading import llava_from_transformers, load_llava, random_llava, tiny_config
+from .loading import (llava_from_transformers, load_llava, load_model, load_qwen_vl, qwen_vl_from_transformers,
+                      random_llava, random_qwen_vl, tiny_config, tiny_qwen_config)
 from .policies import POLICIES, FastV, Policy, PyramidDrop, V2Drop, make_policy
+from .qwen_vl import QwenVL
 
 __all__ = [
-    "POLICIES", "FastV", "Generation", "Llava", "LlavaConfig", "Policy", "PyramidDrop", "TextConfig", "V2Drop",
-    "llava_from_transformers", "load_llava", "make_policy", "random_llava", "tiny_config",
+    "POLICIES", "FastV", "Generation", "Llava", "LlavaConfig", "Policy", "PyramidDrop", "QwenVL", "QwenVLConfig", "TextConfig",
+    "V2Drop", "llava_from_transformers", "load_llava", "load_model", "load_qwen_vl", "make_policy", "qwen_vl_from_transformers",
+    "random_llava", "random_qwen_vl", "tiny_config", "tiny_qwen_config",
 ]

@@ -1,10 +1,13 @@
-"""Loading HF-format LLaVA checkpoints (``llava-hf`` layout) and building small random models.
+"""Loading HF-format checkpoints (LLaVA-1.5, Qwen2-VL, Qwen2.5-VL) and building small random models.
 
-A checkpoint folder holds ``config.json`` and ``*.safetensors`` (one file or shards). Both key
-layouts that ``transformers`` has written are read:
+A checkpoint folder holds ``config.json`` and ``*.safetensors`` (one file or shards); ``model_type``
+in the config picks the model (:func:`load_model`). Every key layout ``transformers`` has written
+is read:
 
-    language_model.model.layers.0...   language_model.lm_head.weight   vision_tower.vision_model...  (llava-hf)
-    model.language_model.layers.0...   lm_head.weight                  model.vision_tower...          (4.52+)
+    LLaVA    language_model.model.layers.0...   language_model.lm_head.weight   vision_tower.vision_model...  (llava-hf)
+             model.language_model.layers.0...   lm_head.weight                  model.vision_tower...          (4.52+)
+    Qwen-VL  model.layers.0...                  lm_head.weight                  visual.blocks.0...            (published)
+             model.language_model.layers.0...   lm_head.weight                  model.visual.blocks.0...      (4.52+)
 """
 
 from __future__ import annotations
@@ -13,9 +16,19 @@ import json
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from .config import LlavaConfig
+from .config import LlavaConfig, QwenVLConfig
 from .llava import Llava
+from .qwen_vl import QwenVL, build_vision_tower
+
+_QWEN_PREFIXES = (  # checkpoint prefix -> this model's prefix, first match wins
+    ("model.language_model.", "language_model."),
+    ("model.visual.", "visual."),
+    ("visual.", "visual."),
+    ("model.", "language_model."),
+    ("lm_head.", "lm_head."),
+)
 
 _PREFIXES = (  # checkpoint prefix -> this model's prefix, first match wins
     ("language_model.model.", "language_model."),
@@ -31,29 +44,55 @@ _PREFIXES = (  # checkpoint prefix -> this model's prefix, first match wins
 )
 
 
-def map_key(key: str) -> str | None:
-    """This model's parameter name for a checkpoint key (``None``: not a LLaVA weight)."""
-    for old, new in _PREFIXES:
+def map_key(key: str, prefixes=_PREFIXES) -> str | None:
+    """This model's parameter name for a checkpoint key (``None``: not one of its weights)."""
+    for old, new in prefixes:
         if key.startswith(old):
             return new + key[len(old):]
     return None
 
 
-def load_llava(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Llava:
-    """Builds :class:`Llava` from a local checkpoint folder; every weight must be found."""
-    from safetensors.torch import load_file
-
+def read_config(path: str | Path) -> dict:
+    """``config.json`` of a checkpoint folder."""
     path = Path(path)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path}: no config.json (expected an HF LLaVA checkpoint folder)")
+        raise FileNotFoundError(f"{path}: no config.json (expected an HF checkpoint folder)")
+    return json.loads((path / "config.json").read_text())
+
+
+def _read_weights(path: Path, dtype: torch.dtype, device) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{path}: no *.safetensors weights")
-    cfg = LlavaConfig.from_hf(json.loads((path / "config.json").read_text()))
     state = {}
     for file in files:
         state.update((key, tensor.to(dtype)) for key, tensor in load_file(str(file), device=str(device)).items())
-    return _assemble(cfg, state, device, str(path))
+    return state
+
+
+def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Llava | QwenVL:
+    """The model of a local checkpoint folder, by its ``model_type``: ``llava`` → :class:`Llava`,
+    ``qwen2_vl`` / ``qwen2_5_vl`` → :class:`QwenVL`."""
+    model_type = read_config(path).get("model_type")
+    if model_type in ("qwen2_vl", "qwen2_5_vl"):
+        return load_qwen_vl(path, dtype, device)
+    if model_type in (None, "llava"):
+        return load_llava(path, dtype, device)
+    raise NotImplementedError(f"{path}: model_type {model_type!r} is not supported (llava, qwen2_vl and qwen2_5_vl are)")
+
+
+def load_llava(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Llava:
+    """Builds :class:`Llava` from a local checkpoint folder; every weight must be found."""
+    cfg = LlavaConfig.from_hf(read_config(path))
+    return _assemble_llava(cfg, _read_weights(Path(path), dtype, device), device, str(path))
+
+
+def load_qwen_vl(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> QwenVL:
+    """Builds :class:`QwenVL` (Qwen2-VL or Qwen2.5-VL) from a local checkpoint folder."""
+    cfg = QwenVLConfig.from_hf(read_config(path))
+    return _assemble_qwen_vl(cfg, _read_weights(Path(path), dtype, device), device, str(path))
 
 
 def llava_from_transformers(hf_model) -> Llava:
@@ -61,28 +100,56 @@ def llava_from_transformers(hf_model) -> Llava:
     (the same tensors, not copies; its device and dtype)."""
     cfg = LlavaConfig.from_hf(hf_model.config.to_dict())
     device = next(hf_model.parameters()).device
-    return _assemble(cfg, hf_model.state_dict(), device, type(hf_model).__name__)
+    return _assemble_llava(cfg, hf_model.state_dict(), device, type(hf_model).__name__)
 
 
-def _assemble(cfg: LlavaConfig, checkpoint: dict[str, torch.Tensor], device, source: str) -> Llava:
-    """A :class:`Llava` of ``cfg`` whose parameters are the checkpoint's tensors (by name, see
-    :func:`map_key`); every weight must be found."""
-    with torch.device("meta"):
-        model = Llava(cfg)
+def qwen_vl_from_transformers(hf_model) -> QwenVL:
+    """:class:`QwenVL` on the weights of an in-memory ``Qwen2VLForConditionalGeneration`` or
+    ``Qwen2_5_VLForConditionalGeneration`` (the same tensors, not copies)."""
+    cfg = QwenVLConfig.from_hf(hf_model.config.to_dict())
+    device = next(hf_model.parameters()).device
+    return _assemble_qwen_vl(cfg, hf_model.state_dict(), device, type(hf_model).__name__)
+
+
+def _load_by_name(model: nn.Module, checkpoint: dict[str, torch.Tensor], prefixes, tied: bool, source: str) -> None:
+    """Makes the checkpoint's tensors ``model``'s parameters (by name, see :func:`map_key`); every
+    weight must be found."""
     state = {}
     for key, tensor in checkpoint.items():
-        name = map_key(key)
+        name = map_key(key, prefixes)
         if name is not None:
             state[name] = tensor
-    if cfg.text.tie_word_embeddings:
+    if tied:
         state.pop("lm_head.weight", None)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    missing = [m for m in missing if not (cfg.text.tie_word_embeddings and m == "lm_head.weight")]
+    missing = [m for m in missing if not (tied and m == "lm_head.weight")]
     if missing or unexpected:
         raise ValueError(f"{source}: checkpoint does not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    if cfg.text.tie_word_embeddings:
+    if tied:
         model.lm_head.weight = model.language_model.embed_tokens.weight
+
+
+def _assemble_llava(cfg: LlavaConfig, checkpoint: dict[str, torch.Tensor], device, source: str) -> Llava:
+    with torch.device("meta"):
+        model = Llava(cfg)
+    _load_by_name(model, checkpoint, _PREFIXES, cfg.text.tie_word_embeddings, source)
     _fix_vision_buffers(model, device)
+    return model.eval()
+
+
+def _assemble_qwen_vl(cfg: QwenVLConfig, checkpoint: dict[str, torch.Tensor], device, source: str) -> QwenVL:
+    with torch.device("meta"):
+        model = QwenVL(cfg)
+    _load_by_name(model, checkpoint, _QWEN_PREFIXES, cfg.text.tie_word_embeddings, source)
+    # The tower's non-persistent buffers (rotary frequencies) are not in checkpoints: take them from
+    # a tower of no blocks built on the CPU.
+    twin = dict(build_vision_tower(cfg, depth=0).named_buffers())
+    for name, buf in list(model.visual.named_buffers()):
+        if buf.is_meta:
+            if name not in twin:
+                raise ValueError(f"{source}: vision tower buffer {name!r} has no value")
+            owner, _, leaf = name.rpartition(".")
+            model.visual.get_submodule(owner).register_buffer(leaf, twin[name].to(device), persistent=False)
     return model.eval()
 
 
@@ -117,16 +184,51 @@ def tiny_config(layers: int = 32, hidden: int = 128, image_size: int = 336, patc
     })
 
 
+def tiny_qwen_config(arch: str = "qwen2_vl", layers: int = 28, hidden: int = 128, vocab: int = 512) -> QwenVLConfig:
+    """A small Qwen2-VL / Qwen2.5-VL-shaped config: 28 layers like the 7B models by default, M-RoPE
+    sections in the 7B's proportions, a 2-block vision tower with 14 px patches and 2×2 merging."""
+    heads = 4
+    vision = {"depth": 2, "hidden_size": hidden, "num_heads": 4, "patch_size": 14, "spatial_merge_size": 2,
+              "temporal_patch_size": 2, "in_channels": 3}
+    if arch == "qwen2_vl":
+        vision.update(embed_dim=64, mlp_ratio=2)
+    elif arch == "qwen2_5_vl":
+        vision.update(hidden_size=64, out_hidden_size=hidden, intermediate_size=128, window_size=56,
+                      fullatt_block_indexes=[1], tokens_per_second=2)
+    else:
+        raise ValueError(f"arch must be 'qwen2_vl' or 'qwen2_5_vl', got {arch!r}")
+    return QwenVLConfig.from_hf({
+        "model_type": arch, "image_token_id": vocab - 3, "video_token_id": vocab - 2, "vision_start_token_id": vocab - 5,
+        "text_config": {
+            "model_type": arch + "_text", "vocab_size": vocab, "hidden_size": hidden, "intermediate_size": 2 * hidden + hidden // 2,
+            "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": 2, "rms_norm_eps": 1e-6,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]},
+            "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
+        },
+        "vision_config": vision,
+    })
+
+
+def random_qwen_vl(cfg: QwenVLConfig | None = None, seed: int = 0, dtype: torch.dtype = torch.float32, device="cpu") -> QwenVL:
+    """A randomly initialised :class:`QwenVL` (``std = 0.02`` linears)."""
+    return _randomise(QwenVL(cfg or tiny_qwen_config()), seed).to(device, dtype).eval()
+
+
 def random_llava(cfg: LlavaConfig | None = None, seed: int = 0, dtype: torch.dtype = torch.float32, device="cpu") -> Llava:
     """A randomly initialised :class:`Llava` (``std = 0.02`` linears, as HF initialises Llama)."""
+    return _randomise(Llava(cfg or tiny_config()), seed).to(device, dtype).eval()
+
+
+def _randomise(model: nn.Module, seed: int) -> nn.Module:
+    """``std = 0.02`` weights, zero biases, norms (any module whose class is a norm) left as built."""
     gen = torch.Generator().manual_seed(seed)
-    model = Llava(cfg or tiny_config())
+    norms = {id(p) for m in model.modules() if "norm" in type(m).__name__.lower() for p in m.parameters(recurse=False)}
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if name.endswith("norm.weight") or "layer_norm" in name or "layrnorm" in name:
+            if id(param) in norms:
                 continue
             if name.endswith("bias"):
                 param.zero_()
             else:
                 param.copy_(torch.randn(param.shape, generator=gen) * 0.02)
-    return model.to(device, dtype).eval()
+    return model
