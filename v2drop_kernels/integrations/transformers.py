@@ -1,19 +1,27 @@
-"""Pruning inside ``transformers``' own ``LlavaForConditionalGeneration``, so that its ``generate`` prunes.
+"""Pruning inside ``transformers``' own vision-language models, so that their ``generate`` prunes.
 
     from v2drop_kernels.integrations.transformers import enable_pruning
     handle = enable_pruning(hf_model, V2Drop())      # hf_model.generate(...) now drops visual tokens
     handle.disable()                                 # back to the stock forward
 
-How: the Llama language model's ``forward`` is replaced (on this instance only) by the package's
-decoder loop (:class:`~v2drop_kernels.models.decoder.Decoder`) running on the model's own modules
-and weights, and ``LlavaModel.forward`` is wrapped to note which prompt tokens are image tokens.
-The HF ``DynamicCache`` carries the keys and values, one entry per token that reached each layer,
-so its layers have different lengths after a drop; layer 0 is never pruned, so
-``get_seq_length()`` still counts every prompt column, which is what ``generate`` expects. For each
-layer the handle keeps the attention-mask column of every cached entry, to mask padding.
+Supported: ``LlavaForConditionalGeneration`` (Llama decoder), ``Qwen2VLForConditionalGeneration`` and
+``Qwen2_5_VLForConditionalGeneration`` (images and videos; M-RoPE position ids).
 
-Supported: Llama decoders with default or linear RoPE, greedy or sampled ``generate`` one token per
-step, left-padded batches whose rows hold the same number of image tokens (the padded contract).
+How: the language model's ``forward`` is replaced (on this instance only) by the package's decoder
+loop (:class:`~v2drop_kernels.models.decoder.Decoder`) running on the model's own modules and
+weights, and the multimodal model's ``forward`` is wrapped to note which prompt tokens are image or
+video tokens. Only documented interfaces are used: the language model's call (inputs embeddings,
+2D attention mask, position ids), the ``Cache`` API (``update``, ``get_seq_length``) and the modules'
+weights; masks, positions and RoPE tables are computed here, not taken from ``transformers``' helpers.
+
+The cache carries the keys and values of the tokens that reached each layer, so its layers have
+different lengths after a drop. Layer 0 is never pruned, so ``get_seq_length()`` still counts
+every prompt column, which is what ``generate`` expects. For each layer the handle keeps the
+attention-mask column of every cached entry (``-1``: a hole) and so masks padding itself.
+
+Batches: left-padded rows (what ``generate`` takes). Rows whose visual-token counts differ (Qwen's
+images of different sizes) are pruned in the packed layout, then laid back into the cache row by
+row, shorter rows leaving masked holes.
 """
 
 from __future__ import annotations
@@ -29,26 +37,51 @@ from ..models.policies import Policy
 from ..models.pruning import PrefillTrace, PruningContext
 from ..models.tokens import Tokens
 
+# model_type -> (text model types, tokens that are visual)
+_SUPPORTED = {
+    "llava": (("llama",), ("image_token_id",)),
+    "qwen2_vl": (("qwen2_vl_text", "qwen2_vl"), ("image_token_id", "video_token_id")),
+    "qwen2_5_vl": (("qwen2_5_vl_text", "qwen2_5_vl"), ("image_token_id", "video_token_id")),
+}
+
 
 class _CacheAdapter:
-    """The decoder's cache interface (``store``/``append``) over an HF ``DynamicCache``."""
+    """The decoder's cache interface (``store``/``append``) over a ``transformers`` ``Cache``."""
 
-    def __init__(self, hf_cache, num_layers: int):
+    def __init__(self, hf_cache, num_layers: int, pad: Tensor):
         self.hf = hf_cache
-        self.columns: list[Tensor | None] = [None] * num_layers  # attention-mask column of each entry
+        self.pad = pad  # int64 [B]: left padding of each row in the prompt
+        self.columns: list[Tensor | None] = [None] * num_layers  # attention-mask column of each entry (-1: hole)
         self.mask: Tensor | None = None  # the step's 2D attention mask (None: no padding)
         self.mask_width = 0  # columns of that mask: the new token's column is mask_width - 1
+        self.holes = False  # whether some prefill entries are holes (packed rows of different lengths)
 
     def store(self, layer: int, k: Tensor, v: Tensor, tokens: Tokens) -> None:
+        if tokens.packed:  # row r's entries go to columns [0, lengths[r]); the rest are holes
+            b, width, (h, d) = tokens.batch, tokens.max_len, k.shape[1:]
+            keys, values = k.new_zeros(b, h, width, d), v.new_zeros(b, h, width, d)
+            cols = torch.full((b, width), -1, dtype=torch.long, device=k.device)
+            for row, (start, n) in enumerate(zip(tokens.bounds, tokens.lengths)):
+                keys[row, :, :n] = k[start : start + n].transpose(0, 1)
+                values[row, :, :n] = v[start : start + n].transpose(0, 1)
+                cols[row, :n] = tokens.orig_pos[start : start + n] + self.pad[row]
+            k, v = keys, values
+            self.holes = self.holes or min(tokens.lengths) < width
+        else:
+            cols = torch.where(tokens.orig_pos >= 0, tokens.orig_pos + self.pad[:, None], -1)
         self.hf.update(k, v, layer)
-        self.columns[layer] = tokens.orig_pos
+        self.columns[layer] = cols
 
     def append(self, layer: int, k: Tensor, v: Tensor):
         keys, values = self.hf.update(k, v, layer)
         cols = self.columns[layer]
         new = torch.full((cols.shape[0], 1), self.mask_width - 1, dtype=cols.dtype, device=cols.device)
         self.columns[layer] = cols = torch.cat([cols, new], dim=1)
-        valid = None if self.mask is None else self.mask.bool().gather(1, cols)
+        if self.mask is None and not self.holes:
+            return keys, values, None
+        valid = cols >= 0
+        if self.mask is not None:
+            valid = valid & self.mask.bool().gather(1, cols.clamp_min(0))
         return keys, values, valid
 
 
@@ -61,20 +94,55 @@ class PruningHandle:
         self.model, self.policy, self.backend = model, policy, backend
         self.lm = model.model.language_model
         self.cfg = TextConfig.from_hf(model.config.text_config.to_dict())
-        self.image_token_id = model.config.image_token_id
+        self.visual_ids = [getattr(model.config, name) for name in _SUPPORTED[model.config.model_type][1]]
         self.decoder = Decoder(self.lm, self.cfg, fuse=False)  # transformers' modules stay as they are
         self.trace: PrefillTrace | None = None  # of the last prefill
         self._dynamic_cache = DynamicCache
         self._input_ids: Tensor | None = None
         self._adapters: dict[int, _CacheAdapter] = {}
 
-    # the wrapped LlavaModel.forward: remember which prompt tokens are image tokens
-    def _llava_forward(self, original):
+    # the wrapped multimodal forward: remember which prompt tokens are visual
+    def _outer_forward(self, original):
         def forward(*args, input_ids=None, **kwargs):
             self._input_ids = input_ids
             return original(*args, input_ids=input_ids, **kwargs)
 
         return forward
+
+    def _planes(self, position_ids: Tensor | None, b: int, s: int, start: int, device) -> Tensor:
+        """Position ids as the decoder takes them: ``[B, S]``, or ``[3, B, S]`` for M-RoPE (Qwen's
+        ``[4, B, S]`` carries text positions first; they only build masks, which we do ourselves)."""
+        if position_ids is None:
+            position_ids = torch.arange(start, start + s, device=device).expand(b, -1)
+        if self.cfg.mrope_section is None:
+            return position_ids.expand(b, -1)
+        if position_ids.ndim == 3 and position_ids.shape[0] == 4:
+            position_ids = position_ids[1:]
+        if position_ids.ndim == 2:
+            position_ids = position_ids.expand(3, b, -1)
+        return position_ids.expand(3, b, -1)
+
+    def _prefill_tokens(self, hidden: Tensor, position_ids: Tensor, attention_mask: Tensor | None) -> tuple[Tokens, Tensor]:
+        """The prefill's :class:`Tokens` (padded, or packed when rows differ in visual tokens) and
+        each row's left padding."""
+        b, s, _ = hidden.shape
+        if self._input_ids is None or self._input_ids.shape != (b, s):
+            raise NotImplementedError("v2drop pruning needs input_ids (not inputs_embeds) in the prefill call")
+        vis = torch.isin(self._input_ids, torch.tensor(self.visual_ids, device=hidden.device))
+        real = torch.ones(b, s, dtype=torch.bool, device=hidden.device) if attention_mask is None else attention_mask.bool()
+        if not bool((real[:, 1:].int() >= real[:, :-1].int()).all()):  # 0…0 1…1 in every row
+            raise NotImplementedError("v2drop pruning needs left padding (padding_side='left')")
+        counts = (vis & real).sum(1).tolist()
+        lengths = real.sum(1).tolist()
+        pad = s - real.sum(1)
+        index = real.long().cumsum(1) - 1  # index in the row's own prompt; -1 on padding
+        if len(set(counts)) == 1:
+            valid = None if attention_mask is None or bool(real.all()) else real
+            return Tokens(hidden, position_ids, index, vis, counts, valid=valid), pad
+        take = lambda x: torch.cat([x[..., row, s - n:] for row, n in enumerate(lengths)], dim=-1)  # noqa: E731
+        cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=hidden.device)
+        packed_hidden = torch.cat([hidden[row, s - n:] for row, n in enumerate(lengths)])
+        return Tokens(packed_hidden, take(position_ids), take(index), take(vis), counts, cu_seqlens=cu, lengths=lengths), pad
 
     def _lm_forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                     inputs_embeds=None, use_cache=None, **kwargs):
@@ -84,42 +152,33 @@ class PruningHandle:
             inputs_embeds = self.lm.embed_tokens(input_ids)
         if past_key_values is None:
             past_key_values = self._dynamic_cache(config=self.model.config.text_config)
-        if attention_mask is not None and attention_mask.ndim != 2:
+        if isinstance(attention_mask, dict) or (attention_mask is not None and attention_mask.ndim != 2):
             raise NotImplementedError("v2drop pruning needs a 2D attention mask (no static/compiled cache)")
         b, s, _ = inputs_embeds.shape
         device = inputs_embeds.device
-        if position_ids is None:
-            start = past_key_values.get_seq_length()
-            position_ids = torch.arange(start, start + s, device=device).expand(b, -1)
-        position_ids = position_ids.expand(b, -1)
-        if past_key_values.get_seq_length() == 0:  # prefill: prune here
-            if self._input_ids is None or self._input_ids.shape != (b, s):
-                raise NotImplementedError("v2drop pruning needs input_ids (not inputs_embeds) in the prefill call")
-            vis = self._input_ids == self.image_token_id
-            counts = vis.sum(1).tolist()
-            if len(set(counts)) > 1:
-                raise ValueError(f"v2drop pruning in transformers needs the same number of image tokens per row, got {counts}")
-            valid = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.bool()
-            cols = torch.arange(s, device=device).expand(b, -1)
-            tokens = Tokens(inputs_embeds, position_ids, cols, vis, counts, valid=valid)
-            adapter = _CacheAdapter(past_key_values, len(self.lm.layers))
+        past = past_key_values.get_seq_length()
+        position_ids = self._planes(position_ids, b, s, past, device)
+        if past == 0:  # prefill: prune here
+            tokens, pad = self._prefill_tokens(inputs_embeds, position_ids, attention_mask)
+            adapter = _CacheAdapter(past_key_values, len(self.lm.layers), pad)
             self._adapters = {id(past_key_values): adapter}
             ctx = PruningContext(self.backend)
             self.trace = ctx.trace
-            hidden = self.decoder.prefill(tokens, self.policy, adapter, ctx).hidden
+            out = self.decoder.prefill(tokens, self.policy, adapter, ctx)
+            hidden = out.hidden if not out.packed else _left_padded(out)
         else:
             if s != 1:
                 raise NotImplementedError("v2drop pruning decodes one token per step (no assisted/speculative decoding)")
             adapter = self._adapters.get(id(past_key_values))
             if adapter is None:
                 raise RuntimeError("this cache was not filled by a pruned prefill; call generate again")
-            adapter.mask_width = attention_mask.shape[1] if attention_mask is not None else adapter.columns[0].shape[1] + 1
+            adapter.mask_width = attention_mask.shape[1] if attention_mask is not None else past + 1
             adapter.mask = None if attention_mask is None or bool(attention_mask.all()) else attention_mask
-            hidden = self.decoder.decode(inputs_embeds, position_ids, adapter)
+            hidden = self.decoder.decode(inputs_embeds, position_ids, adapter, planes=position_ids.ndim == 3)
         return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=past_key_values)
 
     def layer_columns(self) -> list[Tensor]:
-        """Per layer, the attention-mask column of every entry in the last generation's cache."""
+        """Per layer, the attention-mask column of every entry in the last generation's cache (-1: a hole)."""
         adapter = next(iter(self._adapters.values()))
         return list(adapter.columns)
 
@@ -129,22 +188,39 @@ class PruningHandle:
         self.model._v2drop_handle = None
 
 
+def _left_padded(tokens: Tokens) -> Tensor:
+    """Packed survivors ``[T, D]`` as left-padded rows ``[B, max_len, D]`` (zeros on padding): row
+    ``b``'s last entry is its last token, the one ``generate`` reads."""
+    width = tokens.max_len
+    out = tokens.hidden.new_zeros(tokens.batch, width, tokens.hidden.shape[-1])
+    for row, (start, n) in enumerate(zip(tokens.bounds, tokens.lengths)):
+        out[row, width - n:] = tokens.hidden[start : start + n]
+    return out
+
+
 def enable_pruning(model, policy: Policy, backend: str | None = None) -> PruningHandle:
-    """Makes ``model`` (a ``transformers`` ``LlavaForConditionalGeneration`` with a Llama decoder)
-    prune visual tokens with ``policy`` in every forward and ``generate`` call.
+    """Makes ``model`` prune visual tokens with ``policy`` in every forward and ``generate`` call:
+    a ``transformers`` ``LlavaForConditionalGeneration`` with a Llama decoder,
+    ``Qwen2VLForConditionalGeneration`` or ``Qwen2_5_VLForConditionalGeneration``.
 
     ``backend`` picks the ops' backend (``None``: the fastest for the model's device). Calling it
     again replaces the policy. Returns a handle whose ``disable()`` restores the stock forward.
     """
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in _SUPPORTED:
+        raise NotImplementedError(f"pruning is implemented for {sorted(_SUPPORTED)} models, not {type(model).__name__} "
+                                  f"(model_type {model_type!r})")
+    text_type = model.config.text_config.model_type
+    if text_type not in _SUPPORTED[model_type][0]:
+        raise NotImplementedError(f"pruning in {model_type} is implemented for {list(_SUPPORTED[model_type][0])} "
+                                  f"decoders, not {text_type!r}")
     if getattr(model, "_v2drop_handle", None) is not None:
         model._v2drop_handle.disable()
-    if model.config.text_config.model_type != "llama":
-        raise NotImplementedError(f"pruning is implemented for Llama decoders, not {model.config.text_config.model_type!r}")
     handle = PruningHandle(model, policy, backend)
     policy.check(len(handle.lm.layers))
     if any(layer == 0 for layer in policy.layers):
         raise ValueError("layer 0 cannot prune in transformers (the cache length is read from layer 0)")
-    model.model.forward = handle._llava_forward(type(model.model).forward.__get__(model.model))
+    model.model.forward = handle._outer_forward(type(model.model).forward.__get__(model.model))
     handle.lm.forward = types.MethodType(lambda _self, *a, **kw: handle._lm_forward(*a, **kw), handle.lm)
     model._v2drop_handle = handle
     return handle

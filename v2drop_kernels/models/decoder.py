@@ -128,10 +128,11 @@ class Decoder:
             hidden = self._post_step(hidden, out, w)
         return self.model.norm(hidden)
 
-    def decode(self, hidden: Tensor, position_ids: Tensor, cache) -> Tensor:
+    def decode(self, hidden: Tensor, position_ids: Tensor, cache, planes: bool = False) -> Tensor:
         """One step over a cache that grows: ``cache.append(layer, k, v)`` returns the layer's keys,
-        values and validity (the transformers integration's adapter over transformers' cache)."""
-        cos, sin = self.rotary(position_ids, hidden.dtype)
+        values and validity (the transformers integration's adapter over transformers' cache).
+        ``planes``: ``position_ids`` are M-RoPE planes ``[3, B, 1]``."""
+        cos, sin = self.rotary(position_ids, hidden.dtype, planes=planes)
         for i, w in enumerate(self.weights()):
             q, k, v = self._qkv(self._pre_step, hidden, w, cos, sin, packed=False)
             keys, values, valid = cache.append(i, k, v)

@@ -3,8 +3,14 @@
 Score ``‖x_l − x_{l−1}‖₂`` per visual token (``x_l`` is layer ``l``'s input, before any norm), keep
 the top ``k`` in their original order with their original position ids, drop the rest from the
 hidden states and so from every later layer's KV cache. One fused op call per drop
-(:func:`v2drop_kernels.variation_drop`, or its varlen twin for packed batches). Published
-LLaVA-1.5 schedule: before layers 3, 17, 22 keep 50%, 50%, 0% of what is left (floor of one).
+(:func:`v2drop_kernels.variation_drop`, or its varlen twin for packed batches).
+
+Named schedules (:data:`SCHEDULES`), each keeping a ratio of the visual tokens still left, at least
+one (``max(1, int(left × ratio))``):
+
+- ``"llava-1.5"`` (the default): before layers 3, 17, 22 keep 50%, 50%, 0%;
+- ``"qwen2-vl"`` (the official Qwen2-VL port, also for Qwen2.5-VL): before layers 3, 16, 22 keep
+  25%, 5%, 0%.
 """
 
 from __future__ import annotations
@@ -17,12 +23,23 @@ from ..tokens import Selection, Tokens
 from .base import Keep, Policy, kept_count, parse_keep, parse_layers
 
 
+SCHEDULES: dict[str, tuple[tuple[int, ...], tuple[float, ...]]] = {
+    "llava-1.5": ((3, 17, 22), (0.5, 0.5, 0.0)),
+    "qwen2-vl": ((3, 16, 22), (0.25, 0.05, 0.0)),
+}
+
+
 class V2Drop(Policy):
+    """``layers`` and ``keep`` override those of the named ``schedule``."""
+
     name = "v2drop"
 
-    def __init__(self, layers: Sequence[int] = (3, 17, 22), keep: Keep = (0.5, 0.5, 0.0)):
-        self.layers = parse_layers("v2drop", layers)
-        self.keep = parse_keep(keep, len(self.layers))
+    def __init__(self, layers: Sequence[int] | None = None, keep: Keep | None = None, schedule: str = "llava-1.5"):
+        if schedule not in SCHEDULES:
+            raise ValueError(f"v2drop: unknown schedule {schedule!r}; choose one of {sorted(SCHEDULES)}")
+        default_layers, default_keep = SCHEDULES[schedule]
+        self.layers = parse_layers("v2drop", default_layers if layers is None else layers)
+        self.keep = parse_keep(default_keep if keep is None else keep, len(self.layers))
 
     def keeps_prev(self, layer: int) -> bool:
         return layer + 1 in self.layers
