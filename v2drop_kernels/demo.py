@@ -1,16 +1,22 @@
-"""Demo: a LLaVA model generating with and without visual-token pruning.
+"""Demo: a vision-language model generating with and without visual-token pruning.
 
-    python -m v2drop_kernels.demo [--model PATH] [--image IMG] [--prompt TEXT] [--max-new-tokens N]
+    python -m v2drop_kernels.demo [--model PATH | --arch llava-1.5|qwen2-vl|qwen2.5-vl] [--image IMG]
+                                  [--prompt TEXT] [--max-new-tokens N]
                                   [--policy none|v2drop|pdrop|fastv] [--layers 3,17,22] [--keep 0.5,0.5,0]
                                   [--device cpu|cuda] [--dtype fp32|bf16|fp16] [--repeats N] [--json]
                                   [--heatmap out.png]
 
 Without ``--model`` it builds, in process and with nothing downloaded, a small randomly initialised
-LLaVA-1.5-shaped model (32 decoder layers of width 128, a 336 px CLIP tower: 576 visual tokens)
-and a synthetic image. Random weights generate meaningless token ids; the demo shows the
-mechanics: which visual tokens each layer keeps, the time of each phase, the memory. With
-``--model`` it loads an HF LLaVA-1.5 checkpoint folder (``llava-hf`` layout), and its processor or
-tokenizer when the folder has one.
+model of the shape ``--arch`` names and a synthetic image: LLaVA-1.5 (the default: 32 decoder
+layers of width 128, a 336 px CLIP tower, 576 visual tokens) or Qwen2-VL / Qwen2.5-VL (28 layers
+of width 128 with M-RoPE, a 2-block ViT with 14 px patches merged 2×2: a 672 px image gives 576
+visual tokens). Random weights generate meaningless token ids; the demo shows the mechanics: which
+visual tokens each layer keeps, the time of each phase, the memory. With ``--model`` it loads an
+HF checkpoint folder (LLaVA-1.5 ``llava-hf`` layout, Qwen2-VL or Qwen2.5-VL, told apart by
+``model_type``), and its processor (LLaVA) or tokenizer when the folder has one. Qwen images are
+resized here to 672×672 px (576 visual tokens), so the flags can be checked before any work.
+V²Drop's default schedule is the model's: LLaVA-1.5's (layers 3, 17, 22 keep 50%, 50%, 0%) or the
+official Qwen2-VL port's (layers 3, 16, 22 keep 25%, 5%, 0%).
 
 ``--keep`` lists, per pruning layer, the visual tokens kept: counts (``288,144,1``) or ratios of
 what is left (``0.5,0.5,0``, floor of one token). Every flag is checked before any work starts.
@@ -31,7 +37,8 @@ from typing import Callable
 import torch
 
 from .backends import available_backends
-from .models import Llava, LlavaConfig, load_llava, make_policy, random_llava, tiny_config
+from .models import (Llava, LlavaConfig, QwenVL, QwenVLConfig, load_model, make_policy, random_llava, random_qwen_vl,
+                     tiny_config, tiny_qwen_config)
 from .models.policies import kept_count
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -39,6 +46,8 @@ DEFAULT_PROMPT = "USER: <image>\nWhat is the red object in the picture? ASSISTAN
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 DEFAULT_LAYERS = {"v2drop": 3, "pdrop": 3, "fastv": 1}  # pruning layers of each policy's default schedule
 PHASES = ("vision", "prefill", "decode")
+ARCHS = {"llava-1.5": "llava", "qwen2-vl": "qwen2_vl", "qwen2.5-vl": "qwen2_5_vl"}  # --arch -> model_type
+QWEN_IMAGE = 672  # px: Qwen images are resized to this square, 24 × 24 merged patches = 576 visual tokens
 
 
 # -- flags --------------------------------------------------------------------------------------------
@@ -74,7 +83,10 @@ def _positive(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m v2drop_kernels.demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="HF LLaVA-1.5 checkpoint folder (default: a small random model built here)")
+    parser.add_argument("--model", help="HF LLaVA-1.5, Qwen2-VL or Qwen2.5-VL checkpoint folder "
+                                        "(default: a small random model built here)")
+    parser.add_argument("--arch", choices=list(ARCHS), default=None,
+                        help="shape of the random model (default llava-1.5); with --model, the folder's must match")
     parser.add_argument("--image", help="image file (default: a synthetic picture)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="text with one <image> placeholder")
     parser.add_argument("--max-new-tokens", type=_positive, default=32)
@@ -96,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 class Plan:
     """What the flags ask for, checked."""
 
-    cfg: LlavaConfig
+    cfg: LlavaConfig | QwenVLConfig
     policy: object
     device: torch.device
     dtype: torch.dtype
@@ -121,19 +133,26 @@ def check_flags(parser: argparse.ArgumentParser, args) -> Plan:
     if args.model:
         config = Path(args.model) / "config.json"
         if not config.is_file():
-            parser.error(f"argument --model: {args.model} has no config.json (expected an HF LLaVA-1.5 checkpoint folder)")
+            parser.error(f"argument --model: {args.model} has no config.json (expected an HF checkpoint folder)")
         try:
-            cfg = LlavaConfig.from_hf(json.loads(config.read_text()))
+            raw = json.loads(config.read_text())
+            model_type = raw.get("model_type", "llava")
+            if model_type not in ARCHS.values():
+                raise NotImplementedError(f"model_type {model_type!r} is not supported (llava, qwen2_vl, qwen2_5_vl are)")
+            cfg = LlavaConfig.from_hf(raw) if model_type == "llava" else QwenVLConfig.from_hf(raw)
         except (ValueError, KeyError, NotImplementedError) as e:
             parser.error(f"argument --model: {config}: {e}")
+        if args.arch is not None and ARCHS[args.arch] != model_type:
+            parser.error(f"argument --arch: {args.arch}, but {args.model} holds a {model_type} model")
     else:
-        cfg = tiny_config()
+        model_type = ARCHS[args.arch or "llava-1.5"]
+        cfg = tiny_config() if model_type == "llava" else tiny_qwen_config(model_type)
     if args.image and not os.access(args.image, os.R_OK):
         parser.error(f"argument --image: cannot read {args.image}")
     images = args.prompt.count("<image>")
     if images != 1:
         parser.error(f"argument --prompt: needs exactly one <image> placeholder, got {images}")
-    visual = cfg.tokens_per_image
+    visual = cfg.tokens_per_image if isinstance(cfg, LlavaConfig) else (QWEN_IMAGE // 14 // cfg.spatial_merge_size) ** 2
     num_layers = cfg.text.num_layers
 
     if args.policy == "none":
@@ -165,7 +184,8 @@ def check_flags(parser: argparse.ArgumentParser, args) -> Plan:
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK) or (os.path.exists(args.heatmap) and not os.access(args.heatmap, os.W_OK)):
             parser.error(f"argument --heatmap: cannot write {args.heatmap}")
     try:
-        policy = make_policy(args.policy, args.layers, args.keep)
+        schedule = Llava.v2drop_schedule if isinstance(cfg, LlavaConfig) else QwenVL.v2drop_schedule
+        policy = make_policy(args.policy, args.layers, args.keep, schedule=schedule)
         policy.check(num_layers)
     except ValueError as e:
         parser.error(f"argument --policy: {e}")
@@ -199,14 +219,35 @@ def pixel_values(image, size: int) -> torch.Tensor:
     return ((x - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None])[None]
 
 
-def byte_tokens(text: str, model: Llava) -> torch.Tensor:
-    """Prompt ids without a tokenizer (random model): one id per byte, ``<image>`` → the image tokens."""
+def qwen_patches(pix: torch.Tensor, patch: int, temporal: int, merge: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """An image ``[1, 3, H, W]`` as the Qwen-VL processor flattens it: ``(patches [h·w, 3·T·P·P],
+    grid_thw [[1, h, w]])``, the frame repeated ``T`` times, patches in ``merge × merge`` groups so
+    that the merger's tokens come out row-major over the ``h/merge × w/merge`` grid."""
+    _, c, height, width = pix.shape
+    h, w = height // patch, width // patch
+    frames = pix.expand(temporal, c, height, width)
+    x = frames.reshape(1, temporal, c, h // merge, merge, patch, w // merge, merge, patch)
+    x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    return x.reshape(h * w, c * temporal * patch * patch), torch.tensor([[1, h, w]])
+
+
+def image_span(model: Llava | QwenVL) -> list[int]:
+    """The token ids that stand for the demo's one image in the prompt."""
+    cfg = model.cfg
+    if isinstance(model, Llava):
+        return [cfg.image_token_id] * cfg.tokens_per_image
+    tokens = (QWEN_IMAGE // cfg.vision["patch_size"] // cfg.spatial_merge_size) ** 2
+    return [cfg.vision_start_token_id] + [cfg.image_token_id] * tokens + [cfg.vision_end_token_id]
+
+
+def byte_tokens(text: str, model: Llava | QwenVL) -> torch.Tensor:
+    """Prompt ids without a tokenizer (random model): one id per byte, ``<image>`` → the image's span."""
     cfg, vocab = model.cfg, model.cfg.text.vocab_size
     ids = [cfg.text.bos_token_id or 1]
     for i, part in enumerate(text.split("<image>")):
         if i:
-            ids += [cfg.image_token_id] * cfg.tokens_per_image
-        ids += [3 + b % (vocab - 4) for b in part.encode()]
+            ids += image_span(model)
+        ids += [3 + b % (vocab - 8) for b in part.encode()]
     return torch.tensor(ids)
 
 
@@ -217,10 +258,14 @@ class Inputs:
     mean: tuple[float, ...]  # the normalisation that made them
     std: tuple[float, ...]
     decode: Callable | None  # ids -> text, when a tokenizer is known
+    vision_args: tuple = ()  # what generate takes after the prompts (default: the pixel values)
+    cell: int = 14  # px of the image per visual token (the heatmap's cell)
 
 
-def build_inputs(model: Llava, folder: Path | None, image, prompt: str) -> Inputs:
+def build_inputs(model: Llava | QwenVL, folder: Path | None, image, prompt: str) -> Inputs:
     """The folder's processor or tokenizer when there is one, else byte ids and CLIP preprocessing."""
+    if isinstance(model, QwenVL):
+        return build_qwen_inputs(model, folder, image, prompt)
     size = model.cfg.vision["image_size"]
     if folder is not None:
         try:
@@ -245,6 +290,30 @@ def build_inputs(model: Llava, folder: Path | None, image, prompt: str) -> Input
         except (OSError, ValueError, TypeError, KeyError):
             pass
     return Inputs(byte_tokens(prompt, model), pixel_values(image, size), CLIP_MEAN, CLIP_STD, None)
+
+
+def build_qwen_inputs(model: QwenVL, folder: Path | None, image, prompt: str) -> Inputs:
+    """Qwen-VL: the image resized to ``QWEN_IMAGE`` px and flattened as the processor does; the
+    folder's tokenizer for the text when there is one, else byte ids."""
+    vision = model.cfg.vision
+    pix = pixel_values(image, QWEN_IMAGE)
+    patches, grid = qwen_patches(pix, vision["patch_size"], vision.get("temporal_patch_size", 2), model.cfg.spatial_merge_size)
+    ids, decode = None, None
+    if folder is not None:
+        try:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(folder)
+            parts = [tok(p, add_special_tokens=(i == 0))["input_ids"] for i, p in enumerate(prompt.split("<image>"))]
+            flat = parts[0]
+            for part in parts[1:]:
+                flat = flat + image_span(model) + part
+            ids, decode = torch.tensor(flat), tok.decode
+        except (OSError, ValueError, TypeError, KeyError):
+            pass
+    if ids is None:
+        ids = byte_tokens(prompt, model)
+    return Inputs(ids, pix, CLIP_MEAN, CLIP_STD, decode, (patches, grid), vision["patch_size"] * model.cfg.spatial_merge_size)
 
 
 # -- output -------------------------------------------------------------------------------------------
@@ -343,16 +412,22 @@ def main(argv=None) -> dict:
     torch.manual_seed(args.seed)
 
     if args.model:
-        model = load_llava(args.model, dtype=plan.dtype, device=plan.device)
+        model = load_model(args.model, dtype=plan.dtype, device=plan.device)
         source = args.model
-    else:
+    elif isinstance(plan.cfg, LlavaConfig):
         model = random_llava(plan.cfg, seed=args.seed, dtype=plan.dtype, device=plan.device)
         source = "random LLaVA-1.5-shaped model (32 layers x 128 wide, CLIP 336 px / 14: 576 visual tokens)"
+    else:
+        model = random_qwen_vl(plan.cfg, seed=args.seed, dtype=plan.dtype, device=plan.device)
+        name = {"qwen2_vl": "Qwen2-VL", "qwen2_5_vl": "Qwen2.5-VL"}[plan.cfg.arch]
+        source = (f"random {name}-shaped model (28 layers x 128 wide, M-RoPE; ViT 14 px patches merged 2x2: "
+                  f"a {QWEN_IMAGE} px image gives 576 visual tokens)")
     from PIL import Image
 
     image = Image.open(args.image) if args.image else synthetic_image()
     inputs = build_inputs(model, Path(args.model) if args.model else None, image, args.prompt)
-    ids, pix = inputs.ids.to(plan.device), inputs.pixel_values.to(plan.device)
+    ids = inputs.ids.to(plan.device)
+    vision_args = tuple(a.to(plan.device) for a in (inputs.vision_args or (inputs.pixel_values,)))
     policy, num_layers = plan.policy, plan.cfg.text.num_layers
     say(f"v2drop demo: {source}\n  {ids.numel()} prompt tokens ({plan.visual} visual), "
         f"{str(plan.dtype).removeprefix('torch.')} on {plan.device}, policy {policy.describe()}, "
@@ -362,7 +437,7 @@ def main(argv=None) -> dict:
     progress = not args.json and args.max_new_tokens >= 64
 
     def generate(pol, new_tokens, show=False):
-        return model.generate([ids], pix, max_new_tokens=new_tokens, policy=pol, backend=args.backend, progress=show)
+        return model.generate([ids], *vision_args, max_new_tokens=new_tokens, policy=pol, backend=args.backend, progress=show)
 
     for pol in policies.values():  # warm-up: first calls allocate, build kernels, fill caches
         generate(pol, min(2, args.max_new_tokens))
@@ -399,7 +474,7 @@ def main(argv=None) -> dict:
         vis_pos = torch.nonzero(ids == model.cfg.image_token_id)[:, 0]  # the image's patches, row-major
         patch_scores = scores[0][torch.isin(orig[0], vis_pos)]
         kept = torch.isin(vis_pos, out.layer_positions[layer][0])
-        arrays = heatmap_arrays(inputs.pixel_values, inputs.mean, inputs.std, patch_scores, kept, model.cfg.vision["patch_size"])
+        arrays = heatmap_arrays(inputs.pixel_values, inputs.mean, inputs.std, patch_scores, kept, inputs.cell)
         score_name = "‖x_l − x_(l−1)‖₂" if policy.name == "v2drop" else "last-token attention"
         title = f"{policy.describe()}: scores before layer {layer}; {int(kept.sum())} of {kept.numel()} patches kept"
         save_heatmap(args.heatmap, arrays, title, score_name)

@@ -144,6 +144,7 @@ class QwenVLConfig:
     image_token_id: int = 151655
     video_token_id: int = 151656
     vision_start_token_id: int = 151652
+    vision_end_token_id: int = 151653
 
     @property
     def spatial_merge_size(self) -> int:
@@ -173,4 +174,5 @@ class QwenVLConfig:
             image_token_id=cfg.get("image_token_id", 151655),
             video_token_id=cfg.get("video_token_id", 151656),
             vision_start_token_id=cfg.get("vision_start_token_id", 151652),
+            vision_end_token_id=cfg.get("vision_end_token_id", 151653),
         )

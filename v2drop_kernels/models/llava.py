@@ -50,6 +50,8 @@ class Llava(GenerativeModel):
     """``vision_tower=False`` builds the language side only (no ``transformers`` needed): prompts then
     take precomputed ``image_features`` (the end-to-end benchmark does this)."""
 
+    v2drop_schedule = "llava-1.5"  # V²Drop's published LLaVA-1.5 schedule (see policies.v2drop)
+
     def __init__(self, cfg: LlavaConfig, vision_tower: bool = True):
         super().__init__()
         self.cfg = cfg

@@ -199,6 +199,7 @@ def tiny_qwen_config(arch: str = "qwen2_vl", layers: int = 28, hidden: int = 128
         raise ValueError(f"arch must be 'qwen2_vl' or 'qwen2_5_vl', got {arch!r}")
     return QwenVLConfig.from_hf({
         "model_type": arch, "image_token_id": vocab - 3, "video_token_id": vocab - 2, "vision_start_token_id": vocab - 5,
+        "vision_end_token_id": vocab - 4,
         "text_config": {
             "model_type": arch + "_text", "vocab_size": vocab, "hidden_size": hidden, "intermediate_size": 2 * hidden + hidden // 2,
             "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": 2, "rms_norm_eps": 1e-6,
