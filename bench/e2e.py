@@ -1,15 +1,19 @@
-"""End-to-end benchmark: latency, throughput and memory of a 7B-sized LLaVA with and without pruning,
-beside transformers on the same weights, in one run.
+"""End-to-end benchmark: latency, throughput and memory of 7B-sized vision-language models with and
+without pruning, beside transformers on the same weights, in one run.
 
-    python bench/e2e.py                 # GPU: LLaVA-1.5-7B and LLaVA-OneVision-7B shapes, every workload
+    python bench/e2e.py                 # GPU: LLaVA-1.5-7B, LLaVA-OneVision-7B, Qwen2.5-VL-7B shapes, every workload
     python bench/e2e.py --cpu           # CPU mode: small models and workloads (exercises the script; no claim)
-    python bench/e2e.py --models llava-1.5-7b --workloads image --batches 1 --publish
+    python bench/e2e.py --models qwen2.5-vl-7b --workloads image,video32 --batches 1 --publish
 
 Per model shape (random weights: latency does not depend on their values), workload (image 576
 visual tokens, high-resolution 5×576, video 32×196 and 64×196), and batch (1, 8), one
-``transformers`` ``LlavaForConditionalGeneration`` is built (SDPA attention, a one-layer CLIP tower
-that yields the workload's tokens per image) and this package's decoder runs on the same tensors
-(:func:`~v2drop_kernels.models.llava_from_transformers`). Rows, by ``policy`` and ``decoder``:
+``transformers`` model is built (SDPA attention, a one-layer vision tower that yields the workload's
+visual tokens) and this package's model runs on the same tensors: ``LlavaForConditionalGeneration``
+with a CLIP tower (:func:`~v2drop_kernels.models.llava_from_transformers`; the workload's images or
+frames are separate images), or ``Qwen2_5_VLForConditionalGeneration``
+(:func:`~v2drop_kernels.models.qwen_vl_from_transformers`; the workload is one image of as many
+merged patches, high-resolution included, or one video of 32 / 64 grid steps of 14 × 14 tokens).
+Rows, by ``policy`` and ``decoder``:
 
 - this decoder (``decoder`` = ``fast``: compiled dense maths, and the decode step in a CUDA graph
   on a GPU): ``none``, ``v2drop`` (fastest ops backend), ``v2drop-eager-ops`` (the reference ops,
@@ -28,9 +32,10 @@ GPU and wall clock on CPU; reductions are against ``none`` of the same decoder (
 against transformers). A figure that cannot be (not positive, not finite) stops the run.
 Results: a table on stdout; bench/out/e2e_<device>.{json,md,png} (bench/results/ with --publish).
 
-Schedules: images use V²Drop's LLaVA-1.5 schedule (before layers 3, 17, 22 keep 50%, 50%, 0% of
-what is left); videos the published video schedule (layers 3, 16, 22 keeping 25% and 5% of the
-visual tokens, then one). PyramidDrop: boundaries 8, 16, 24 with λ = 0.5. FastV: K = 2, R = 50%.
+Schedules: LLaVA images use V²Drop's LLaVA-1.5 schedule (before layers 3, 17, 22 keep 50%, 50%, 0%
+of what is left); LLaVA videos the published video schedule (layers 3, 16, 22 keeping 25% and 5% of
+the visual tokens, then one); Qwen2.5-VL the official Qwen2-VL port's (layers 3, 16, 22 keep 25%,
+5%, 0% of what is left). PyramidDrop: boundaries 8, 16, 24 with λ = 0.5. FastV: K = 2, R = 50%.
 """
 
 from __future__ import annotations
@@ -47,27 +52,35 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import copy_bandwidth_gbs, cpu_name, git_commit, markdown_table, today, write_results  # noqa: E402
 
-from v2drop_kernels.models import FastV, Policy, PyramidDrop, V2Drop, llava_from_transformers  # noqa: E402
+from v2drop_kernels.models import (FastV, Policy, PyramidDrop, V2Drop, llava_from_transformers,  # noqa: E402
+                                   qwen_vl_from_transformers)
 
-# name: (layers, hidden, mlp, heads, kv heads, vocab)
+# name: (family, (layers, hidden, mlp, heads, kv heads, vocab))
 MODELS = {
-    "llava-1.5-7b": (32, 4096, 11008, 32, 32, 32064),
-    "llava-ov-7b": (28, 3584, 18944, 28, 4, 152064),  # Qwen2-7B shape (its q/k/v biases left out)
+    "llava-1.5-7b": ("llava", (32, 4096, 11008, 32, 32, 32064)),
+    "llava-ov-7b": ("llava", (28, 3584, 18944, 28, 4, 152064)),  # Qwen2-7B shape (its q/k/v biases left out)
+    "qwen2.5-vl-7b": ("qwen2.5-vl", (28, 3584, 18944, 28, 4, 152064)),  # q/k/v biases and M-RoPE
 }
 CPU_MODELS = {
-    "tiny-llava-1.5": (32, 128, 344, 4, 4, 512),
-    "tiny-llava-ov": (28, 112, 592, 4, 1, 512),
+    "tiny-llava-1.5": ("llava", (32, 128, 344, 4, 4, 512)),
+    "tiny-llava-ov": ("llava", (28, 112, 592, 4, 1, 512)),
+    "tiny-qwen2.5-vl": ("qwen2.5-vl", (28, 128, 592, 4, 2, 512)),
 }
 # name: (images or frames, visual tokens each)
 WORKLOADS = {"image": (1, 576), "highres": (5, 576), "video32": (32, 196), "video64": (64, 196)}
+# Qwen2.5-VL: the same visual tokens as one image or one video, grid (t, h, w) in 14 px patches, merged 2×2
+QWEN_GRIDS = {"image": (1, 48, 48), "highres": (1, 96, 120), "video32": (32, 28, 28), "video64": (64, 28, 28),
+              "video8": (8, 28, 28)}
 CPU_WORKLOADS = {"image": (1, 576), "video8": (8, 196)}
 TEXT_BEFORE, TEXT_AFTER = 35, 20  # system prompt, question
 PUBLISHED = {"v2drop_image_latency": 31.5, "v2drop_video_latency": 74.2}  # reductions the paper reports
 
 
-def build(shape, tokens_per_image: int, device: str, dtype: torch.dtype):
-    """transformers' LLaVA of ``shape`` (random weights, SDPA, a one-layer CLIP tower giving
-    ``tokens_per_image`` tokens) and this package's model on the same tensors."""
+def build(family: str, shape, tokens_per_image: int, device: str, dtype: torch.dtype):
+    """transformers' model of ``shape`` (random weights, SDPA, a one-layer vision tower) and this
+    package's model on the same tensors."""
+    if family == "qwen2.5-vl":
+        return build_qwen(shape, device, dtype)
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     layers, hidden, mlp, heads, kv_heads, vocab = shape
@@ -87,9 +100,36 @@ def build(shape, tokens_per_image: int, device: str, dtype: torch.dtype):
     return hf, llava_from_transformers(hf)
 
 
-def policies(workload: str, num_visual: int) -> dict[str, tuple[Policy, str | None]]:
+def build_qwen(shape, device: str, dtype: torch.dtype):
+    """transformers' Qwen2.5-VL of ``shape`` (a one-block ViT of width 64, 14 px patches merged 2×2)
+    and this package's :class:`~v2drop_kernels.models.QwenVL` on the same tensors."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    layers, hidden, mlp, heads, kv_heads, vocab = shape
+    head_dim = hidden // heads
+    section = [head_dim // 8, 3 * head_dim // 16, head_dim // 2 - head_dim // 8 - 3 * head_dim // 16]  # 7B: 16, 24, 24
+    cfg = Qwen2_5_VLConfig(
+        text_config={"vocab_size": vocab, "hidden_size": hidden, "intermediate_size": mlp, "num_hidden_layers": layers,
+                     "num_attention_heads": heads, "num_key_value_heads": kv_heads, "max_position_embeddings": 32768,
+                     "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": section},
+                     "eos_token_id": None, "pad_token_id": 0, "initializer_range": 0.02},
+        vision_config={"depth": 1, "hidden_size": 64, "out_hidden_size": hidden, "intermediate_size": 128, "num_heads": 2,
+                       "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112,
+                       "fullatt_block_indexes": [0], "tokens_per_second": 2},
+        image_token_id=vocab - 3, video_token_id=vocab - 2, vision_start_token_id=vocab - 5, vision_end_token_id=vocab - 4,
+    )
+    cfg._attn_implementation = "sdpa"
+    with torch.device(device):
+        hf = Qwen2_5_VLForConditionalGeneration(cfg).to(dtype).eval()
+    hf.generation_config.eos_token_id = None
+    return hf, qwen_vl_from_transformers(hf)
+
+
+def policies(workload: str, num_visual: int, family: str = "llava") -> dict[str, tuple[Policy, str | None]]:
     """Policy name → (policy, ops backend); ``None`` is the fastest backend for the device."""
-    if workload.startswith("video"):
+    if family == "qwen2.5-vl":
+        v2 = lambda: V2Drop(schedule="qwen2-vl")  # noqa: E731
+    elif workload.startswith("video"):
         counts = (max(1, round(0.25 * num_visual)), max(1, round(0.05 * num_visual)), 1)
         v2 = lambda: V2Drop(layers=(3, 16, 22), keep=counts)  # noqa: E731
     else:
@@ -133,23 +173,41 @@ def check_figure(row: dict, key: str) -> None:
 
 
 class Workload:
-    """Prompts (text, the image tokens, text) and pixel values for one workload and batch."""
+    """Prompts (text, the visual tokens, text) and vision inputs for one workload and batch:
+    ``vision_args`` for this package's ``generate``, ``hf_kwargs`` for transformers'."""
 
-    def __init__(self, hf, images: int, per_image: int, batch: int, device: str):
+    def __init__(self, hf, family: str, workload: str, images: int, per_image: int, batch: int, device: str):
         cfg = hf.config
         gen = torch.Generator().manual_seed(0)
-        text = lambda n: torch.randint(3, cfg.text_config.vocab_size - 1, (n,), generator=gen)  # noqa: E731
-        row = torch.cat([text(TEXT_BEFORE), torch.full((images * per_image,), cfg.image_token_id), text(TEXT_AFTER)])
+        text = lambda n: torch.randint(3, cfg.text_config.vocab_size - 8, (n,), generator=gen)  # noqa: E731
+        if family == "qwen2.5-vl":
+            t, h, w = QWEN_GRIDS[workload]
+            video = workload.startswith("video")
+            token = cfg.video_token_id if video else cfg.image_token_id
+            span = torch.tensor([cfg.vision_start_token_id, *[token] * (t * h * w // 4), cfg.vision_end_token_id])
+            row = torch.cat([text(TEXT_BEFORE), span, text(TEXT_AFTER)])
+            patches = torch.randn(batch * t * h * w, 3 * 2 * 14 * 14, generator=gen).to(device, hf.dtype)
+            grid = torch.tensor([[t, h, w]] * batch, device=device)
+            self.vision_args = (None, None, patches, grid) if video else (patches, grid)
+            types = torch.zeros(batch, row.numel(), dtype=torch.int32)
+            types[:, torch.cat([row]).eq(token)] = 2 if video else 1
+            self.hf_kwargs = ({"pixel_values_videos": patches, "video_grid_thw": grid} if video else
+                              {"pixel_values": patches, "image_grid_thw": grid}) | {"mm_token_type_ids": types.to(device)}
+            self.num_visual = t * h * w // 4
+        else:
+            row = torch.cat([text(TEXT_BEFORE), torch.full((images * per_image,), cfg.image_token_id), text(TEXT_AFTER)])
+            side = cfg.vision_config.image_size
+            pixels = torch.randn(batch * images, 3, side, side, generator=gen).to(device, hf.dtype)
+            self.vision_args, self.hf_kwargs = (pixels,), {"pixel_values": pixels}
+            self.num_visual = images * per_image
         self.prompts = [row] * batch
         self.ids = torch.stack(self.prompts).to(device)
-        side = cfg.vision_config.image_size
-        self.pixels = torch.randn(batch * images, 3, side, side, generator=gen).to(device, hf.dtype)
-        self.num_visual = images * per_image
 
 
 def measure_ours(model, work: Workload, policy: Policy, backend, args, timer, graph: bool) -> dict:
     def run(new: int, **kw):
-        return model.generate(work.prompts, work.pixels, max_new_tokens=new, policy=policy, backend=backend, cuda_graph=graph, **kw)
+        return model.generate(work.prompts, *work.vision_args, max_new_tokens=new, policy=policy, backend=backend,
+                              cuda_graph=graph, **kw)
 
     def timed_runs(new: int) -> tuple[list[float], list]:
         # A warm-up of each answer length first: the decode buffers and the captured graph depend on
@@ -194,7 +252,7 @@ def measure_transformers(hf, work: Workload, policy: Policy | None, args, timer)
             pass
 
     def run(new: int, streamer=None):
-        return hf.generate(input_ids=work.ids, pixel_values=work.pixels, max_new_tokens=new, min_new_tokens=new, do_sample=False,
+        return hf.generate(input_ids=work.ids, **work.hf_kwargs, max_new_tokens=new, min_new_tokens=new, do_sample=False,
                            pad_token_id=0, streamer=streamer)
 
     handle = enable_pruning(hf, policy) if policy is not None else None
@@ -340,15 +398,17 @@ def main(argv=None) -> list[dict]:
     bandwidth = copy_bandwidth_gbs(device)
 
     rows = []
-    for model_name, shape in models.items():
-        for per_image in sorted({per for _, per in workloads.values()}):
-            hf, ours = build(shape, per_image, device, dtype)
+    for model_name, (family, shape) in models.items():
+        # LLaVA: one model per tokens-per-image (its CLIP tower's image size); Qwen: one for every workload
+        sizes = [None] if family == "qwen2.5-vl" else sorted({per for _, per in workloads.values()})
+        for per_image in sizes:
+            hf, ours = build(family, shape, per_image, device, dtype)
             floor_ms = weight_bytes(ours) / (bandwidth * 1e9) * 1e3
             for workload, (images, per) in workloads.items():
-                if per != per_image:
+                if per_image is not None and per != per_image:
                     continue
                 for batch in batches:
-                    work = Workload(hf, images, per, batch, device)
+                    work = Workload(hf, family, workload, images, per, batch, device)
                     head = {"model": model_name, "workload": workload, "batch": batch, "prompt tokens": work.ids.shape[1]}
                     measured: list[dict] = []
 
@@ -363,16 +423,17 @@ def main(argv=None) -> list[dict]:
 
                     # (decoder, compiled, CUDA graph, rows): the fast decoder for every policy; the eager
                     # one (no compilation, no graph) for none and v2drop
-                    configs = [("fast", not args.no_compile, graph, [n for n in policies(workload, 1) if n in wanted])]
+                    configs = [("fast", not args.no_compile, graph, [n for n in policies(workload, 1, family) if n in wanted])]
                     if "eager" in wanted:
                         configs.append(("eager", False, False, ["none", "v2drop"]))
                     for decoder, compiled, use_graph, names in configs:
                         ours.decoder.compile(compiled)
                         for name in names:
-                            policy, backend = policies(workload, work.num_visual)[name]
+                            policy, backend = policies(workload, work.num_visual, family)[name]
                             add(name, decoder, measure_ours(ours, work, policy, backend, args, timer, use_graph))
                     ours.release_decode_buffers()
-                    for name, policy in (("transformers", None), ("transformers+v2drop", policies(workload, work.num_visual)["v2drop"][0])):
+                    for name, policy in (("transformers", None),
+                                         ("transformers+v2drop", policies(workload, work.num_visual, family)["v2drop"][0])):
                         if name in wanted:
                             add(name, "transformers", measure_transformers(hf, work, policy, args, timer))
                     bases = {(r["decoder"]): r for r in measured if r["policy"] in ("none", "transformers")}
@@ -394,7 +455,7 @@ def main(argv=None) -> list[dict]:
     table = markdown_table(COLUMNS, rows)
     print("\n" + "\n".join(table))
     stem = "e2e_cpu" if args.cpu else "e2e_" + torch.cuda.get_device_name().split()[-1].lower()
-    out = write_results(stem, "End-to-end LLaVA decoder: pruning policies beside transformers", meta, rows, table,
+    out = write_results(stem, "End-to-end VLM decoders: pruning policies beside transformers", meta, rows, table,
                         publish=args.publish, directory=args.out)
     plot(rows, os.path.join(out, stem + ".png"), f"{meta['device']} · {meta['dtype']} · commit {meta['commit']} · {meta['date']}")
     print(f"\nwritten: {os.path.join(out, stem)}.{{json,md,png}}")

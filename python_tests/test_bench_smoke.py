@@ -58,6 +58,24 @@ def test_e2e_benchmark_cpu_mode_writes_its_results(tmp_path):
     assert "| tiny-llava-1.5 | image | 1 | v2drop | fast |" in e2e.summarize(str(tmp_path / "e2e_cpu.json"))
 
 
+def test_e2e_benchmark_cpu_mode_runs_the_qwen_shape(tmp_path):
+    """The Qwen2.5-VL rows: transformers' Qwen2.5-VL and this package's model on its weights, an
+    image and a video workload, the official Qwen2-VL V²Drop schedule in both."""
+    pytest.importorskip("matplotlib")
+    spec = importlib.util.spec_from_file_location("e2e", E2E)
+    e2e = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(e2e)
+    rows = e2e.main(["--cpu", "--models", "tiny-qwen2.5-vl", "--workloads", "image,video8", "--batches", "1",
+                     "--policies", "none,v2drop,transformers,transformers+v2drop", "--repeats", "1", "--long", "3",
+                     "--out", str(tmp_path)])
+    by = {(r["workload"], r["policy"]): r for r in rows}
+    for workload, visual in (("image", 576), ("video8", 8 * 196)):
+        kept = [visual] * 3 + [visual // 4] * 13 + [max(1, visual // 4 * 5 // 100)] * 6 + [1] * 6
+        assert by[workload, "none"]["visual per layer (avg)"] == by[workload, "transformers"]["visual per layer (avg)"] == visual
+        assert by[workload, "v2drop"]["visual per layer (avg)"] == pytest.approx(sum(kept) / 28)
+        assert by[workload, "transformers+v2drop"]["visual per layer (avg)"] == pytest.approx(sum(kept) / 28)
+
+
 def test_e2e_summary_refuses_impossible_figures(tmp_path):
     import json
 

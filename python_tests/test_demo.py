@@ -154,3 +154,29 @@ def test_demo_uses_the_tokenizer_of_the_checkpoint_folder(tmp_path):
     assert summary["prompt_tokens"] == 1 + 49 + 2  # USER:, 49 image tokens, What?, ASSISTANT:
     assert pruned["visual_tokens_per_layer"] == [49] + [10] * 5
     assert isinstance(pruned["generated_text"], str) and len(pruned["generated_text"].split()) == 3
+
+
+@pytest.mark.parametrize("arch", ["qwen2-vl", "qwen2.5-vl"])
+def test_qwen_demo_runs_the_official_qwen2_vl_schedule(arch, tmp_path):
+    png = tmp_path / "heat.png"
+    summary = demo.main(["--json", "--arch", arch, "--max-new-tokens", "3", "--repeats", "1", "--heatmap", str(png)])
+    pruned, none = summary["runs"]
+    assert pruned["visual_tokens_per_layer"] == [576] * 3 + [144] * 13 + [7] * 6 + [1] * 6  # 25%, 5%, 0% (at least 1)
+    assert none["visual_tokens_per_layer"] == [576] * 28
+    assert pruned["kv_cache_bytes"] < 0.5 * none["kv_cache_bytes"]
+    assert png.stat().st_size > 0
+
+
+def test_demo_loads_a_qwen_folder_and_checks_its_arch(tmp_path, capsys):
+    from qwen_helpers import save_tiny_qwen_vl
+
+    folder = save_tiny_qwen_vl(tmp_path / "qwen", "qwen2.5-vl")
+    summary = demo.main(["--json", "--model", str(folder), "--layers", "2,4", "--keep", "0.5,0", "--max-new-tokens", "2",
+                         "--repeats", "1"])
+    assert summary["runs"][0]["visual_tokens_per_layer"] == [576] * 2 + [288] * 2 + [1] * 2
+    with pytest.raises(SystemExit):
+        demo.main(["--model", str(folder), "--arch", "qwen2-vl"])
+    assert "argument --arch: qwen2-vl, but" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the model's default V²Drop schedule (layers 3, 16, 22) does not fit 6 layers
+        demo.main(["--model", str(folder)])
+    assert "outside 1..5" in capsys.readouterr().err

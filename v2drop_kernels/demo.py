@@ -14,7 +14,8 @@ visual tokens). Random weights generate meaningless token ids; the demo shows th
 visual tokens each layer keeps, the time of each phase, the memory. With ``--model`` it loads an
 HF checkpoint folder (LLaVA-1.5 ``llava-hf`` layout, Qwen2-VL or Qwen2.5-VL, told apart by
 ``model_type``), and its processor (LLaVA) or tokenizer when the folder has one. Qwen images are
-resized here to 672×672 px (576 visual tokens), so the flags can be checked before any work.
+resized here to 24 × 24 merged patches (672 × 672 px: 576 visual tokens), so the flags can be
+checked before any work.
 V²Drop's default schedule is the model's: LLaVA-1.5's (layers 3, 17, 22 keep 50%, 50%, 0%) or the
 official Qwen2-VL port's (layers 3, 16, 22 keep 25%, 5%, 0%).
 
@@ -47,7 +48,7 @@ CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.261302
 DEFAULT_LAYERS = {"v2drop": 3, "pdrop": 3, "fastv": 1}  # pruning layers of each policy's default schedule
 PHASES = ("vision", "prefill", "decode")
 ARCHS = {"llava-1.5": "llava", "qwen2-vl": "qwen2_vl", "qwen2.5-vl": "qwen2_5_vl"}  # --arch -> model_type
-QWEN_IMAGE = 672  # px: Qwen images are resized to this square, 24 × 24 merged patches = 576 visual tokens
+QWEN_GRID = 24  # Qwen images are resized to 24 × 24 merged patches (672 px for 14 px patches): 576 visual tokens
 
 
 # -- flags --------------------------------------------------------------------------------------------
@@ -152,7 +153,7 @@ def check_flags(parser: argparse.ArgumentParser, args) -> Plan:
     images = args.prompt.count("<image>")
     if images != 1:
         parser.error(f"argument --prompt: needs exactly one <image> placeholder, got {images}")
-    visual = cfg.tokens_per_image if isinstance(cfg, LlavaConfig) else (QWEN_IMAGE // 14 // cfg.spatial_merge_size) ** 2
+    visual = cfg.tokens_per_image if isinstance(cfg, LlavaConfig) else QWEN_GRID ** 2
     num_layers = cfg.text.num_layers
 
     if args.policy == "none":
@@ -236,8 +237,7 @@ def image_span(model: Llava | QwenVL) -> list[int]:
     cfg = model.cfg
     if isinstance(model, Llava):
         return [cfg.image_token_id] * cfg.tokens_per_image
-    tokens = (QWEN_IMAGE // cfg.vision["patch_size"] // cfg.spatial_merge_size) ** 2
-    return [cfg.vision_start_token_id] + [cfg.image_token_id] * tokens + [cfg.vision_end_token_id]
+    return [cfg.vision_start_token_id] + [cfg.image_token_id] * QWEN_GRID ** 2 + [cfg.vision_end_token_id]
 
 
 def byte_tokens(text: str, model: Llava | QwenVL) -> torch.Tensor:
@@ -293,10 +293,10 @@ def build_inputs(model: Llava | QwenVL, folder: Path | None, image, prompt: str)
 
 
 def build_qwen_inputs(model: QwenVL, folder: Path | None, image, prompt: str) -> Inputs:
-    """Qwen-VL: the image resized to ``QWEN_IMAGE`` px and flattened as the processor does; the
-    folder's tokenizer for the text when there is one, else byte ids."""
+    """Qwen-VL: the image resized to ``QWEN_GRID`` merged patches a side and flattened as the
+    processor does; the folder's tokenizer for the text when there is one, else byte ids."""
     vision = model.cfg.vision
-    pix = pixel_values(image, QWEN_IMAGE)
+    pix = pixel_values(image, QWEN_GRID * vision["patch_size"] * model.cfg.spatial_merge_size)
     patches, grid = qwen_patches(pix, vision["patch_size"], vision.get("temporal_patch_size", 2), model.cfg.spatial_merge_size)
     ids, decode = None, None
     if folder is not None:
@@ -421,7 +421,7 @@ def main(argv=None) -> dict:
         model = random_qwen_vl(plan.cfg, seed=args.seed, dtype=plan.dtype, device=plan.device)
         name = {"qwen2_vl": "Qwen2-VL", "qwen2_5_vl": "Qwen2.5-VL"}[plan.cfg.arch]
         source = (f"random {name}-shaped model (28 layers x 128 wide, M-RoPE; ViT 14 px patches merged 2x2: "
-                  f"a {QWEN_IMAGE} px image gives 576 visual tokens)")
+                  f"a 672 px image gives {QWEN_GRID ** 2} visual tokens)")
     from PIL import Image
 
     image = Image.open(args.image) if args.image else synthetic_image()

@@ -26,6 +26,7 @@ row, shorter rows leaving masked holes.
 
 from __future__ import annotations
 
+import dataclasses
 import types
 
 import torch
@@ -98,6 +99,11 @@ class PruningHandle:
         self.decoder = Decoder(self.lm, self.cfg, fuse=False)  # transformers' modules stay as they are
         self.trace: PrefillTrace | None = None  # of the last prefill
         self._dynamic_cache = DynamicCache
+        from transformers.modeling_outputs import BaseModelOutputWithPast
+
+        # transformers >= 5.24 passes and returns the cache as `cache`, earlier releases as `past_key_values`
+        fields = {f.name for f in dataclasses.fields(BaseModelOutputWithPast)}
+        self._cache_field = "cache" if "cache" in fields else "past_key_values"
         self._input_ids: Tensor | None = None
         self._adapters: dict[int, _CacheAdapter] = {}
 
@@ -145,8 +151,11 @@ class PruningHandle:
         return Tokens(packed_hidden, take(position_ids), take(index), take(vis), counts, cu_seqlens=cu, lengths=lengths), pad
 
     def _lm_forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                    inputs_embeds=None, use_cache=None, **kwargs):
+                    inputs_embeds=None, use_cache=None, cache=None, **kwargs):
         from transformers.modeling_outputs import BaseModelOutputWithPast
+
+        if cache is not None:  # transformers >= 5.24's name
+            past_key_values = cache
 
         if inputs_embeds is None:
             inputs_embeds = self.lm.embed_tokens(input_ids)
@@ -158,6 +167,9 @@ class PruningHandle:
         device = inputs_embeds.device
         past = past_key_values.get_seq_length()
         position_ids = self._planes(position_ids, b, s, past, device)
+        if attention_mask is not None and attention_mask.shape[1] != past + s:
+            raise RuntimeError(f"v2drop pruning: an attention mask of {attention_mask.shape[1]} columns for {past} cached "
+                               f"+ {s} new tokens (was the cache passed under a name this integration does not know?)")
         if past == 0:  # prefill: prune here
             tokens, pad = self._prefill_tokens(inputs_embeds, position_ids, attention_mask)
             adapter = _CacheAdapter(past_key_values, len(self.lm.layers), pad)
@@ -175,7 +187,7 @@ class PruningHandle:
             adapter.mask_width = attention_mask.shape[1] if attention_mask is not None else past + 1
             adapter.mask = None if attention_mask is None or bool(attention_mask.all()) else attention_mask
             hidden = self.decoder.decode(inputs_embeds, position_ids, adapter, planes=position_ids.ndim == 3)
-        return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=past_key_values)
+        return BaseModelOutputWithPast(last_hidden_state=hidden, **{self._cache_field: past_key_values})
 
     def layer_columns(self) -> list[Tensor]:
         """Per layer, the attention-mask column of every entry in the last generation's cache (-1: a hole)."""

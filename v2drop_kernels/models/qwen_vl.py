@@ -76,7 +76,7 @@ def rope_planes(types: Sequence[int], grids: dict[int, list], merge: int, interv
                 raise ValueError(f"{name}_grid_thw row {(t, h, w)}: h and w must be multiples of spatial_merge_size={merge}")
             h, w = h // merge, w // merge
             if length != t * h * w:
-                raise ValueError(f"a {name} span of {length} tokens, but its grid (t={t}, h={h * merge}, w={w * merge}) "
+                raise ValueError(f"{'an' if kind == IMAGE else 'a'} {name} span of {length} tokens, but its grid (t={t}, h={h * merge}, w={w * merge}) "
                                  f"gives t·h·w/{merge * merge} = {t * h * w}")
             interval = intervals.pop(0) if (kind == VIDEO and intervals is not None) else 1.0
             frames = (torch.arange(t) * interval).long()

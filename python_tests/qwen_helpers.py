@@ -1,0 +1,235 @@
+"""Tiny random HF Qwen2-VL / Qwen2.5-VL models and processor-style inputs for them (no download)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# Token ids (vocab of 300; 3..294 are plain text, 299 is unused).
+VOCAB = 300
+PAD, BOS, EOS = 0, 1, 2
+VISION_START = 295
+VISION_END = 296
+IMAGE_TOKEN = 297
+VIDEO_TOKEN = 298
+
+# Text model.
+HIDDEN = 64
+HEADS = 4
+KV_HEADS = 2
+HEAD_DIM = HIDDEN // HEADS  # 16: 8 rotary frequencies
+MROPE_SECTION = [2, 3, 3]  # temporal, height, width frequencies (sum = HEAD_DIM // 2)
+ROPE_THETA = 10000.0
+TEXT_LAYERS = 6
+
+# Vision tower / pixel layout (same for both archs).
+CHANNELS = 3
+PATCH = 4
+TEMPORAL_PATCH = 2
+MERGE = 2  # spatial_merge_size: one visual token per MERGE x MERGE patches
+PATCH_DIM = CHANNELS * TEMPORAL_PATCH * PATCH * PATCH  # 96 values per flattened patch
+TOKENS_PER_SECOND = 2  # Qwen2.5-VL: temporal position step = TOKENS_PER_SECOND * second_per_grid_t
+
+ARCHS = ("qwen2-vl", "qwen2.5-vl")
+
+
+def _text_config(layers: int) -> dict:
+    return dict(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=160, num_hidden_layers=layers,
+                num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=1024,
+                rms_norm_eps=1e-6, initializer_range=0.08, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS,
+                rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA, "mrope_section": MROPE_SECTION})
+
+
+def tiny_qwen_config(arch: str, layers: int = TEXT_LAYERS):
+    """The ``transformers`` config of a tiny Qwen2-VL (``"qwen2-vl"``) or Qwen2.5-VL (``"qwen2.5-vl"``)."""
+    tokens = dict(image_token_id=IMAGE_TOKEN, video_token_id=VIDEO_TOKEN, vision_start_token_id=VISION_START,
+                  vision_end_token_id=VISION_END, tie_word_embeddings=False)
+    if arch == "qwen2-vl":
+        from transformers import Qwen2VLConfig
+
+        vision = dict(depth=2, embed_dim=32, hidden_size=HIDDEN, mlp_ratio=2, num_heads=4, in_channels=CHANNELS,
+                      patch_size=PATCH, temporal_patch_size=TEMPORAL_PATCH, spatial_merge_size=MERGE,
+                      initializer_range=0.05)
+        return Qwen2VLConfig(text_config=_text_config(layers), vision_config=vision, **tokens)
+    if arch == "qwen2.5-vl":
+        from transformers import Qwen2_5_VLConfig
+
+        # window_size 16 px = 2x2 merged tokens per window; block 0 windowed, block 1 full attention.
+        vision = dict(depth=2, hidden_size=32, intermediate_size=64, out_hidden_size=HIDDEN, num_heads=4,
+                      in_channels=CHANNELS, patch_size=PATCH, temporal_patch_size=TEMPORAL_PATCH,
+                      spatial_merge_size=MERGE, window_size=16, fullatt_block_indexes=[1],
+                      tokens_per_second=TOKENS_PER_SECOND, initializer_range=0.05)
+        return Qwen2_5_VLConfig(text_config=_text_config(layers), vision_config=vision, **tokens)
+    raise ValueError(f"unknown arch {arch!r}, expected one of {ARCHS}")
+
+
+def tiny_qwen_vl(arch: str, seed: int = 0, layers: int = TEXT_LAYERS, attn_implementation: str | None = None):
+    """A random float32 Qwen2-VL / Qwen2.5-VL ``...ForConditionalGeneration`` in eval mode."""
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
+
+    cls = Qwen2VLForConditionalGeneration if arch == "qwen2-vl" else Qwen2_5_VLForConditionalGeneration
+    config = tiny_qwen_config(arch, layers)
+    if attn_implementation is not None:
+        config._attn_implementation = attn_implementation
+    torch.manual_seed(seed)
+    return cls(config).float().eval()
+
+
+def save_tiny_qwen_vl(folder: Path, arch: str, seed: int = 0, layers: int = TEXT_LAYERS) -> Path:
+    """Builds :func:`tiny_qwen_vl` and saves it (safetensors) into ``folder``."""
+    tiny_qwen_vl(arch, seed, layers).save_pretrained(folder)
+    return Path(folder)
+
+
+def patchify(frames: torch.Tensor) -> torch.Tensor:
+    """``[F, C, H, W]`` frames -> ``[F/2 * H/4 * W/4, 96]`` patches in the Qwen2-VL processor layout.
+
+    Rows are ordered (t, h-block, w-block, h-in-block, w-in-block) so that every MERGE x MERGE group
+    of patches is contiguous; each row is (C, temporal_patch, patch, patch) flattened.
+    """
+    f, c, h, w = frames.shape
+    gt, gh, gw = f // TEMPORAL_PATCH, h // PATCH, w // PATCH
+    x = frames.reshape(gt, TEMPORAL_PATCH, c, gh // MERGE, MERGE, PATCH, gw // MERGE, MERGE, PATCH)
+    x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    return x.reshape(gt * gh * gw, c * TEMPORAL_PATCH * PATCH * PATCH).contiguous()
+
+
+def visual_tokens(grid: tuple[int, ...]) -> int:
+    """Number of LLM tokens of an image grid ``(h, w)`` or video grid ``(t, h, w)`` (in patches)."""
+    t, h, w = (1, *grid) if len(grid) == 2 else grid
+    return t * h * w // (MERGE * MERGE)
+
+
+def _default_before(row: int) -> list[int]:
+    return [BOS] + [10 + 7 * row + i for i in range(2 + 2 * row)]  # rows of different lengths
+
+
+DEFAULT_AFTER = [40, 41, 42]
+
+
+def multimodal_inputs(rows: list[list[tuple[int, ...]]], arch: str = "qwen2-vl",
+                      before: list[list[int]] | None = None, after: list[list[int]] | None = None,
+                      seed: int = 0, fps: float = 2.0) -> dict[str, torch.Tensor]:
+    """Processor-style, left-padded inputs for ``model(**inputs)`` / ``model.generate(**inputs)``.
+
+    ``rows[b]`` lists the visual items of prompt ``b`` in order: ``(h, w)`` is an image, ``(t, h, w)``
+    a video (``t`` temporal groups = ``2t`` frames); sizes are in patches, ``h`` and ``w`` even.
+    Prompt ``b`` is ``before[b]``, then per item ``<vision_start> pad*n <vision_end>`` (items separated by
+    one text token), then ``after[b]``. Images go to ``pixel_values`` / ``image_grid_thw``, videos to
+    ``pixel_values_videos`` / ``video_grid_thw`` (plus ``second_per_grid_ts = 2 / fps`` for Qwen2.5-VL),
+    each in prompt order, row-major, like the HF processor.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    prompts, types = [], []
+    images, image_grids, videos, video_grids = [], [], [], []
+    for b, items in enumerate(rows):
+        ids = list(before[b]) if before is not None else _default_before(b)
+        for i, grid in enumerate(items):
+            if i:
+                ids.append(30 + i)
+            is_video = len(grid) == 3
+            t, h, w = grid if is_video else (1, *grid)
+            if h % MERGE or w % MERGE or t < 1:
+                raise ValueError(f"bad grid {grid}: h and w must be multiples of {MERGE}")
+            if is_video:
+                frames = torch.randn(t * TEMPORAL_PATCH, CHANNELS, h * PATCH, w * PATCH, generator=gen)
+                videos.append(patchify(frames))
+                video_grids.append([t, h, w])
+            else:
+                image = torch.randn(1, CHANNELS, h * PATCH, w * PATCH, generator=gen)
+                images.append(patchify(image.expand(TEMPORAL_PATCH, -1, -1, -1)))
+                image_grids.append([1, h, w])
+            ids += [VISION_START] + [VIDEO_TOKEN if is_video else IMAGE_TOKEN] * visual_tokens(grid) + [VISION_END]
+        ids += list(after[b]) if after is not None else DEFAULT_AFTER
+        prompts.append(torch.tensor(ids))
+    input_ids, attention_mask = left_pad(prompts)
+    out = {"input_ids": input_ids, "attention_mask": attention_mask, "mm_token_type_ids": token_types(input_ids)}
+    if images:
+        out["pixel_values"] = torch.cat(images)
+        out["image_grid_thw"] = torch.tensor(image_grids)
+    if videos:
+        out["pixel_values_videos"] = torch.cat(videos)
+        out["video_grid_thw"] = torch.tensor(video_grids)
+        if arch == "qwen2.5-vl":
+            out["second_per_grid_ts"] = torch.full((len(videos),), TEMPORAL_PATCH / fps)
+    return out
+
+
+def _rows(grids: list) -> list[list[tuple[int, ...]]]:
+    return [list(g) if isinstance(g, list) else [tuple(g)] for g in grids]
+
+
+def image_inputs(grids: list, arch: str = "qwen2-vl", before: list[list[int]] | None = None,
+                 after: list[list[int]] | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
+    """One prompt per entry of ``grids``: an ``(h, w)`` patch grid (one image) or a list of them (several)."""
+    return multimodal_inputs(_rows(grids), arch, before, after, seed)
+
+
+def video_inputs(grids: list, arch: str = "qwen2-vl", before: list[list[int]] | None = None,
+                 after: list[list[int]] | None = None, seed: int = 0, fps: float = 2.0) -> dict[str, torch.Tensor]:
+    """One prompt per entry of ``grids``: a ``(t, h, w)`` video grid or a list of them."""
+    return multimodal_inputs(_rows(grids), arch, before, after, seed, fps)
+
+
+def text_inputs(prompts: list[list[int]]) -> dict[str, torch.Tensor]:
+    """Left-padded text-only inputs (``input_ids``, ``attention_mask``, ``mm_token_type_ids`` all 0)."""
+    input_ids, attention_mask = left_pad([torch.tensor(p) for p in prompts])
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "mm_token_type_ids": token_types(input_ids)}
+
+
+def prompt_ids(length: int, seed: int = 0) -> list[int]:
+    """A random text prompt of ``length`` tokens starting with BOS (ids 3..294)."""
+    gen = torch.Generator().manual_seed(seed)
+    return [BOS] + torch.randint(3, VISION_START, (length - 1,), generator=gen).tolist()
+
+
+def left_pad(prompts: list[torch.Tensor], pad: int = PAD) -> tuple[torch.Tensor, torch.Tensor]:
+    """HF-style left padding: ``input_ids [B, S]`` and ``attention_mask [B, S]``."""
+    width = max(p.numel() for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros(len(prompts), width, dtype=torch.long)
+    for row, p in enumerate(prompts):
+        ids[row, width - p.numel():] = p
+        mask[row, width - p.numel():] = 1
+    return ids, mask
+
+
+def token_types(input_ids: torch.Tensor) -> torch.Tensor:
+    """``mm_token_type_ids``: 0 text (incl. vision start/end and padding), 1 image pad, 2 video pad."""
+    return (input_ids == IMAGE_TOKEN).long() + 2 * (input_ids == VIDEO_TOKEN).long()
+
+
+def select_row(inputs: dict[str, torch.Tensor], row: int) -> dict[str, torch.Tensor]:
+    """Batch-1 inputs of prompt ``row`` of a batch (padding stripped, its own images/videos only)."""
+    valid = inputs["attention_mask"][row].bool()
+    ids = inputs["input_ids"][row][valid][None]
+    out = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+           "mm_token_type_ids": inputs["mm_token_type_ids"][row][valid][None]}
+    for token, pix, thw in ((IMAGE_TOKEN, "pixel_values", "image_grid_thw"),
+                            (VIDEO_TOKEN, "pixel_values_videos", "video_grid_thw")):
+        if thw not in inputs:
+            continue
+        grids = inputs[thw]
+        per_item = (grids.prod(-1) // (MERGE * MERGE)).tolist()
+        counts = (inputs["input_ids"] == token).sum(-1).tolist()  # visual tokens per row
+        first, seen = 0, 0
+        while seen < sum(counts[:row]):
+            seen += per_item[first]
+            first += 1
+        last, seen = first, 0
+        while seen < counts[row]:
+            seen += per_item[last]
+            last += 1
+        if last == first:
+            continue
+        patches = grids.prod(-1)
+        start = int(patches[:first].sum())
+        out[pix] = inputs[pix][start:start + int(patches[first:last].sum())]
+        out[thw] = grids[first:last]
+        if token == VIDEO_TOKEN and "second_per_grid_ts" in inputs:
+            out["second_per_grid_ts"] = inputs["second_per_grid_ts"][first:last]
+    return out

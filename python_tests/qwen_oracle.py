@@ -1,0 +1,217 @@
+"""Plain-torch oracle of visual-token pruning (V²Drop, PyramidDrop, FastV) on HF Qwen2-VL / Qwen2.5-VL.
+
+Batch size 1, prefill only, float32. Only the vision tower, the embedding table and ``get_rope_index``
+come from ``transformers``; the decoder is recomputed here from the layers' weights, so that the
+pruning can be written exactly as published:
+
+* ``v2drop``: before each layer ``l`` in ``layers`` the visual tokens still present are ranked by
+  ``||h_l - h_{l-1}||_2`` (inputs of layers ``l`` and ``l-1``, before any norm) and the top
+  ``k = max(1, int(left * ratio))`` survive.
+* ``pdrop``: inside each layer ``l`` in ``layers`` the visual tokens are ranked by the attention of the
+  last token (softmax of ``q_last . k / sqrt(d)`` over all current keys, mean over heads), then that
+  layer's attention and everything after run on the survivors.
+* ``fastv``: ``layers=[K]``, ``keep=[1 - R]``: ranked by the last token's attention in layer ``K - 1``,
+  pruned before layer ``K``.
+
+Survivors keep their original order and their original (3 plane) M-RoPE positions; text is never dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+POLICIES = ("none", "v2drop", "pdrop", "fastv")
+
+
+@dataclass
+class OracleResult:
+    """Per decoder layer: visual prompt indices and M-RoPE positions of what its attention sees."""
+
+    kept: list[torch.Tensor]  # per layer: ascending int64 prompt indices of the visual tokens it sees
+    positions: list[torch.Tensor]  # per layer: [3, n] position ids of all the tokens it sees
+    seen: list[torch.Tensor]  # per layer: ascending int64 prompt indices of all the tokens it sees
+    last_logits: torch.Tensor  # float32 [vocab], logits of the last prompt token
+
+
+def keep_count(left: int, ratio: float) -> int:
+    """Visual tokens kept out of ``left`` at ``ratio`` (at least one)."""
+    return max(1, int(left * ratio))
+
+
+def _rms_norm(x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
+    x = x.float()
+    return norm.weight.float() * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon))
+
+
+def _linear(x: torch.Tensor, lin: torch.nn.Linear) -> torch.Tensor:
+    y = x @ lin.weight.float().T
+    return y + lin.bias.float() if lin.bias is not None else y
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def mrope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, section: list[int]):
+    """cos/sin ``[n, head_dim]``: frequency ``j`` rotates by the position of plane ``plane(j)``.
+
+    ``plane(j)`` is 0 (temporal) for the first ``section[0]`` frequencies, 1 (height) for the next
+    ``section[1]``, then 2 (width); both halves of the head use the same angles (``rotate_half`` layout).
+    """
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
+    plane = torch.repeat_interleave(torch.arange(len(section)), torch.tensor(section)) % 3
+    assert plane.numel() == head_dim // 2, (section, head_dim)
+    angles = positions[plane].float().T * inv_freq  # [n, head_dim / 2]: positions[plane[j], i] * inv_freq[j]
+    angles = torch.cat((angles, angles), dim=-1)
+    return angles.cos(), angles.sin()
+
+
+class _Layer:
+    """One decoder layer, recomputed from the module's weights (float32)."""
+
+    def __init__(self, layer: torch.nn.Module, heads: int, kv_heads: int, head_dim: int):
+        self.m, self.heads, self.kv_heads, self.head_dim = layer, heads, kv_heads, head_dim
+
+    def qkv(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """Normed input, then q ``[H, n, d]``, k, v ``[KV, n, d]`` with RoPE applied to q and k."""
+        att = self.m.self_attn
+        x = _rms_norm(h, self.m.input_layernorm)
+        n = x.shape[0]
+        q = _linear(x, att.q_proj).view(n, self.heads, self.head_dim).transpose(0, 1)
+        k = _linear(x, att.k_proj).view(n, self.kv_heads, self.head_dim).transpose(0, 1)
+        v = _linear(x, att.v_proj).view(n, self.kv_heads, self.head_dim).transpose(0, 1)
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        return q, k, v
+
+    def last_token_attention(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """``[n]``: softmax of the last query over all keys, mean over heads (float32)."""
+        k = k.repeat_interleave(self.heads // self.kv_heads, dim=0)
+        logits = (q[:, -1:, :] @ k.transpose(1, 2)).squeeze(1) / math.sqrt(self.head_dim)  # [H, n]
+        return torch.softmax(logits.float(), dim=-1).mean(0)
+
+    def finish(self, h: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Causal grouped-query attention, o_proj, residual, SwiGLU MLP, residual."""
+        n = h.shape[0]
+        rep = self.heads // self.kv_heads
+        k, v = k.repeat_interleave(rep, dim=0), v.repeat_interleave(rep, dim=0)
+        scores = q @ k.transpose(1, 2) / math.sqrt(self.head_dim)
+        causal = torch.ones(n, n, dtype=torch.bool).tril()
+        scores = scores.masked_fill(~causal, float("-inf"))
+        out = torch.softmax(scores, dim=-1) @ v  # [H, n, d]
+        out = out.transpose(0, 1).reshape(n, self.heads * self.head_dim)
+        h = h + out @ self.m.self_attn.o_proj.weight.float().T
+        mlp = self.m.mlp
+        x = _rms_norm(h, self.m.post_attention_layernorm)
+        gate = torch.nn.functional.silu(x @ mlp.gate_proj.weight.float().T)
+        return h + (gate * (x @ mlp.up_proj.weight.float().T)) @ mlp.down_proj.weight.float().T
+
+
+def _top_visual(scores: torch.Tensor, visual: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Boolean mask over the current tokens: text plus the top ``keep_count`` visual tokens by ``scores``."""
+    where = visual.nonzero().squeeze(1)
+    keep = torch.ones_like(visual)
+    if where.numel() == 0:
+        return keep
+    top = torch.topk(scores[where].float(), keep_count(where.numel(), ratio)).indices.sort().values
+    keep[where] = False
+    keep[where[top]] = True
+    return keep
+
+
+def embed_and_positions(model, inputs: dict):
+    """Prompt embeddings (visual features written in), ``[3, S]`` positions, visual mask, valid columns."""
+    ids = inputs["input_ids"]
+    if ids.shape[0] != 1:
+        raise ValueError("the oracle runs batch size 1")
+    cfg = model.config
+    valid = inputs.get("attention_mask", torch.ones_like(ids))[0].bool()
+    cols = valid.nonzero().squeeze(1)
+    ids = ids[:, valid]
+    types = inputs.get("mm_token_type_ids")
+    types = types[:, valid] if types is not None else (
+        (ids == cfg.image_token_id).long() + 2 * (ids == cfg.video_token_id).long())
+    inner = model.model
+    emb = inner.get_input_embeddings()(ids)[0].float().clone()
+    for token, pix, thw, fn in ((cfg.image_token_id, "pixel_values", "image_grid_thw", inner.get_image_features),
+                                (cfg.video_token_id, "pixel_values_videos", "video_grid_thw",
+                                 inner.get_video_features)):
+        if inputs.get(pix) is not None:
+            feats = torch.cat(fn(inputs[pix], inputs[thw]).pooler_output, dim=0).float()
+            where = ids[0] == token
+            assert int(where.sum()) == feats.shape[0], (int(where.sum()), feats.shape)
+            emb[where] = feats
+    if inputs.get("image_grid_thw") is not None or inputs.get("video_grid_thw") is not None:
+        extra = {"second_per_grid_ts": inputs["second_per_grid_ts"]} if "second_per_grid_ts" in inputs else {}
+        pos, _ = inner.get_rope_index(ids, mm_token_type_ids=types, image_grid_thw=inputs.get("image_grid_thw"),
+                                      video_grid_thw=inputs.get("video_grid_thw"), **extra)
+        pos = pos[:, 0]
+    else:
+        pos = torch.arange(ids.shape[1]).expand(3, -1)
+    visual = (ids[0] == cfg.image_token_id) | (ids[0] == cfg.video_token_id)
+    return emb, pos.long(), visual, cols
+
+
+@torch.no_grad()
+def oracle_prefill(model, inputs: dict, policy: str, layers: list[int], keep: list[float]) -> OracleResult:
+    """Prefill of one prompt with ``policy`` pruning at ``layers`` (keep ratio ``keep[i]`` at ``layers[i]``)."""
+    if policy not in POLICIES:
+        raise ValueError(f"unknown policy {policy!r}")
+    layers, keep = list(layers), list(keep)
+    if len(layers) != len(keep):
+        raise ValueError("layers and keep must have the same length")
+    if policy == "none":
+        layers, keep = [], []
+    if policy == "fastv" and len(layers) != 1:
+        raise ValueError("fastv prunes once: layers=[K]")
+    if policy in ("v2drop", "fastv") and any(layer < 1 for layer in layers):
+        raise ValueError(f"{policy} needs the layer before the pruning layer")
+    ratio_at = dict(zip(layers, keep))
+
+    tcfg = model.config.text_config
+    heads, kv_heads = tcfg.num_attention_heads, tcfg.num_key_value_heads
+    head_dim = getattr(tcfg, "head_dim", None) or tcfg.hidden_size // heads
+    theta = tcfg.rope_parameters["rope_theta"]
+    section = list(tcfg.rope_parameters["mrope_section"])
+    lm = model.model.language_model
+
+    h, pos, visual, cols = embed_and_positions(model, inputs)
+    if visual[-1]:
+        raise ValueError("the last prompt token must be text")
+    idx = torch.arange(h.shape[0])  # prompt index (in the unpadded prompt) of each current token
+    prev_h = None  # input of the previous layer, same tokens as h
+    fastv_scores = None
+    kept, positions, seen = [], [], []
+
+    for li, module in enumerate(lm.layers):
+        layer = _Layer(module, heads, kv_heads, head_dim)
+        survive = None
+        if policy == "v2drop" and li in ratio_at:
+            survive = _top_visual((h - prev_h).float().norm(dim=-1), visual, ratio_at[li])
+        if policy == "fastv" and li in ratio_at:
+            survive = _top_visual(fastv_scores, visual, ratio_at[li])
+        if survive is not None:
+            h, pos, visual, idx = h[survive], pos[:, survive], visual[survive], idx[survive]
+        prev_h = h
+
+        cos, sin = mrope_cos_sin(pos, head_dim, theta, section)
+        q, k, v = layer.qkv(h, cos, sin)
+        if policy == "pdrop" and li in ratio_at:
+            survive = _top_visual(layer.last_token_attention(q, k), visual, ratio_at[li])
+            h, pos, visual, idx = h[survive], pos[:, survive], visual[survive], idx[survive]
+            q, k, v = q[:, survive], k[:, survive], v[:, survive]
+        if policy == "fastv" and li + 1 in ratio_at:
+            fastv_scores = layer.last_token_attention(q, k)
+
+        kept.append(cols[idx[visual]])
+        seen.append(cols[idx])
+        positions.append(pos.clone())
+        h = layer.finish(h, q, k, v)
+
+    h_last = _rms_norm(h[-1:], lm.norm)
+    logits = (h_last @ model.lm_head.weight.float().T)[0]
+    return OracleResult(kept=kept, positions=positions, seen=seen, last_logits=logits)

@@ -1,0 +1,214 @@
+"""Qwen2-VL / Qwen2.5-VL: the package's model and transformers' own generate, pruned, on tiny random models.
+
+Unpruned, both give exactly transformers' tokens (images, videos, batch 1 and 3 with left padding,
+padded and packed layouts). Pruned, the visual tokens each layer keeps, with their M-RoPE planes, equal
+those of an independent plain-torch implementation of the published algorithms (``qwen_oracle.py``),
+and the KV cache holds only the survivors.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from qwen_helpers import (ARCHS, IMAGE_TOKEN, VIDEO_TOKEN, multimodal_inputs, save_tiny_qwen_vl, select_row,  # noqa: E402
+                          tiny_qwen_vl)
+from qwen_oracle import oracle_prefill  # noqa: E402
+
+from v2drop_kernels.integrations.transformers import enable_pruning  # noqa: E402
+from v2drop_kernels.models import (FastV, Policy, PyramidDrop, QwenVLConfig, V2Drop, load_model,  # noqa: E402
+                                   qwen_vl_from_transformers)
+
+VISION_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+CASES = {  # visual items per row: (h, w) an image, (t, h, w) a video, in patches
+    "image": [[(8, 8)]],
+    "video": [[(2, 8, 8)]],
+    "image+video": [[(4, 4), (2, 4, 4)]],
+    "batch3-images": [[(8, 8)], [(4, 8)], [(8, 4), (4, 4)]],  # different counts per row: packed
+    "batch3-videos": [[(2, 4, 4)], [(2, 4, 4)], [(3, 4, 4)]],
+    "batch3-same": [[(4, 8)], [(8, 4)], [(4, 8)]],  # same counts per row: padded
+}
+# policy name -> (ours, the oracle's (policy, layers, keep))
+POLICIES = {
+    "v2drop": (lambda: V2Drop(layers=(2, 4), keep=(0.3, 0.0)), ("v2drop", [2, 4], [0.3, 0.0])),
+    "pdrop": (lambda: PyramidDrop(layers=(2, 4), keep=(0.6, 0.5)), ("pdrop", [2, 4], [0.6, 0.5])),
+    "fastv": (lambda: FastV(k=2, keep=0.5), ("fastv", [2], [0.5])),
+}
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def models(request):
+    hf = tiny_qwen_vl(request.param, seed=3)
+    return request.param, hf, qwen_vl_from_transformers(hf)
+
+
+def inputs_of(arch: str, case: str, seed: int = 0) -> dict:
+    return multimodal_inputs(CASES[case], arch=arch, seed=seed)
+
+
+def ours_args(inputs: dict) -> tuple[list[torch.Tensor], dict]:
+    """Unpadded prompts and the vision inputs, as the package's ``generate`` takes them."""
+    prompts = [ids[mask.bool()] for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"])]
+    return prompts, {k: inputs[k] for k in VISION_KEYS if k in inputs}
+
+
+def hf_generate(hf, inputs: dict, new: int) -> list[list[int]]:
+    with torch.no_grad():
+        out = hf.generate(**inputs, max_new_tokens=new, do_sample=False, pad_token_id=0)
+    return out[:, inputs["input_ids"].shape[1]:].tolist()
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_unpruned_tokens_equal_transformers(models, case):
+    arch, hf, ours = models
+    inputs = inputs_of(arch, case, seed=1)
+    expected = hf_generate(hf, inputs, 6)
+    prompts, vision = ours_args(inputs)
+    counts = {int(((p == IMAGE_TOKEN) | (p == VIDEO_TOKEN)).sum()) for p in prompts}
+    for layout in ("padded", "packed") if len(counts) == 1 else ("packed",):
+        assert ours.generate(prompts, **vision, max_new_tokens=6, layout=layout).tokens.tolist() == expected, layout
+    # transformers' generate through the integration, pruning nothing
+    handle = enable_pruning(hf, Policy())
+    try:
+        assert hf_generate(hf, inputs, 6) == expected
+    finally:
+        handle.disable()
+
+
+@pytest.mark.parametrize("case", ["image", "video", "batch3-images", "batch3-same"])
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_pruned_generate_equals_the_package_decoder(models, name, case):
+    arch, hf, ours = models
+    inputs = inputs_of(arch, case, seed=2)
+    make, _ = POLICIES[name]
+    handle = enable_pruning(hf, make())
+    try:
+        got = hf_generate(hf, inputs, 6)
+        trace = handle.trace
+    finally:
+        handle.disable()
+    prompts, vision = ours_args(inputs)
+    expected = ours.generate(prompts, **vision, max_new_tokens=6, policy=make())
+    assert got == expected.tokens.tolist()
+    assert trace.visual_per_layer == expected.trace.visual_per_layer
+    assert all(last < first for first, last in zip(trace.visual_per_layer[0], trace.visual_per_layer[-1]))  # pruning is on
+
+
+def _visual_seen(positions: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+    """The visual prompt indices among the entries of one cache row (``-1``: padding or a hole)."""
+    entries = positions[positions >= 0]
+    return entries[(prompt[entries] == IMAGE_TOKEN) | (prompt[entries] == VIDEO_TOKEN)]
+
+
+@pytest.mark.parametrize("case", ["image", "video", "image+video", "batch3-images"])
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_kept_tokens_and_planes_equal_the_oracle(models, name, case):
+    arch, hf, ours = models
+    inputs = inputs_of(arch, case, seed=3)
+    make, oracle_args = POLICIES[name]
+    prompts, vision = ours_args(inputs)
+    out = ours.generate(prompts, **vision, max_new_tokens=1, policy=make())
+    for row, prompt in enumerate(prompts):
+        oracle = oracle_prefill(hf, select_row(inputs, row), *oracle_args)
+        for layer, (entries, kept, seen) in enumerate(zip(out.layer_positions, oracle.kept, oracle.seen)):
+            assert torch.equal(entries[row][entries[row] >= 0], seen), (row, layer)  # the KV cache holds the survivors only
+            assert torch.equal(_visual_seen(entries[row], prompt), kept), (row, layer)
+        torch.testing.assert_close(out.prefill_logits[row], oracle.last_logits, atol=1e-4, rtol=0)
+    if len(prompts) == 1:
+        assert out.cache_lengths == [len(s) for s in oracle.seen]
+
+
+def test_survivors_keep_their_three_position_planes(models):
+    arch, hf, ours = models
+    inputs = inputs_of(arch, "video", seed=4)
+    prompts, vision = ours_args(inputs)
+    oracle = oracle_prefill(hf, inputs, "v2drop", [2, 4], [0.25, 0.0])
+    # the tokens a layer sees, with their planes: the oracle's positions equal the full planes at the kept indices
+    full = ours.tokens(prompts, "padded", video_features=ours.visual_features(vision["pixel_values_videos"],
+                                                                             vision["video_grid_thw"]),
+                       video_grid_thw=vision["video_grid_thw"], second_per_grid_ts=vision.get("second_per_grid_ts"))
+    assert full.planes and full.position_ids.shape[0] == 3
+    for seen, planes in zip(oracle.seen, oracle.positions):
+        assert torch.equal(full.position_ids[:, 0, seen], planes)
+    _, pruned = ours(prompts, **vision, policy=V2Drop(layers=(2, 4), keep=(0.25, 0.0)))
+    assert torch.equal(pruned.position_ids[:, 0], oracle.positions[-1])
+
+
+def test_the_official_qwen2_vl_schedule_on_a_28_layer_model():
+    hf = tiny_qwen_vl("qwen2.5-vl", seed=5, layers=28)
+    ours = qwen_vl_from_transformers(hf)
+    inputs = multimodal_inputs([[(16, 16)]], arch="qwen2.5-vl", seed=5)  # 64 visual tokens
+    prompts, vision = ours_args(inputs)
+    out = ours.generate(prompts, **vision, max_new_tokens=1, policy=V2Drop(schedule="qwen2-vl"))
+    oracle = oracle_prefill(hf, inputs, "v2drop", [3, 16, 22], [0.25, 0.05, 0.0])
+    assert [v[0] for v in out.trace.visual_per_layer] == [64] * 3 + [16] * 13 + [1] * 12  # max(1, int(16 × 0.05)) = 1
+    for entries, kept in zip(out.layer_positions, oracle.kept):
+        assert torch.equal(_visual_seen(entries[0], prompts[0]), kept)
+
+
+def test_loads_a_checkpoint_folder(tmp_path):
+    folder = save_tiny_qwen_vl(tmp_path / "qwen", "qwen2-vl", seed=6)
+    from transformers import Qwen2VLForConditionalGeneration
+
+    hf = Qwen2VLForConditionalGeneration.from_pretrained(folder).eval()
+    model = load_model(folder)
+    inputs = multimodal_inputs([[(4, 8)]], seed=6)
+    prompts, vision = ours_args(inputs)
+    assert model.generate(prompts, **vision, max_new_tokens=4).tokens.tolist() == hf_generate(hf, inputs, 4)
+
+
+def test_flat_published_config_reads_like_the_nested_one():
+    hf = tiny_qwen_vl("qwen2-vl")
+    nested = hf.config.to_dict()
+    flat = {k: v for k, v in nested.items() if k != "text_config"} | nested["text_config"] | {"model_type": "qwen2_vl"}
+    flat["rope_scaling"] = {"type": "mrope", "mrope_section": nested["text_config"]["rope_parameters"]["mrope_section"]}
+    flat.pop("rope_parameters", None)
+    flat["rope_theta"] = nested["text_config"]["rope_parameters"]["rope_theta"]
+    assert QwenVLConfig.from_hf(flat).text == QwenVLConfig.from_hf(nested).text
+
+
+def test_bad_input_gets_a_clear_error(models):
+    arch, hf, ours = models
+    inputs = inputs_of(arch, "image", seed=7)
+    prompts, vision = ours_args(inputs)
+    p = prompts[0]
+    with pytest.raises(ValueError, match="outside 1..5"):  # the official schedule's layers 16 and 22 in 6 layers
+        ours.generate(prompts, **vision, policy=V2Drop(schedule="qwen2-vl"))
+    with pytest.raises(ValueError, match="outside 1..5"):
+        enable_pruning(hf, V2Drop(schedule="qwen2-vl"))
+    with pytest.raises(ValueError, match="unknown schedule"):
+        V2Drop(schedule="qwen3-vl")
+    short = torch.cat([p[p != IMAGE_TOKEN][:3], p[p == IMAGE_TOKEN][:-4], p[p != IMAGE_TOKEN][3:]])
+    with pytest.raises(ValueError, match=r"an image span of 12 tokens, but its grid \(t=1, h=8, w=8\) gives"):
+        ours.generate([short], **vision)
+    two = torch.cat([p[:5], torch.full((16,), IMAGE_TOKEN), p[5:]])  # two images with nothing between them
+    grids = torch.tensor([[1, 8, 8], [1, 8, 8]])
+    with pytest.raises(ValueError, match="an image span of 32 tokens"):
+        ours.generate([two], torch.cat([vision["pixel_values"]] * 2), grids)
+    as_video = torch.where(p == IMAGE_TOKEN, VIDEO_TOKEN, p)  # video tokens with image inputs
+    with pytest.raises(ValueError, match="more video spans than video_grid_thw has rows"):
+        ours.generate([as_video], **vision)
+    with pytest.raises(ValueError, match="image_grid_thw has 1 more rows than the prompts have image spans"):
+        ours.generate([p[p != IMAGE_TOKEN]], **vision)
+    with pytest.raises(ValueError, match="pixel_values needs image_grid_thw"):
+        ours.generate(prompts, vision["pixel_values"])
+    if arch == "qwen2-vl":
+        with pytest.raises(ValueError, match="second_per_grid_ts is a Qwen2.5-VL input"):
+            ours.generate(prompts, **vision, second_per_grid_ts=torch.tensor([1.0]))
+
+
+def test_unsupported_architectures_are_refused():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=2)).eval()
+    with pytest.raises(NotImplementedError, match="pruning is implemented for .* not LlamaForCausalLM"):
+        enable_pruning(llama, V2Drop(layers=(1,), keep=(0.5,)))
+    with pytest.raises(NotImplementedError, match="only 'qwen2_vl' and 'qwen2_5_vl'"):
+        QwenVLConfig.from_hf({"model_type": "qwen3_vl", "vision_config": {}})
+    with pytest.raises(NotImplementedError, match="sliding-window"):
+        QwenVLConfig.from_hf({"model_type": "qwen2_vl", "vision_config": {}, "text_config": {
+            "model_type": "qwen2_vl_text", "vocab_size": 8, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1,
+            "num_attention_heads": 1, "use_sliding_window": True}})
