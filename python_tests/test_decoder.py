@@ -197,3 +197,67 @@ def test_cuda_graph_decode_matches_eager_and_syncs_only_at_checks(checkpoint, na
                 model.decoder.prefill(tokens, POLICIES[name]())
         finally:
             torch.cuda.set_sync_debug_mode("default")
+
+
+# -- Qwen-VL: the same decoder with M-RoPE planes -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def qwen():
+    from qwen_helpers import multimodal_inputs, tiny_qwen_vl
+
+    from v2drop_kernels.models import qwen_vl_from_transformers
+
+    inputs = multimodal_inputs([[(8, 8)], [(4, 8), (2, 4, 4)]], arch="qwen2.5-vl", seed=8)  # rows of 16 and 8 + 8 visual tokens
+    prompts = [ids[mask.bool()] for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"])]
+    vision = {k: inputs[k] for k in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw",
+                                     "second_per_grid_ts")}
+    return tiny_qwen_vl("qwen2.5-vl", seed=8), qwen_vl_from_transformers, prompts, vision
+
+
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+@pytest.mark.parametrize("name", list(POLICIES))
+def test_qwen_prefill_and_decode_read_nothing_back(qwen, monkeypatch, name, layout):
+    hf, convert, prompts, vision = qwen
+    model = convert(hf)
+    expected = model.generate(prompts, **vision, max_new_tokens=4, policy=POLICIES[name](), layout=layout)
+    guarded(model, monkeypatch)
+    out = model.generate(prompts, **vision, max_new_tokens=4, policy=POLICIES[name](), layout=layout)
+    assert torch.equal(out.tokens, expected.tokens)
+
+
+def test_qwen_compiled_decoder_gives_the_eager_tokens_and_kept_sets(qwen):
+    hf, convert, prompts, vision = qwen
+    eager, compiled = convert(hf), convert(hf)
+    compiled.decoder.compile()
+    for name, layout in [("none", "padded"), ("v2drop", "padded"), ("pdrop", "packed"), ("v2drop", "packed")]:
+        a = eager.generate(prompts, **vision, max_new_tokens=6, policy=POLICIES[name](), layout=layout)
+        b = compiled.generate(prompts, **vision, max_new_tokens=6, policy=POLICIES[name](), layout=layout)
+        assert torch.equal(a.tokens, b.tokens), (name, layout)
+        assert all(torch.equal(x, y) for x, y in zip(a.layer_positions, b.layer_positions)), (name, layout)
+        torch.testing.assert_close(a.prefill_logits, b.prefill_logits, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", list(POLICIES))
+def test_qwen_cuda_graph_decode_matches_eager_and_prefill_never_syncs(qwen, name):
+    hf, convert, prompts, vision = qwen
+    model = convert(hf.cuda())
+    vision = {k: v.cuda() for k, v in vision.items()}
+    eager = model.generate(prompts, **vision, max_new_tokens=12, policy=POLICIES[name](), cuda_graph=False)
+    graph = model.generate(prompts, **vision, max_new_tokens=12, policy=POLICIES[name](), cuda_graph=True)
+    assert torch.equal(graph.tokens, eager.tokens)
+    for layout in ("padded", "packed"):
+        with torch.inference_mode():
+            images = model.visual_features(vision["pixel_values"], vision["image_grid_thw"])
+            videos = model.visual_features(vision["pixel_values_videos"], vision["video_grid_thw"])
+            tokens = model.tokens(prompts, layout, image_features=images, image_grid_thw=vision["image_grid_thw"],
+                                  video_features=videos, video_grid_thw=vision["video_grid_thw"],
+                                  second_per_grid_ts=vision["second_per_grid_ts"])  # building the inputs may sync
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            with torch.inference_mode():
+                model.decoder.prefill(tokens, POLICIES[name]())
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    hf.cpu()
