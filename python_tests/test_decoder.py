@@ -240,8 +240,10 @@ def test_qwen_compiled_decoder_gives_the_eager_tokens_and_kept_sets(qwen):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("name", list(POLICIES))
 def test_qwen_cuda_graph_decode_matches_eager_and_prefill_never_syncs(qwen, name):
-    hf, convert, prompts, vision = qwen
-    model = convert(hf.cuda())
+    from qwen_helpers import tiny_qwen_vl
+
+    _, convert, prompts, vision = qwen
+    model = convert(tiny_qwen_vl("qwen2.5-vl", seed=8).cuda())
     vision = {k: v.cuda() for k, v in vision.items()}
     eager = model.generate(prompts, **vision, max_new_tokens=12, policy=POLICIES[name](), cuda_graph=False)
     graph = model.generate(prompts, **vision, max_new_tokens=12, policy=POLICIES[name](), cuda_graph=True)
@@ -260,4 +262,3 @@ def test_qwen_cuda_graph_decode_matches_eager_and_prefill_never_syncs(qwen, name
                 model.decoder.prefill(tokens, POLICIES[name]())
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    hf.cpu()
