@@ -16,6 +16,7 @@
 #   SKIP="env build diag tests e2e" bash bench/gpu_run.sh                                # sanitizers, bench
 #   SKIP="env build diag tests memcheck racecheck synccheck initcheck bench" \
 #     E2E_ARGS="--models llava-1.5-7b --workloads image --batches 1" bash bench/gpu_run.sh
+#   (the Qwen2.5-VL-7B slice: E2E_ARGS="--models qwen2.5-vl-7b --workloads image,video32 --batches 1")
 # (a later call reuses the in-place build of an earlier one while the machine stays warm). Logs and
 # results are copied to $OUT when it is set. Exit status: the first failing step's.
 set -uo pipefail
