@@ -178,6 +178,17 @@ def test_static_decode_buffers_are_reused_for_the_same_shapes():
     assert cache.step_mask(0, step).flatten().tolist() == [True] * 7 + [False]
 
 
+def prefill_never_syncs(model, tokens, policy) -> None:
+    """Runs ``model``'s prefill of ``tokens`` with CUDA's sync debug mode raising on any sync."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.inference_mode():
+            model.decoder.prefill(tokens, policy)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("name", list(POLICIES))
 def test_cuda_graph_decode_matches_eager_and_syncs_only_at_checks(checkpoint, name):
@@ -190,13 +201,7 @@ def test_cuda_graph_decode_matches_eager_and_syncs_only_at_checks(checkpoint, na
     for layout in ("padded", "packed"):
         with torch.inference_mode():
             tokens = model.tokens(PROMPT_PAIR, model.image_features(pix), layout)  # building the inputs may sync
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            with torch.inference_mode():
-                model.decoder.prefill(tokens, POLICIES[name]())
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
+        prefill_never_syncs(model, tokens, POLICIES[name]())
 
 
 # -- Qwen-VL: the same decoder with M-RoPE planes -----------------------------------------------------------
@@ -255,10 +260,4 @@ def test_qwen_cuda_graph_decode_matches_eager_and_prefill_never_syncs(qwen, name
             tokens = model.tokens(prompts, layout, image_features=images, image_grid_thw=vision["image_grid_thw"],
                                   video_features=videos, video_grid_thw=vision["video_grid_thw"],
                                   second_per_grid_ts=vision["second_per_grid_ts"])  # building the inputs may sync
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            with torch.inference_mode():
-                model.decoder.prefill(tokens, POLICIES[name]())
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
+        prefill_never_syncs(model, tokens, POLICIES[name]())
