@@ -190,7 +190,7 @@ class Workload:
             grid = torch.tensor([[t, h, w]] * batch, device=device)
             self.vision_args = (None, None, patches, grid) if video else (patches, grid)
             types = torch.zeros(batch, row.numel(), dtype=torch.int32)
-            types[:, torch.cat([row]).eq(token)] = 2 if video else 1
+            types[:, row.eq(token)] = 2 if video else 1
             self.hf_kwargs = ({"pixel_values_videos": patches, "video_grid_thw": grid} if video else
                               {"pixel_values": patches, "image_grid_thw": grid}) | {"mm_token_type_ids": types.to(device)}
             self.num_visual = t * h * w // 4
