@@ -29,6 +29,9 @@ CASES = {  # visual items per row: (h, w) an image, (t, h, w) a video, in patche
     "batch3-images": [[(8, 8)], [(4, 8)], [(8, 4), (4, 4)]],  # different counts per row: packed
     "batch3-videos": [[(2, 4, 4)], [(2, 4, 4)], [(3, 4, 4)]],
     "batch3-same": [[(4, 8)], [(8, 4)], [(4, 8)]],  # same counts per row: padded
+    # temporal ids (up to 7, or 14 in Qwen2.5-VL) outrun the text after the video (p + 4): where
+    # transformers' positions part from Qwen's original rope_deltas
+    "long-video": [[(8, 8, 8)]],
 }
 # policy name -> (ours, the oracle's (policy, layers, keep))
 POLICIES = {
@@ -94,6 +97,33 @@ def test_pruned_generate_equals_the_package_decoder(models, name, case):
     assert got == expected.tokens.tolist()
     assert trace.visual_per_layer == expected.trace.visual_per_layer
     assert all(last < first for first, last in zip(trace.visual_per_layer[0], trace.visual_per_layer[-1]))  # pruning is on
+
+
+def test_video_seconds_per_grid_step(models):
+    """Qwen2.5-VL's temporal ids step by tokens_per_second × second_per_grid_ts, a different value per video."""
+    arch, hf, ours = models
+    if arch != "qwen2.5-vl":
+        pytest.skip("second_per_grid_ts is a Qwen2.5-VL input")
+    inputs = multimodal_inputs([[(2, 4, 4)], [(3, 4, 4), (2, 4, 4)], [(2, 4, 4)]], arch=arch, seed=9)
+    inputs["second_per_grid_ts"] = torch.tensor([0.5, 1.5, 3.0, 2.0])
+    with torch.no_grad():
+        planes, _ = hf.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"], None, inputs["video_grid_thw"],
+                                            attention_mask=inputs["attention_mask"],
+                                            second_per_grid_ts=inputs["second_per_grid_ts"])
+    prompts, vision = ours_args(inputs)
+    tokens = ours.tokens(prompts, "packed", video_features=ours.visual_features(vision["pixel_values_videos"],
+                                                                                vision["video_grid_thw"]),
+                         video_grid_thw=vision["video_grid_thw"], second_per_grid_ts=vision["second_per_grid_ts"])
+    assert torch.equal(tokens.position_ids, planes[:, inputs["attention_mask"].bool()])
+    assert planes.amax() > 14  # the steps were used
+    expected = hf_generate(hf, inputs, 6)
+    assert ours.generate(prompts, **vision, max_new_tokens=6).tokens.tolist() == expected
+    handle = enable_pruning(hf, V2Drop(layers=(2, 4), keep=(0.3, 0.0)))
+    try:
+        got = hf_generate(hf, inputs, 6)
+    finally:
+        handle.disable()
+    assert got == ours.generate(prompts, **vision, max_new_tokens=6, policy=V2Drop(layers=(2, 4), keep=(0.3, 0.0))).tokens.tolist()
 
 
 def _visual_seen(positions: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:

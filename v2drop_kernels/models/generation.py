@@ -66,7 +66,7 @@ class GenerativeModel(nn.Module):
 
         tokens = inputs()
         clock.lap("vision")
-        next_pos = tokens.next_positions()  # before pruning, which may drop the largest position
+        next_pos = tokens.next_positions()
         ctx = PruningContext(backend, time_pruning=time_pruning)
         cache = KVCache(len(self.language_model.layers), max_new_tokens - 1, self._pool if graph else None)
         tokens = self.decoder.prefill(tokens, policy, cache, ctx)
@@ -105,7 +105,7 @@ class GenerativeModel(nn.Module):
         eos_ids = text.eos_token_id if isinstance(text.eos_token_id, list) else [] if text.eos_token_id is None else [text.eos_token_id]
         pad = text.pad_token_id if text.pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
         pool = self._pool if graph else None
-        io = _StepState.allocate(pool, batch, max_new, len(eos_ids), device)
+        io = _StepState.allocate(pool, batch, max_new, len(eos_ids), device, tuple(next_pos.shape))
         io.eos.copy_(torch.tensor(eos_ids, dtype=torch.long))
         first = prefill_logits.argmax(-1)
         io.out[:, 0] = first
@@ -143,7 +143,8 @@ class GenerativeModel(nn.Module):
     def _decode_step(self, io: "_StepState", cache: KVCache, pad: int) -> None:
         """One greedy step on the device state ``io``: every shape fixed, nothing read back (capturable)."""
         hidden = self.language_model.embed_tokens(io.tok)[:, None]
-        hidden = self.decoder.decode_step(hidden, (io.pos0 + io.step)[:, None], io.step, cache)
+        position_ids = (io.pos0 + io.step)[..., None]  # [B, 1], or [3, B, 1] planes
+        hidden = self.decoder.decode_step(hidden, position_ids, io.step, cache, planes=position_ids.ndim == 3)
         nxt = self.lm_head(hidden)[:, -1].float().argmax(-1)
         nxt = torch.where(io.done, pad, nxt)
         io.count.add_((~io.done.all()).long())  # a token counts while some row is still going
@@ -174,7 +175,7 @@ class _StepState:
     which rows are done, the output ids and how many of them count."""
 
     tok: Tensor  # int64 [B]
-    pos0: Tensor  # int64 [B]: position of the first generated token
+    pos0: Tensor  # int64 [B] ([3, B] M-RoPE planes): position of the first generated token
     step: Tensor  # int64 []: decode steps done
     done: Tensor  # bool [B]
     out: Tensor  # int64 [B, max_new]
@@ -182,11 +183,11 @@ class _StepState:
     eos: Tensor  # int64 [n_eos]
 
     @classmethod
-    def allocate(cls, pool: BufferPool | None, batch: int, max_new: int, n_eos: int, device) -> "_StepState":
+    def allocate(cls, pool: BufferPool | None, batch: int, max_new: int, n_eos: int, device, pos_shape) -> "_StepState":
         def buf(name, shape, dtype=torch.long):
             return pool.get("step." + name, shape, dtype, device) if pool else torch.zeros(shape, dtype=dtype, device=device)
 
-        return cls(buf("tok", (batch,)), buf("pos0", (batch,)), buf("step", ()), buf("done", (batch,), torch.bool),
+        return cls(buf("tok", (batch,)), buf("pos0", pos_shape), buf("step", ()), buf("done", (batch,), torch.bool),
                    buf("out", (batch, max_new)), buf("count", ()), buf("eos", (n_eos,)))
 
 

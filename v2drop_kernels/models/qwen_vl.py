@@ -12,9 +12,10 @@ Position ids are M-RoPE planes ``[3, ...]`` (temporal, height, width), computed 
 computes them (:func:`rope_planes`): text tokens count up on all three planes; a visual span starts
 at the current position ``p`` with ids ``(p + t·interval, p + row, p + column)`` (``interval``: 1,
 or Qwen2.5-VL's ``tokens_per_second · seconds per grid step`` for videos), and the text after it
-continues from ``p + max(h, w) / merge``. Pruning keeps the survivors' three planes; the first
-generated token takes ``max + 1`` over the prompt's planes, and each next one the following id
-on all three planes (plain RoPE).
+continues from ``p + max(h, w) / merge``. Pruning keeps the survivors' three planes; generated
+tokens continue one by one from the last prompt token's ids, as ``transformers``' ``generate``
+does (Qwen's original code continued from the largest id of the prompt; the two differ after a
+video whose temporal ids outrun the text that follows it).
 """
 
 from __future__ import annotations

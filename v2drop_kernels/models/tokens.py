@@ -73,15 +73,14 @@ class Tokens:
         return max(self.lengths, default=0)
 
     def next_positions(self) -> Tensor:
-        """int64 ``[B]``: the position id of each row's first generated token, one past its largest
-        (over every plane): Llama's ``length``, Qwen2-VL's ``max + 1`` (its ``rope_deltas``). Taken
-        before pruning, which may drop the token that holds the largest."""
-        pos = self.position_ids
-        if self.planes:
-            pos = pos.amax(0)
+        """int64 ``[B]`` (``[3, B]`` with planes): the position ids of each row's first generated
+        token, one past its last token's, as ``transformers``' ``generate`` continues them (for
+        Qwen-VL too: not from the largest id of the prompt, Qwen's original ``rope_deltas``, which
+        differs after a video whose temporal ids outrun the text that follows it)."""
         if not self.packed:
-            return pos.amax(-1) + 1
-        return torch.stack([pos[s:e].max() + 1 for s, e in zip(self.bounds[:-1], self.bounds[1:])])
+            return self.position_ids[..., -1] + 1
+        last = torch.tensor(self.bounds[1:], device=self.position_ids.device) - 1  # host bounds: no read-back
+        return self.position_ids.index_select(-1, last) + 1
 
     def last_index(self) -> Tensor:
         """Index of each row's last token (the last instruction token during prefill)."""
