@@ -402,6 +402,7 @@ def main(argv=None) -> list[dict]:
         # LLaVA: one model per tokens-per-image (its CLIP tower's image size); Qwen: one for every workload
         sizes = [None] if family == "qwen2.5-vl" else sorted({per for _, per in workloads.values()})
         for per_image in sizes:
+            torch.compiler.reset()  # the previous model's compiled graphs are of no further use
             hf, ours = build(family, shape, per_image, device, dtype)
             floor_ms = weight_bytes(ours) / (bandwidth * 1e9) * 1e3
             for workload, (images, per) in workloads.items():

@@ -99,6 +99,23 @@ def test_pruned_generate_equals_the_package_decoder(models, name, case):
     assert all(last < first for first, last in zip(trace.visual_per_layer[0], trace.visual_per_layer[-1]))  # pruning is on
 
 
+@pytest.mark.parametrize("case", ["batch3-images", "batch3-same"])
+def test_every_row_left_padded(models, case):
+    """Padding to a multiple (the processor's pad_to_multiple_of) leaves padding on every row."""
+    arch, hf, ours = models
+    inputs = inputs_of(arch, case, seed=10)
+    for key in ("input_ids", "attention_mask", "mm_token_type_ids"):
+        inputs[key] = torch.cat([inputs[key].new_zeros(3, 3), inputs[key]], dim=1)
+    prompts, vision = ours_args(inputs)
+    for make in (Policy, POLICIES["v2drop"][0]):
+        handle = enable_pruning(hf, make())
+        try:
+            got = hf_generate(hf, inputs, 5)
+        finally:
+            handle.disable()
+        assert got == ours.generate(prompts, **vision, max_new_tokens=5, policy=make()).tokens.tolist()
+
+
 def test_video_seconds_per_grid_step(models):
     """Qwen2.5-VL's temporal ids step by tokens_per_second × second_per_grid_ts, a different value per video."""
     arch, hf, ours = models
@@ -187,6 +204,20 @@ def test_loads_a_checkpoint_folder(tmp_path):
     inputs = multimodal_inputs([[(4, 8)]], seed=6)
     prompts, vision = ours_args(inputs)
     assert model.generate(prompts, **vision, max_new_tokens=4).tokens.tolist() == hf_generate(hf, inputs, 4)
+
+
+def test_generation_config_end_of_sequence_ids_are_kept(tmp_path):
+    """Qwen2-VL Instruct folders list a second EOS id in generation_config.json only: generation
+    stops on it, as transformers' generate does."""
+    import json
+
+    folder = save_tiny_qwen_vl(tmp_path / "qwen", "qwen2-vl", seed=11)
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 7], "pad_token_id": 0}))
+    assert load_model(folder).cfg.text.eos_token_id == [2, 7]
+    from transformers import Qwen2VLForConditionalGeneration
+
+    hf = Qwen2VLForConditionalGeneration.from_pretrained(folder).eval()
+    assert qwen_vl_from_transformers(hf).cfg.text.eos_token_id == [2, 7]
 
 
 def test_flat_published_config_reads_like_the_nested_one():

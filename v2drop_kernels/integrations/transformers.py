@@ -49,9 +49,10 @@ _SUPPORTED = {
 class _CacheAdapter:
     """The decoder's cache interface (``store``/``append``) over a ``transformers`` ``Cache``."""
 
-    def __init__(self, hf_cache, num_layers: int, pad: Tensor):
+    def __init__(self, hf_cache, num_layers: int, pad: Tensor, width: int):
         self.hf = hf_cache
         self.pad = pad  # int64 [B]: left padding of each row in the prompt
+        self.width = width  # the prompt's columns: layer 0 holds that many entries (the cache length generate reads)
         self.columns: list[Tensor | None] = [None] * num_layers  # attention-mask column of each entry (-1: hole)
         self.mask: Tensor | None = None  # the step's 2D attention mask (None: no padding)
         self.mask_width = 0  # columns of that mask: the new token's column is mask_width - 1
@@ -59,7 +60,8 @@ class _CacheAdapter:
 
     def store(self, layer: int, k: Tensor, v: Tensor, tokens: Tokens) -> None:
         if tokens.packed:  # row r's entries go to columns [0, lengths[r]); the rest are holes
-            b, width, (h, d) = tokens.batch, tokens.max_len, k.shape[1:]
+            b, (h, d) = tokens.batch, k.shape[1:]
+            width = self.width if layer == 0 else tokens.max_len  # every row may be padded (pad_to_multiple_of)
             keys, values = k.new_zeros(b, h, width, d), v.new_zeros(b, h, width, d)
             cols = torch.full((b, width), -1, dtype=torch.long, device=k.device)
             for row, (start, n) in enumerate(zip(tokens.bounds, tokens.lengths)):
@@ -172,7 +174,7 @@ class PruningHandle:
                                f"+ {s} new tokens (was the cache passed under a name this integration does not know?)")
         if past == 0:  # prefill: prune here
             tokens, pad = self._prefill_tokens(inputs_embeds, position_ids, attention_mask)
-            adapter = _CacheAdapter(past_key_values, len(self.lm.layers), pad)
+            adapter = _CacheAdapter(past_key_values, len(self.lm.layers), pad, s)
             self._adapters = {id(past_key_values): adapter}
             ctx = PruningContext(self.backend)
             self.trace = ctx.trace

@@ -39,6 +39,20 @@ from .pruning import PruningContext
 from .tokens import Tokens
 
 
+# Dynamo compiles a function once per specialisation, and its cache belongs to the function's code,
+# shared by every decoder in the process: each model shape, bias layout and decode batch size is one
+# more entry. Its default limit (8) would end a process that serves a few models or batch sizes
+# (with fullgraph=True, as a hard error); this is the limit ``Decoder.compile`` sets.
+RECOMPILE_LIMIT = 64
+
+
+def _allow_recompiles(limit: int) -> None:
+    import torch._dynamo.config as dynamo_config
+
+    name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    setattr(dynamo_config, name, max(getattr(dynamo_config, name), limit))
+
+
 class Decoder:
     """Runs ``model.layers`` with a policy; ``model`` has ``layers`` and ``norm`` (HF Llama names).
 
@@ -60,6 +74,7 @@ class Decoder:
         ops and attention stay outside the compiled functions."""
         self.compiled = enabled
         if enabled:
+            _allow_recompiles(RECOMPILE_LIMIT)
             self._pre = torch.compile(pre_attention, dynamic=True, fullgraph=True)
             self._post = torch.compile(post_attention, dynamic=True, fullgraph=True)
             self._pre_step = torch.compile(pre_attention, dynamic=False, fullgraph=True)

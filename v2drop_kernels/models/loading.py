@@ -13,6 +13,7 @@ is read:
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -60,6 +61,30 @@ def read_config(path: str | Path) -> dict:
     return json.loads((path / "config.json").read_text())
 
 
+def _generation_config(path: str | Path) -> dict:
+    """``generation_config.json`` of a checkpoint folder (``{}`` when there is none)."""
+    file = Path(path) / "generation_config.json"
+    return json.loads(file.read_text()) if file.is_file() else {}
+
+
+def _hf_generation_eos(hf_model):
+    config = getattr(hf_model, "generation_config", None)
+    return None if config is None else config.eos_token_id
+
+
+def with_generation_eos(cfg, eos):
+    """``cfg`` whose end-of-sequence ids also hold ``eos`` (from ``generation_config.json``, what
+    ``transformers``' ``generate`` stops on: Qwen2-VL Instruct lists ``<|im_end|>`` and
+    ``<|endoftext|>`` there, ``config.json`` only the first)."""
+    if eos is None:
+        return cfg
+    ids = lambda x: [] if x is None else list(x) if isinstance(x, (list, tuple)) else [x]  # noqa: E731
+    merged = list(dict.fromkeys(ids(cfg.text.eos_token_id) + ids(eos)))
+    if merged == ids(cfg.text.eos_token_id):
+        return cfg
+    return replace(cfg, text=replace(cfg.text, eos_token_id=merged if len(merged) > 1 else merged[0]))
+
+
 def _read_weights(path: Path, dtype: torch.dtype, device) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -85,20 +110,20 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str
 
 def load_llava(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Llava:
     """Builds :class:`Llava` from a local checkpoint folder; every weight must be found."""
-    cfg = LlavaConfig.from_hf(read_config(path))
+    cfg = with_generation_eos(LlavaConfig.from_hf(read_config(path)), _generation_config(path).get("eos_token_id"))
     return _assemble_llava(cfg, _read_weights(Path(path), dtype, device), device, str(path))
 
 
 def load_qwen_vl(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> QwenVL:
     """Builds :class:`QwenVL` (Qwen2-VL or Qwen2.5-VL) from a local checkpoint folder."""
-    cfg = QwenVLConfig.from_hf(read_config(path))
+    cfg = with_generation_eos(QwenVLConfig.from_hf(read_config(path)), _generation_config(path).get("eos_token_id"))
     return _assemble_qwen_vl(cfg, _read_weights(Path(path), dtype, device), device, str(path))
 
 
 def llava_from_transformers(hf_model) -> Llava:
     """:class:`Llava` on the weights of an in-memory ``transformers`` ``LlavaForConditionalGeneration``
     (the same tensors, not copies; its device and dtype)."""
-    cfg = LlavaConfig.from_hf(hf_model.config.to_dict())
+    cfg = with_generation_eos(LlavaConfig.from_hf(hf_model.config.to_dict()), _hf_generation_eos(hf_model))
     device = next(hf_model.parameters()).device
     return _assemble_llava(cfg, hf_model.state_dict(), device, type(hf_model).__name__)
 
@@ -106,7 +131,7 @@ def llava_from_transformers(hf_model) -> Llava:
 def qwen_vl_from_transformers(hf_model) -> QwenVL:
     """:class:`QwenVL` on the weights of an in-memory ``Qwen2VLForConditionalGeneration`` or
     ``Qwen2_5_VLForConditionalGeneration`` (the same tensors, not copies)."""
-    cfg = QwenVLConfig.from_hf(hf_model.config.to_dict())
+    cfg = with_generation_eos(QwenVLConfig.from_hf(hf_model.config.to_dict()), _hf_generation_eos(hf_model))
     device = next(hf_model.parameters()).device
     return _assemble_qwen_vl(cfg, hf_model.state_dict(), device, type(hf_model).__name__)
 
