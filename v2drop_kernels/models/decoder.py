@@ -132,10 +132,10 @@ class Decoder:
     # -- decode -------------------------------------------------------------------------------------
     def decode_step(self, hidden: Tensor, position_ids: Tensor, step: Tensor, cache, planes: bool = False) -> Tensor:
         """One static decode step: ``hidden [B, 1, D]`` at ``position_ids [B, 1]`` (``planes``: M-RoPE
-        ``[3, B, 1]``); ``step`` (an int64
-        device scalar) is the number of steps done before, so layer ``l`` writes column
-        ``length_l + step`` of its :class:`~v2drop_kernels.models.cache.KVCache`. Shapes and
-        addresses are the same at every step. Returns the normed output."""
+        ids ``[3, B, 1]``); ``step`` (an int64 device scalar) is the number of steps done before, so
+        layer ``l`` writes column ``length_l + step`` of its
+        :class:`~v2drop_kernels.models.cache.KVCache`. Shapes and addresses are the same at every
+        step. Returns the normed output."""
         cos, sin = self.rotary(position_ids, hidden.dtype, planes=planes)  # once per step, for every layer
         for i, w in enumerate(self.weights()):
             q, k, v = self._qkv(self._pre_step, hidden, w, cos, sin, packed=False)

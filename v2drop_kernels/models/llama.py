@@ -40,7 +40,7 @@ class Rotary(nn.Module):
     Multimodal RoPE (``cfg.mrope_section``, Qwen2-VL): position ids come as three planes
     ``[3, ...]`` (temporal, height, width) and frequency ``j`` turns by the plane of the section
     ``j`` falls in (sections taken in turn: temporal, height, width). Text tokens have three equal
-    planes, which is plain RoPE; so are generated tokens, whose ids may come as one plane.
+    planes, which is plain RoPE.
     """
 
     def __init__(self, cfg: TextConfig):
