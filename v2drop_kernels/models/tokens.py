@@ -79,8 +79,7 @@ class Tokens:
         differs after a video whose temporal ids outrun the text that follows it)."""
         if not self.packed:
             return self.position_ids[..., -1] + 1
-        last = torch.tensor(self.bounds[1:], device=self.position_ids.device) - 1  # host bounds: no read-back
-        return self.position_ids.index_select(-1, last) + 1
+        return self.position_ids.index_select(-1, self.last_index()) + 1
 
     def last_index(self) -> Tensor:
         """Index of each row's last token (the last instruction token during prefill)."""
