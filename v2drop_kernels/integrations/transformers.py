@@ -36,7 +36,7 @@ from ..models.config import TextConfig
 from ..models.decoder import Decoder
 from ..models.policies import Policy
 from ..models.pruning import PrefillTrace, PruningContext
-from ..models.tokens import Tokens
+from ..models.tokens import Tokens, cu_seqlens
 
 # model_type -> (text model types, tokens that are visual)
 _SUPPORTED = {
@@ -148,7 +148,7 @@ class PruningHandle:
             valid = None if attention_mask is None or bool(real.all()) else real
             return Tokens(hidden, position_ids, index, vis, counts, valid=valid), pad
         take = lambda x: torch.cat([x[..., row, s - n:] for row, n in enumerate(lengths)], dim=-1)  # noqa: E731
-        cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=hidden.device)
+        cu = cu_seqlens(lengths, hidden.device)
         packed_hidden = torch.cat([hidden[row, s - n:] for row, n in enumerate(lengths)])
         return Tokens(packed_hidden, take(position_ids), take(index), take(vis), counts, cu_seqlens=cu, lengths=lengths), pad
 

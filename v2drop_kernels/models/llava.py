@@ -23,7 +23,7 @@ from .generation import Generation, GenerativeModel
 from .llama import LlamaModel, Rotary
 from .policies import Policy
 from .pruning import PruningContext
-from .tokens import Tokens
+from .tokens import Tokens, cu_seqlens
 
 
 _ACTIVATIONS = {"gelu": nn.GELU, "gelu_pytorch_tanh": lambda: nn.GELU(approximate="tanh"), "relu": nn.ReLU, "silu": nn.SiLU}
@@ -105,7 +105,7 @@ class Llava(GenerativeModel):
         if layout == "packed":
             ids = torch.cat(prompts)
             hidden, vis = self._embed(ids, features)
-            cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=device)
+            cu = cu_seqlens(lengths, device)
             pos = torch.cat([torch.arange(n, device=device) for n in lengths])
             visual = [int((p == self.cfg.image_token_id).sum()) for p in prompts]
             return Tokens(hidden, pos, pos, vis, visual, cu_seqlens=cu, lengths=lengths)

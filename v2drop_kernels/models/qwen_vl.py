@@ -32,7 +32,7 @@ from .generation import Generation, GenerativeModel
 from .llama import LlamaModel, Rotary
 from .policies import Policy
 from .pruning import PruningContext
-from .tokens import Tokens
+from .tokens import Tokens, cu_seqlens
 
 TEXT, IMAGE, VIDEO = 0, 1, 2  # token types, as transformers' mm_token_type_ids
 
@@ -175,7 +175,7 @@ class QwenVL(GenerativeModel):
         lengths = [p.numel() for p in host]
         if layout == "packed":
             hidden, vis = self._embed(torch.cat(host).to(device), image_features, video_features)
-            cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=device)
+            cu = cu_seqlens(lengths, device)
             index = torch.cat([torch.arange(n) for n in lengths]).to(device)
             pos = torch.cat(planes, dim=1).to(device)
             return Tokens(hidden, pos, index, vis, visual, cu_seqlens=cu, lengths=lengths)
@@ -195,7 +195,9 @@ class QwenVL(GenerativeModel):
         valid = None if min(lengths) == width else (index >= 0).to(device)
         return Tokens(hidden, pos.to(device), index.to(device), vis, visual, valid=valid)
 
-    def _features(self, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw, image_features, video_features):
+    def _inputs(self, prompts, layout, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw,
+                second_per_grid_ts, image_features=None, video_features=None) -> Tokens:
+        """The prefill tokens of ``prompts`` from pixels (through the vision tower) or given features."""
         if pixel_values is not None:
             if image_grid_thw is None:
                 raise ValueError("pixel_values needs image_grid_thw")
@@ -205,7 +207,8 @@ class QwenVL(GenerativeModel):
                 raise ValueError("pixel_values_videos needs video_grid_thw")
             video_features = self.visual_features(pixel_values_videos,
                                                   torch.as_tensor(video_grid_thw, device=pixel_values_videos.device))
-        return image_features, video_features
+        return self.tokens(prompts, layout, image_features=image_features, image_grid_thw=image_grid_thw,
+                           video_features=video_features, video_grid_thw=video_grid_thw, second_per_grid_ts=second_per_grid_ts)
 
     # -- forward and generation ---------------------------------------------------------------------
     @torch.inference_mode()
@@ -214,9 +217,8 @@ class QwenVL(GenerativeModel):
                 second_per_grid_ts: Tensor | None = None, policy: Policy | None = None, layout: str = "padded",
                 backend: str | None = None) -> tuple[Tensor, Tokens]:
         """Prefill only: logits of every surviving token and the final :class:`Tokens`."""
-        images, videos = self._features(pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw, None, None)
-        tokens = self.tokens(prompts, layout, image_features=images, image_grid_thw=image_grid_thw, video_features=videos,
-                             video_grid_thw=video_grid_thw, second_per_grid_ts=second_per_grid_ts)
+        tokens = self._inputs(prompts, layout, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw,
+                              second_per_grid_ts)
         tokens = self.decoder.prefill(tokens, policy or Policy(), ctx=PruningContext(backend))
         return self.lm_head(tokens.hidden).float(), tokens
 
@@ -245,10 +247,8 @@ class QwenVL(GenerativeModel):
         replace the pixels, with their grids still given. ``cuda_graph``, ``time_pruning``: see
         :meth:`~v2drop_kernels.models.generation.GenerativeModel.run_generation`."""
         def inputs() -> Tokens:
-            images, videos = self._features(pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw,
-                                            image_features, video_features)
-            return self.tokens(prompts, layout, image_features=images, image_grid_thw=image_grid_thw,
-                               video_features=videos, video_grid_thw=video_grid_thw, second_per_grid_ts=second_per_grid_ts)
+            return self._inputs(prompts, layout, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw,
+                                second_per_grid_ts, image_features, video_features)
 
         return self.run_generation(inputs, max_new_tokens=max_new_tokens, policy=policy, backend=backend,
                                    progress=progress, cuda_graph=cuda_graph, time_pruning=time_pruning)

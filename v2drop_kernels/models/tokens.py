@@ -23,6 +23,14 @@ from torch import Tensor
 from .. import ops
 
 
+def cu_seqlens(lengths: list[int], device) -> Tensor:
+    """int32 ``[B + 1]`` offsets of packed rows of ``lengths`` tokens (flash-attn's varlen convention)."""
+    offsets = [0]
+    for n in lengths:
+        offsets.append(offsets[-1] + n)
+    return torch.tensor(offsets, dtype=torch.int32, device=device)
+
+
 @dataclass
 class Selection:
     """Survivors of one pruning step: positions into the current sequence, ascending."""
