@@ -63,6 +63,15 @@ def hf_generate(hf, inputs: dict, new: int) -> list[list[int]]:
     return out[:, inputs["input_ids"].shape[1]:].tolist()
 
 
+def pruned_generate(hf, inputs: dict, policy, new: int):
+    """transformers' own generate with ``policy`` enabled: the new tokens and the prefill's trace."""
+    handle = enable_pruning(hf, policy)
+    try:
+        return hf_generate(hf, inputs, new), handle.trace
+    finally:
+        handle.disable()
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_unpruned_tokens_equal_transformers(models, case):
     arch, hf, ours = models
@@ -73,11 +82,7 @@ def test_unpruned_tokens_equal_transformers(models, case):
     for layout in ("padded", "packed") if len(counts) == 1 else ("packed",):
         assert ours.generate(prompts, **vision, max_new_tokens=6, layout=layout).tokens.tolist() == expected, layout
     # transformers' generate through the integration, pruning nothing
-    handle = enable_pruning(hf, Policy())
-    try:
-        assert hf_generate(hf, inputs, 6) == expected
-    finally:
-        handle.disable()
+    assert pruned_generate(hf, inputs, Policy(), 6)[0] == expected
 
 
 @pytest.mark.parametrize("case", ["image", "video", "batch3-images", "batch3-same"])
@@ -86,12 +91,7 @@ def test_pruned_generate_equals_the_package_decoder(models, name, case):
     arch, hf, ours = models
     inputs = inputs_of(arch, case, seed=2)
     make, _ = POLICIES[name]
-    handle = enable_pruning(hf, make())
-    try:
-        got = hf_generate(hf, inputs, 6)
-        trace = handle.trace
-    finally:
-        handle.disable()
+    got, trace = pruned_generate(hf, inputs, make(), 6)
     prompts, vision = ours_args(inputs)
     expected = ours.generate(prompts, **vision, max_new_tokens=6, policy=make())
     assert got == expected.tokens.tolist()
@@ -108,11 +108,7 @@ def test_every_row_left_padded(models, case):
         inputs[key] = torch.cat([inputs[key].new_zeros(3, 3), inputs[key]], dim=1)
     prompts, vision = ours_args(inputs)
     for make in (Policy, POLICIES["v2drop"][0]):
-        handle = enable_pruning(hf, make())
-        try:
-            got = hf_generate(hf, inputs, 5)
-        finally:
-            handle.disable()
+        got, _ = pruned_generate(hf, inputs, make(), 5)
         assert got == ours.generate(prompts, **vision, max_new_tokens=5, policy=make()).tokens.tolist()
 
 
@@ -135,11 +131,7 @@ def test_video_seconds_per_grid_step(models):
     assert planes.amax() > 14  # the steps were used
     expected = hf_generate(hf, inputs, 6)
     assert ours.generate(prompts, **vision, max_new_tokens=6).tokens.tolist() == expected
-    handle = enable_pruning(hf, V2Drop(layers=(2, 4), keep=(0.3, 0.0)))
-    try:
-        got = hf_generate(hf, inputs, 6)
-    finally:
-        handle.disable()
+    got, _ = pruned_generate(hf, inputs, V2Drop(layers=(2, 4), keep=(0.3, 0.0)), 6)
     assert got == ours.generate(prompts, **vision, max_new_tokens=6, policy=V2Drop(layers=(2, 4), keep=(0.3, 0.0))).tokens.tolist()
 
 
