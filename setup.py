@@ -62,4 +62,7 @@ setup(
     options={"bdist_wheel": {"py_limited_api": "cp39"}},
     python_requires=">=3.10",
     install_requires=[f"torch>={MIN_TORCH}"],
+    # vLLM loads general plugins in every process; this one does nothing unless asked for in
+    # additional_config (v2drop_kernels/integrations/vllm).
+    entry_points={"vllm.general_plugins": ["v2drop = v2drop_kernels.integrations.vllm:register"]},
 )

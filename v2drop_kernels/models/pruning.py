@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -32,13 +32,22 @@ class PrefillTrace:
 class PruningContext:
     """``backend``: the ops backend that prunes (``None``: the fastest for the device).
     ``time_pruning``: measure the time spent in the policy's hooks (synchronising the device around
-    each hook, so only for measurement runs)."""
+    each hook, so only for measurement runs). ``all_ranks_mean``: where the attention heads are split
+    across tensor-parallel ranks (the vLLM integration), the function that turns one rank's head
+    mean into the mean over every rank's heads (an all-reduce); ``None``: this process has them all."""
 
-    def __init__(self, backend: str | None = None, *, time_pruning: bool = False):
+    def __init__(self, backend: str | None = None, *, time_pruning: bool = False,
+                 all_ranks_mean: Callable[[Tensor], Tensor] | None = None):
         self.backend = backend
         self.trace = PrefillTrace(pruning_ms=0.0 if time_pruning else None)
         self.state: dict[str, Any] = {}  # a policy's scratch between its hooks, within this prefill
         self._timed = time_pruning
+        self._all_ranks_mean = all_ranks_mean
+
+    def mean_over_ranks(self, head_mean: Tensor) -> Tensor:
+        """A score averaged over this rank's attention heads, averaged over every rank's (every rank
+        holds as many heads, so this is the mean over all heads, the same bits on every rank)."""
+        return head_mean if self._all_ranks_mean is None else self._all_ranks_mean(head_mean)
 
     def record_drop(self, layer: int, scores: Tensor, orig_pos: Tensor) -> None:
         """The scores that ranked the tokens dropped before (or inside) ``layer``, and the prompt index

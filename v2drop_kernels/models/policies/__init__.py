@@ -1,6 +1,6 @@
 """Pruning policies: none, V²Drop, PyramidDrop, FastV. One file each; see :mod:`.base`."""
 
-from .base import Policy, kept_count, parse_keep
+from .base import Policy, kept_count, parse_keep, visual_per_stage
 from .fastv import FastV
 from .pdrop import PyramidDrop
 from .v2drop import SCHEDULES, V2Drop
@@ -25,4 +25,4 @@ def make_policy(name: str, layers=None, keep=None, schedule: str | None = None) 
     return POLICIES[name](**kwargs)
 
 
-__all__ = ["POLICIES", "SCHEDULES", "FastV", "Policy", "PyramidDrop", "V2Drop", "kept_count", "make_policy", "parse_keep"]
+__all__ = ["POLICIES", "SCHEDULES", "FastV", "Policy", "PyramidDrop", "V2Drop", "kept_count", "make_policy", "parse_keep", "visual_per_stage"]

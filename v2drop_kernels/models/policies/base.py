@@ -7,6 +7,11 @@ A policy is a small object with three hooks the decoder calls during prefill (se
 - ``before_layer(i, tokens, ctx) -> tokens``: drop tokens before layer ``i`` runs;
 - ``inside_attention(i, tokens, q, k, ctx) -> Selection | None``: drop tokens inside layer ``i``
   after its queries/keys are computed (RoPE applied), so their K/V are reused through KV compaction.
+  ``needs_qk(i)`` says for which layers this hook reads ``q, k`` (a caller that must compute them
+  separately, such as the vLLM integration, computes them only there).
+
+What a schedule does to a row's visual-token count needs no hook: ``keep_rules`` holds one rule per
+layer of ``layers`` and :func:`visual_per_stage` applies them in turn.
 
 ``ctx`` is the prefill's :class:`~v2drop_kernels.models.pruning.PruningContext`: the ops backend to
 prune with, scratch between hooks, and the trace each drop is recorded in. A policy object holds
@@ -51,6 +56,15 @@ class Policy:
     def inside_attention(self, layer: int, tokens: Tokens, q: Tensor, k: Tensor, ctx: PruningContext) -> Selection | None:
         return None
 
+    def needs_qk(self, layer: int) -> bool:
+        """Whether :meth:`inside_attention` reads layer ``layer``'s queries and keys."""
+        return False
+
+    @property
+    def keep_rules(self) -> tuple[int | float, ...]:
+        """The kept-count rule (:func:`kept_count`) of each layer of ``layers``, in order."""
+        return ()
+
     def describe(self) -> str:
         return self.name
 
@@ -88,12 +102,28 @@ def kept_count(rule: int | float, visual: int) -> int:
     return min(rule, visual)
 
 
-def last_query_scores(tokens: Tokens, q: Tensor, k: Tensor) -> Tensor:
+def visual_per_stage(policy: Policy, visual: int) -> list[int]:
+    """The visual tokens a row of ``visual`` keeps after each layer of ``policy.layers`` (one entry
+    per layer): each rule of ``policy.keep_rules`` applied to what the previous one left."""
+    out = []
+    for rule in policy.keep_rules:
+        visual = kept_count(rule, visual)
+        out.append(visual)
+    return out
+
+
+def last_query_scores(tokens: Tokens, q: Tensor, k: Tensor, ctx: PruningContext) -> Tensor:
     """Attention of each row's last token (the last instruction token) to every token, head mean.
 
     ``q, k`` as the decoder computes them (RoPE applied): padded ``[B, H, S, Dh]`` /
     ``[B, Hkv, S, Dh]``, packed ``[T, H, Dh]`` / ``[T, Hkv, Dh]``. Returns float32 ``[B, S]`` / ``[T]``.
+    When the heads are split across tensor-parallel ranks, ``ctx`` averages over all of them
+    (:meth:`~v2drop_kernels.models.pruning.PruningContext.mean_over_ranks`).
     """
+    return ctx.mean_over_ranks(_last_query_scores(tokens, q, k))
+
+
+def _last_query_scores(tokens: Tokens, q: Tensor, k: Tensor) -> Tensor:
     if not tokens.packed:
         return last_query_attention(q[:, :, -1:], k, tokens.valid)
     scores = torch.zeros(q.shape[0], dtype=torch.float32, device=q.device)

@@ -25,7 +25,7 @@ class FastV(Policy):
 
     def inside_attention(self, layer: int, tokens: Tokens, q: Tensor, k: Tensor, ctx: PruningContext) -> Selection | None:
         if layer == self.layers[0] - 1:
-            ctx.state["fastv"] = last_query_scores(tokens, q, k)
+            ctx.state["fastv"] = last_query_scores(tokens, q, k, ctx)
         return None
 
     def before_layer(self, layer: int, tokens: Tokens, ctx: PruningContext) -> Tokens:
@@ -35,6 +35,13 @@ class FastV(Policy):
         ctx.record_drop(layer, scores, tokens.orig_pos)
         sel = tokens.select(scores, [kept_count(self.rule, v) for v in tokens.num_visual], ctx.backend)
         return tokens.compact(sel, backend=ctx.backend)[0]
+
+    def needs_qk(self, layer: int) -> bool:
+        return layer == self.layers[0] - 1
+
+    @property
+    def keep_rules(self) -> tuple[int | float, ...]:
+        return (self.rule,)
 
     def describe(self) -> str:
         return f"fastv(K={self.layers[0]}, keep={self.rule})"

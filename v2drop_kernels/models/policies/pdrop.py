@@ -29,9 +29,16 @@ class PyramidDrop(Policy):
         if layer not in self.layers or not any(tokens.num_visual):
             return None
         rule = self.keep[self.layers.index(layer)]
-        scores = last_query_scores(tokens, q, k)
+        scores = last_query_scores(tokens, q, k, ctx)
         ctx.record_drop(layer, scores, tokens.orig_pos)
         return tokens.select(scores, [kept_count(rule, v) for v in tokens.num_visual], ctx.backend)
+
+    def needs_qk(self, layer: int) -> bool:
+        return layer in self.layers
+
+    @property
+    def keep_rules(self) -> tuple[int | float, ...]:
+        return self.keep
 
     def describe(self) -> str:
         return f"pdrop(layers={list(self.layers)}, keep={list(self.keep)})"

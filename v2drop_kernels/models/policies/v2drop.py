@@ -58,5 +58,9 @@ class V2Drop(Policy):
         ctx.record_drop(layer, out.scores, tokens.orig_pos)
         return tokens.shrink(Selection(out.keep_pos, k, out.cu_seqlens, out.position_ids, out.vis_mask), out.hidden)
 
+    @property
+    def keep_rules(self) -> tuple[int | float, ...]:
+        return self.keep
+
     def describe(self) -> str:
         return f"v2drop(layers={list(self.layers)}, keep={list(self.keep)})"
