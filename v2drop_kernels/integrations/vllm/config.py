@@ -76,7 +76,10 @@ def settings(vllm_config) -> Settings | None:
         raise ValueError(f"{KEY}: {name} takes {accepted} (and {list(_OPTIONS)}), not {unknown}")
     if name == "v2drop" and "layers" not in kwargs and "schedule" not in kwargs:
         kwargs["schedule"] = default_schedule
-    policy = POLICIES[name](**kwargs)
+    try:
+        policy = POLICIES[name](**kwargs)
+    except ValueError as error:
+        raise ValueError(f"{KEY}: {name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}): {error}") from None
     hf_config = vllm_config.model_config.hf_config
     num_layers = vllm_config.model_config.hf_text_config.num_hidden_layers
     policy.check(num_layers)
