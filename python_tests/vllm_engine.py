@@ -7,7 +7,7 @@ workers are processes too; a fresh one per engine keeps engines, plugins and env
 - ``model``: a model folder; ``engine``: keyword arguments of ``vllm.LLM``; ``v2drop``: the pruning
   config (``additional_config["v2drop"]``) or ``null``;
 - ``requests``: ``{"prompt": text, "images": [[seed, h, w], ...], "videos": [[seed, frames, h, w], ...]}``
-  each (media made by :func:`vllm_models.request_media`), run as one batch;
+  each (media made by :func:`v2drop_kernels.integrations.vllm.folders.request_media`), run as one batch;
 - ``refused``: requests sent one by one, each expected to fail (``"sampling"``: sampling parameters
   of that request);
 - ``max_tokens`` (8), ``logprobs`` (1);
@@ -28,7 +28,7 @@ from pathlib import Path
 
 
 def _prompt(request: dict) -> dict:
-    from vllm_models import request_media
+    from v2drop_kernels.integrations.vllm.folders import request_media
 
     media = request_media(request)
     return {"prompt": request["prompt"], **({"multi_modal_data": media} if media else {})}

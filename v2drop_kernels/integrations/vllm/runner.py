@@ -66,6 +66,12 @@ class PruningRunner:
         self.v2drop_stage_of_group: dict[int, int] = {}  # KV-cache group id -> pruned stage
         self.v2drop_backends: dict[tuple[type, int], type] = {}
         self.v2drop_visual_ids = torch.tensor(self.v2drop_schedule.visual_ids, dtype=torch.long, device=self.device)
+        # Per pruned stage, host/device buffers (pinned on a GPU) of its query_start_loc, seq_lens and
+        # cache positions, filled every step as vLLM fills its own.
+        self.v2drop_buffers = [(self._make_buffer(self.max_num_reqs + 1, dtype=torch.int32),
+                                self._make_buffer(self.max_num_reqs, dtype=torch.int32),
+                                self._make_buffer(self.max_num_tokens, dtype=torch.int64))
+                               for _ in range(self.v2drop_schedule.num_stages - 1)]
 
     # -- start-up ---------------------------------------------------------------------------------
     def load_model(self, *args, **kwargs) -> None:
@@ -128,18 +134,21 @@ class PruningRunner:
         return out
 
     def _plan_step(self, num_scheduled_tokens) -> None:
-        batch, device = self.input_batch, self.device
+        batch = self.input_batch
         num_reqs = batch.num_reqs
         req_ids = batch.req_ids[:num_reqs]
         plans = [self._request_plan(req_id) for req_id in req_ids]
         plan = plan_step(self.v2drop_schedule, req_ids, plans, batch.num_computed_tokens_cpu[:num_reqs],
                          num_scheduled_tokens[:num_reqs])
         self.v2drop_stages = []
-        for counts in plan.stages:
-            qsl, seq_lens = torch.from_numpy(counts.query_start_loc), torch.from_numpy(counts.seq_lens)
+        for counts, (qsl, seq_lens, positions) in zip(plan.stages, self.v2drop_buffers):
+            qsl.np[: num_reqs + 1] = counts.query_start_loc
+            seq_lens.np[:num_reqs] = counts.seq_lens
+            positions.np[: counts.num_tokens] = counts.positions
             self.v2drop_stages.append(StageTensors(
-                qsl.to(device), qsl, seq_lens.to(device), seq_lens, torch.from_numpy(counts.positions).to(device),
-                counts.num_tokens, counts.max_query_len, counts.max_seq_len))
+                qsl.copy_to_gpu(num_reqs + 1), qsl.cpu[: num_reqs + 1], seq_lens.copy_to_gpu(num_reqs),
+                seq_lens.cpu[:num_reqs], positions.copy_to_gpu(counts.num_tokens), counts.num_tokens,
+                counts.max_query_len, counts.max_seq_len))
         for gid, stage in self.v2drop_stage_of_group.items():
             tensors = self.v2drop_stages[stage - 1]
             batch.block_table[gid].compute_slot_mapping(num_reqs, tensors.query_start_loc, tensors.positions)
