@@ -120,9 +120,9 @@ def test_stage_counts_equal_the_package_decoder(policy):
 
 def test_importing_the_plugin_needs_no_vllm(monkeypatch):
     """The entry point module imports without vLLM (vLLM is what calls ``register``)."""
+    for name in [m for m in sys.modules if m.startswith(("vllm.", "v2drop_kernels.integrations.vllm"))]:
+        monkeypatch.delitem(sys.modules, name)  # (put back after the test)
     monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` raises ImportError
-    for name in [m for m in sys.modules if m.startswith("v2drop_kernels.integrations.vllm")]:
-        monkeypatch.delitem(sys.modules, name)
     plugin = importlib.import_module("v2drop_kernels.integrations.vllm")
     importlib.import_module("v2drop_kernels.integrations.vllm.plan")
     with pytest.raises(ImportError):
