@@ -33,11 +33,11 @@ SCHEDULER = "v2drop_kernels.integrations.vllm.scheduler.make_scheduler"
 WORKERS = {"cpu": "v2drop_kernels.integrations.vllm.worker.PruningCPUWorker",
            "cuda": "v2drop_kernels.integrations.vllm.worker.PruningGPUWorker"}
 
-# architecture -> (config attributes holding its visual token ids, V²Drop's default schedule)
+# architecture -> V²Drop's default schedule on it (v2drop_kernels.models.policies.v2drop.SCHEDULES)
 ARCHITECTURES = {
-    "LlavaForConditionalGeneration": (("image_token_index",), "llava-1.5"),
-    "Qwen2VLForConditionalGeneration": (("image_token_id", "video_token_id"), "qwen2-vl"),
-    "Qwen2_5_VLForConditionalGeneration": (("image_token_id", "video_token_id"), "qwen2-vl"),
+    "LlavaForConditionalGeneration": "llava-1.5",
+    "Qwen2VLForConditionalGeneration": "qwen2-vl",
+    "Qwen2_5_VLForConditionalGeneration": "qwen2-vl",
 }
 _OPTIONS = ("policy", "trace")  # keys of the dict that are not the policy's arguments
 
@@ -65,7 +65,7 @@ def settings(vllm_config) -> Settings | None:
     if arch not in ARCHITECTURES:
         raise ValueError(f"{KEY}: pruning inside vLLM is implemented for {sorted(ARCHITECTURES)}, not {arch}; "
                          f"remove {KEY!r} from --additional-config")
-    token_attrs, default_schedule = ARCHITECTURES[arch]
+    default_schedule = ARCHITECTURES[arch]
     name = options.get("policy", "v2drop")
     if name not in POLICIES or name == "none":
         raise ValueError(f"{KEY}: unknown policy {name!r}; choose one of {sorted(set(POLICIES) - {'none'})}")
@@ -80,14 +80,12 @@ def settings(vllm_config) -> Settings | None:
         policy = POLICIES[name](**kwargs)
     except ValueError as error:
         raise ValueError(f"{KEY}: {name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}): {error}") from None
-    hf_config = vllm_config.model_config.hf_config
     num_layers = vllm_config.model_config.hf_text_config.num_hidden_layers
     policy.check(num_layers)
-    visual_ids = tuple(int(getattr(hf_config, attr)) for attr in token_attrs)
     trace = options.get("trace")
     if trace is not None and not isinstance(trace, str):
         raise ValueError(f"{KEY}: trace is a folder path, got {trace!r}")
-    return Settings(PruningSchedule(policy, num_layers, visual_ids), trace)
+    return Settings(PruningSchedule(policy, num_layers), trace)
 
 
 def _refusals(vllm_config) -> list[str]:

@@ -128,7 +128,10 @@ class PrunedDecoder:
                     hidden, residual = tokens.hidden, None
                     if self.trace is not None:
                         self.trace.record(i, tokens, step.plan)
-                tokens.prev = tokens.hidden if policy.keeps_prev(i) else None
+                if policy.keeps_prev(i):  # vLLM's fused add-norm may update the layer's input in place (CUDA)
+                    tokens.prev = tokens.hidden.clone() if residual is None else tokens.hidden
+                else:
+                    tokens.prev = None
             hidden, residual = layer(tokens.position_ids, hidden, residual)
         hidden, _ = decoder.norm(hidden, residual)
         return self._step_rows(hidden, tokens, step)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 
 from .config import KEY, configure, requested, settings
+from .plan import visual_ranges
 
 
 def install() -> None:
@@ -70,20 +71,22 @@ def check_request(processor, request) -> None:
     if state is None:
         state = processor.__dict__["_v2drop"] = (settings(processor.vllm_config).schedule, _encoder_budget(processor))
     schedule, (encoder_budget, encoder_cache) = state
-    if request.prompt_token_ids is None:
+    if not request.mm_features:
         return
-    plan = schedule.plan(request.prompt_token_ids)
+    num_prompt = len(request.prompt_token_ids) if request.prompt_token_ids is not None else request.prompt_embeds.shape[0]
+    plan = schedule.plan(num_prompt, visual_ranges(request.mm_features))
     if plan.num_visual == 0:
         return
     start, end = plan.window
     what = "the whole prompt" if schedule.whole_prompt else "its visual tokens (the first to the last)"
     config = processor.vllm_config.scheduler_config
-    budget = config.max_num_batched_tokens
+    budget = config.max_num_scheduled_tokens or config.max_num_batched_tokens  # the scheduler's token budget
     if config.long_prefill_token_threshold > 0:
         budget = min(budget, config.long_prefill_token_threshold)
     if end - start > budget:
         raise VLLMValidationError(f"{KEY}: pruning needs {what} in one step, {end - start} tokens, but a step takes at "
-                                  f"most {budget} (--max-num-batched-tokens / --long-prefill-token-threshold)")
+                                  f"most {budget} (--max-num-batched-tokens, --max-num-scheduled-tokens, "
+                                  f"--long-prefill-token-threshold)")
     embeds = sum(f.mm_position.get_num_embeds() for f in request.mm_features or []
                  if f.mm_position.offset < end and f.mm_position.offset + f.mm_position.length > start)
     if embeds > min(encoder_budget, encoder_cache):

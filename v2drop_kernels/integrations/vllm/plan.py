@@ -5,7 +5,9 @@ model runs, so every count pruning changes must follow from what the engine alre
 prompt token ids and the policy's schedule. Nothing here reads the device or imports vLLM; the
 scheduler's KV managers, the scheduler and the model runner all read the same rules from here.
 
-- A request's **visual tokens** are its image and video token ids (``V`` of them).
+- A request's **visual tokens** are the positions its images and videos fill (vLLM's placeholder
+  ranges of the request's multimodal items: ``V`` of them). Not token ids: a text prompt may hold
+  an image token id with no image behind it, and a model may generate one.
 - **Stages**: the policy's layers cut the decoder into stages; stage 0 (the layers before the first
   drop) keeps every token, stage ``s`` holds the layers from ``policy.layers[s - 1]`` up to the next
   drop and sees ``kept[s]`` of the visual tokens (:func:`~v2drop_kernels.models.policies.visual_per_stage`).
@@ -15,7 +17,9 @@ scheduler's KV managers, the scheduler and the model runner all read the same ru
 - **The window**: the token range one step must cover whole, so that the drop ranks all of the
   request's visual tokens at once: the visual span ``[first, last + 1)`` for V²Drop (its scores are
   per token), the whole prompt for policies ranking by the last instruction token's attention (its
-  query and every key must be in the step). The scheduler never ends a step inside it.
+  query and every key must be in the step, and that token must be the step's last: a prompt
+  computed again after a preemption is followed by the tokens already generated). The scheduler
+  never ends a step inside it.
 """
 
 from __future__ import annotations
@@ -29,6 +33,16 @@ import numpy as np
 from ...models.policies import Policy, visual_per_stage
 
 
+def visual_ranges(mm_features) -> list[tuple[int, int]]:
+    """``[start, end)`` of the positions each multimodal item of a vLLM request fills with its
+    embeddings (its placeholder range, less the positions its ``is_embed`` mask leaves out), in
+    prompt order. ``mm_features``: vLLM's ``MultiModalFeatureSpec`` list (or ``None``)."""
+    ranges = []
+    for feature in mm_features or ():
+        ranges += [(start, end + 1) for start, end in feature.mm_position.extract_embeds_range()]
+    return sorted(ranges)
+
+
 @dataclass(frozen=True)
 class RequestPlan:
     """What the schedule does to one request (fixed for its lifetime)."""
@@ -37,6 +51,8 @@ class RequestPlan:
     window: tuple[int, int]  # [start, end) a step must cover whole; (0, 0) without visual tokens
     drop_end: int  # one past the last visual token; 0 without visual tokens
     kept: tuple[int, ...]  # visual tokens reaching each stage; kept[0] == num_visual
+    visual: tuple[tuple[int, int], ...] = ()  # [start, end) of each run of visual tokens
+    stop_at_window_end: bool = False  # a step covering the window ends with it
 
     def dropped(self, stage: int) -> int:
         """Visual tokens stage ``stage`` does not hold."""
@@ -54,11 +70,14 @@ class RequestPlan:
 
     def clamp(self, computed: int, scheduled: int) -> int:
         """The most of ``scheduled`` tokens (from ``computed`` on) a step may take without ending
-        inside the window: all of them, or up to the window's start (possibly none)."""
+        inside the window: all of them, up to the window's start (possibly none), or, where the
+        window must end the step, up to its end."""
         start, end = self.window
         stop = computed + scheduled
-        if self.num_visual == 0 or stop <= start or computed >= end or (computed <= start and stop >= end):
+        if self.num_visual == 0 or stop <= start or computed >= end:
             return scheduled
+        if computed <= start and stop >= end:
+            return end - computed if self.stop_at_window_end else scheduled
         if computed > start:
             raise RuntimeError(f"v2drop: a request was computed up to token {computed}, inside its window "
                                f"[{start}, {end}) that one step must cover whole")
@@ -67,11 +86,10 @@ class RequestPlan:
 
 @dataclass(frozen=True)
 class PruningSchedule:
-    """The policy on one model: which layers drop, which token ids are visual."""
+    """The policy on one model: which layers drop, how many visual tokens each stage keeps."""
 
     policy: Policy
     num_layers: int
-    visual_ids: tuple[int, ...]
 
     @property
     def boundaries(self) -> tuple[int, ...]:
@@ -91,16 +109,17 @@ class PruningSchedule:
         request's whole prompt is its window."""
         return any(self.policy.needs_qk(layer) for layer in range(self.num_layers))
 
-    def plan(self, prompt_token_ids: Sequence[int]) -> RequestPlan:
-        ids = np.asarray(prompt_token_ids, dtype=np.int64)
-        visual = np.isin(ids, self.visual_ids)
-        count = int(visual.sum())
+    def plan(self, num_prompt_tokens: int, visual: Sequence[tuple[int, int]]) -> RequestPlan:
+        """The plan of a prompt of ``num_prompt_tokens`` whose visual tokens fill the ``[start, end)``
+        ranges ``visual`` (:func:`visual_ranges`)."""
+        visual = tuple(sorted((int(a), int(b)) for a, b in visual if b > a))
+        count = sum(b - a for a, b in visual)
         if count == 0:
             return RequestPlan(0, (0, 0), 0, (0,) * self.num_stages)
-        first = int(visual.argmax())
-        end = len(ids) - int(visual[::-1].argmax())
-        window = (0, len(ids)) if self.whole_prompt else (first, end)
-        return RequestPlan(count, window, end, (count, *visual_per_stage(self.policy, count)))
+        end = visual[-1][1]
+        window = (0, num_prompt_tokens) if self.whole_prompt else (visual[0][0], end)
+        return RequestPlan(count, window, end, (count, *visual_per_stage(self.policy, count)), visual,
+                           stop_at_window_end=self.whole_prompt)
 
 
 @dataclass(frozen=True)
@@ -109,7 +128,7 @@ class StageCounts:
 
     query_start_loc: np.ndarray  # int32 [B + 1]: the stage's tokens of each request, packed
     seq_lens: np.ndarray  # int32 [B]: entries of each request in the stage's cache after the step
-    positions: np.ndarray  # int64 [T_s]: the cache index of each token that reaches the stage
+    cache_index: np.ndarray  # int64 [T_s]: where each token that reaches the stage goes in the stage's cache
 
     @property
     def num_tokens(self) -> int:
@@ -127,13 +146,15 @@ class StageCounts:
 @dataclass(frozen=True)
 class StepPlan:
     """One engine step: ``lengths`` tokens per request (the step's packed rows), of which
-    ``num_visual`` are visual in the rows that drop in this step (0 in every other row), and each
-    pruned stage's counts (``stages[s - 1]`` for stage ``s``)."""
+    ``num_visual`` are visual in the rows that drop in this step (0 in every other row; their
+    indices among the step's tokens are ``visual_index``), and each pruned stage's counts
+    (``stages[s - 1]`` for stage ``s``)."""
 
     req_ids: list[str]
     computed: np.ndarray  # int64 [B]: tokens of each request computed before the step
     lengths: list[int]
     num_visual: list[int]
+    visual_index: np.ndarray  # int64: the visual tokens of the rows that drop, as indices into the step's tokens
     stages: list[StageCounts]
 
     @property
@@ -162,7 +183,11 @@ def plan_step(schedule: PruningSchedule, req_ids: Sequence[str], plans: Sequence
         counts = scheduled - np.where(drops, dropped, 0)
         qsl = np.zeros(len(plans) + 1, dtype=np.int64)
         np.cumsum(counts, out=qsl[1:])
-        positions = np.arange(qsl[-1], dtype=np.int64) - np.repeat(qsl[:-1] - before, counts)
-        stages.append(StageCounts(qsl.astype(np.int32), (before + counts).astype(np.int32), positions))
+        cache_index = np.arange(qsl[-1], dtype=np.int64) - np.repeat(qsl[:-1] - before, counts)
+        stages.append(StageCounts(qsl.astype(np.int32), (before + counts).astype(np.int32), cache_index))
     num_visual = [p.num_visual if d else 0 for p, d in zip(plans, drops)]
-    return StepPlan(list(req_ids), computed, [int(n) for n in scheduled], num_visual, stages)
+    starts = np.concatenate([[0], np.cumsum(scheduled)])
+    visual_index = [np.arange(a, b) + starts[row] - computed[row]
+                    for row in np.flatnonzero(drops) for a, b in plans[row].visual]
+    visual_index = np.concatenate(visual_index) if visual_index else np.zeros(0, dtype=np.int64)
+    return StepPlan(list(req_ids), computed, [int(n) for n in scheduled], num_visual, visual_index, stages)

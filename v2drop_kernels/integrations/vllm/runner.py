@@ -33,7 +33,7 @@ from vllm.v1.kv_cache_interface import AttentionSpec, FullAttentionSpec
 from .config import settings
 from .decoder import DeviceStep, KeptTrace, PrunedDecoder
 from .kv_cache import PrunedAttentionSpec
-from .plan import RequestPlan, plan_step
+from .plan import RequestPlan, plan_step, visual_ranges
 
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
@@ -46,7 +46,7 @@ class StageTensors:
     query_start_loc_cpu: Tensor
     seq_lens: Tensor
     seq_lens_cpu: Tensor
-    positions: Tensor  # cache index of each of the stage's tokens (for the slot mapping)
+    cache_index: Tensor  # where each of the stage's tokens goes in the stage's cache (for the slot mapping)
     num_tokens: int
     max_query_len: int
     max_seq_len: int
@@ -65,9 +65,9 @@ class PruningRunner:
         self.v2drop_stages: list[StageTensors] | None = None
         self.v2drop_stage_of_group: dict[int, int] = {}  # KV-cache group id -> pruned stage
         self.v2drop_backends: dict[tuple[type, int], type] = {}
-        self.v2drop_visual_ids = torch.tensor(self.v2drop_schedule.visual_ids, dtype=torch.long, device=self.device)
-        # Per pruned stage, host/device buffers (pinned on a GPU) of its query_start_loc, seq_lens and
-        # cache positions, filled every step as vLLM fills its own.
+        # Host/device buffers (pinned on a GPU), filled every step as vLLM fills its own: which of the
+        # step's tokens are visual, and per pruned stage its query_start_loc, seq_lens and cache indices.
+        self.v2drop_visual = self._make_buffer(self.max_num_tokens, dtype=torch.bool)
         self.v2drop_buffers = [(self._make_buffer(self.max_num_reqs + 1, dtype=torch.int32),
                                 self._make_buffer(self.max_num_reqs, dtype=torch.int32),
                                 self._make_buffer(self.max_num_tokens, dtype=torch.int64))
@@ -141,26 +141,31 @@ class PruningRunner:
         plan = plan_step(self.v2drop_schedule, req_ids, plans, batch.num_computed_tokens_cpu[:num_reqs],
                          num_scheduled_tokens[:num_reqs])
         self.v2drop_stages = []
-        for counts, (qsl, seq_lens, positions) in zip(plan.stages, self.v2drop_buffers):
+        for counts, (qsl, seq_lens, cache_index) in zip(plan.stages, self.v2drop_buffers):
             qsl.np[: num_reqs + 1] = counts.query_start_loc
             seq_lens.np[:num_reqs] = counts.seq_lens
-            positions.np[: counts.num_tokens] = counts.positions
+            cache_index.np[: counts.num_tokens] = counts.cache_index
             self.v2drop_stages.append(StageTensors(
                 qsl.copy_to_gpu(num_reqs + 1), qsl.cpu[: num_reqs + 1], seq_lens.copy_to_gpu(num_reqs),
-                seq_lens.cpu[:num_reqs], positions.copy_to_gpu(counts.num_tokens), counts.num_tokens,
+                seq_lens.cpu[:num_reqs], cache_index.copy_to_gpu(counts.num_tokens), counts.num_tokens,
                 counts.max_query_len, counts.max_seq_len))
         for gid, stage in self.v2drop_stage_of_group.items():
             tensors = self.v2drop_stages[stage - 1]
-            batch.block_table[gid].compute_slot_mapping(num_reqs, tensors.query_start_loc, tensors.positions)
+            batch.block_table[gid].compute_slot_mapping(num_reqs, tensors.query_start_loc, tensors.cache_index)
         vis_mask = None
         if plan.drops:
-            vis_mask = torch.isin(self.input_ids.gpu[: sum(plan.lengths)], self.v2drop_visual_ids)
+            num_tokens = sum(plan.lengths)
+            self.v2drop_visual.np[:num_tokens] = False
+            self.v2drop_visual.np[plan.visual_index] = True
+            vis_mask = self.v2drop_visual.copy_to_gpu(num_tokens)
         self.v2drop_step = DeviceStep(plan, vis_mask, self.query_start_loc.gpu[: num_reqs + 1])
 
     def _request_plan(self, req_id: str) -> RequestPlan:
         plan = self.v2drop_plans.get(req_id)
         if plan is None:
-            plan = self.v2drop_plans[req_id] = self.v2drop_schedule.plan(self.requests[req_id].prompt_token_ids or [])
+            state = self.requests[req_id]
+            plan = self.v2drop_plans[req_id] = self.v2drop_schedule.plan(state.num_prompt_tokens,
+                                                                         visual_ranges(state.mm_features))
         return plan
 
     def _on_request_state_removed(self, req_id, req_state) -> None:
@@ -183,6 +188,8 @@ class PruningRunner:
         if self.v2drop_stages is None:  # a dummy run: every stage sees every token
             return common
         t = self.v2drop_stages[stage - 1]
+        # ``positions`` (the tokens' RoPE positions, read by no backend these models use) exist for the
+        # stage's tokens on the device only once the drop has run: left out rather than wrong.
         return replace(common, query_start_loc=t.query_start_loc, query_start_loc_cpu=t.query_start_loc_cpu,
                        seq_lens=t.seq_lens, seq_lens_cpu_upper_bound=t.seq_lens_cpu, num_actual_tokens=t.num_tokens,
-                       max_query_len=t.max_query_len, max_seq_len=t.max_seq_len, positions=t.positions)
+                       max_query_len=t.max_query_len, max_seq_len=t.max_seq_len, positions=None)

@@ -19,7 +19,7 @@ from vllm.v1.core.sched.scheduler import Scheduler
 
 from .config import settings
 from .kv_cache import PrunedAttentionManager
-from .plan import RequestPlan
+from .plan import RequestPlan, visual_ranges
 
 
 class _Pruning:
@@ -32,8 +32,9 @@ class _Pruning:
                 manager.plans = self.v2drop_plans
 
     def add_request(self, request) -> None:
-        if request.request_id not in self.requests and request.prompt_token_ids is not None:
-            self.v2drop_plans[request.request_id] = self.v2drop_schedule.plan(request.prompt_token_ids)
+        if request.request_id not in self.requests:
+            self.v2drop_plans[request.request_id] = self.v2drop_schedule.plan(request.num_prompt_tokens,
+                                                                              visual_ranges(request.mm_features))
         super().add_request(request)
 
     def _free_blocks(self, request) -> None:
@@ -50,7 +51,10 @@ class _Pruning:
         out = super()._try_schedule_encoder_inputs(request, num_computed_tokens, num_new_tokens,
                                                    encoder_compute_budget, shift_computed_tokens)
         clamped = plan.clamp(num_computed_tokens, out[1])
-        if clamped != out[1]:  # the encoder budget or cache stopped the step inside the window
+        # The encoder budget or cache stopped the step inside the window: schedule up to its start.
+        # (The first call may have marked items already in the encoder cache as this request's; they
+        # stay so until its next step, which needs them.)
+        if clamped != out[1]:
             out = super()._try_schedule_encoder_inputs(request, num_computed_tokens, clamped,
                                                        encoder_compute_budget, shift_computed_tokens)
         return out

@@ -1,11 +1,13 @@
 """The workers pruning runs in: vLLM's CPU and GPU workers, whose model runner gains pruning.
 
-vLLM's workers build their model runner inside ``init_device`` (which also binds threads, sets up
-the distributed groups and, on a GPU, measures memory around the runner's allocation). Rather than
-build a second runner, the one vLLM built becomes a :class:`~.runner.PruningRunner` in place: its
-class is swapped for a subclass that mixes the pruning methods in before vLLM's, and
-:meth:`~.runner.PruningRunner.init_pruning` adds the pruning state; nothing else of the runner
-changes. The GPU worker is untested (no GPU was available to this project when it was written).
+The model runner is vLLM's V1 runner with :class:`~.runner.PruningRunner` mixed in before it
+(:func:`pruning_class`). vLLM's GPU worker builds its runner in ``_make_model_runner`` (meant for
+subclasses to override), so :class:`PruningGPUWorker` builds the pruning class there. vLLM's CPU worker
+builds its runner inside ``init_device`` (which also binds threads and sets up the distributed
+groups) with no such hook, so :class:`PruningCPUWorker` turns the runner vLLM built into the
+pruning class in place (its class is swapped for the subclass; nothing else of it changes). Either
+way :meth:`~.runner.PruningRunner.init_pruning` then adds the pruning state. The GPU worker is
+untested (no GPU was available to this project when it was written).
 """
 
 from __future__ import annotations
@@ -19,25 +21,27 @@ from .runner import PruningRunner
 _CLASSES: dict[type, type] = {}
 
 
-def with_pruning(runner: GPUModelRunner) -> None:
-    """Turns vLLM's V1 model runner (GPU or CPU) into a pruning one."""
-    if not isinstance(runner, GPUModelRunner):
-        raise RuntimeError(f"v2drop: pruning extends vLLM's V1 model runner, not {type(runner).__name__} "
+def pruning_class(base: type) -> type:
+    """``base`` (vLLM's V1 model runner, GPU or CPU) with the pruning methods before its own."""
+    if not issubclass(base, GPUModelRunner):
+        raise RuntimeError(f"v2drop: pruning extends vLLM's V1 model runner, not {base.__name__} "
                            "(unset VLLM_USE_V2_MODEL_RUNNER)")
-    base = type(runner)
     if base not in _CLASSES:
         _CLASSES[base] = type(f"Pruning{base.__name__}", (PruningRunner, base), {"__module__": __name__})
-    runner.__class__ = _CLASSES[base]
-    runner.init_pruning()
+    return _CLASSES[base]
 
 
 class PruningCPUWorker(CPUWorker):
     def init_device(self) -> None:
         super().init_device()
-        with_pruning(self.model_runner)
+        self.model_runner.__class__ = pruning_class(type(self.model_runner))
+        self.model_runner.init_pruning()
 
 
 class PruningGPUWorker(Worker):
-    def init_device(self) -> None:
-        super().init_device()
-        with_pruning(self.model_runner)
+    def _make_model_runner(self) -> GPUModelRunner:
+        if self.use_v2_model_runner:
+            raise RuntimeError("v2drop: pruning extends vLLM's V1 model runner: unset VLLM_USE_V2_MODEL_RUNNER")
+        runner = pruning_class(GPUModelRunner)(self.vllm_config, self.device)
+        runner.init_pruning()
+        return runner
