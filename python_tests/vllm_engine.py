@@ -7,7 +7,7 @@ workers are processes too; a fresh one per engine keeps engines, plugins and env
 - ``model``: a model folder; ``engine``: keyword arguments of ``vllm.LLM``; ``v2drop``: the pruning
   config (``additional_config["v2drop"]``) or ``null``;
 - ``requests``: ``{"prompt": text, "images": [[seed, h, w], ...], "videos": [[seed, frames, h, w], ...]}``
-  each (media made by :func:`v2drop_kernels.integrations.vllm.folders.request_media`), run as one batch;
+  each (prompts made by :func:`v2drop_kernels.integrations.vllm.folders.vllm_prompt`), run as one batch;
 - ``refused``: requests sent one by one, each expected to fail (``"sampling"``: sampling parameters
   of that request);
 - ``max_tokens`` (8), ``logprobs`` (1);
@@ -25,13 +25,6 @@ import json
 import sys
 import tempfile
 from pathlib import Path
-
-
-def _prompt(request: dict) -> dict:
-    from v2drop_kernels.integrations.vllm.folders import request_media
-
-    media = request_media(request)
-    return {"prompt": request["prompt"], **({"multi_modal_data": media} if media else {})}
 
 
 def _result(output) -> dict:
@@ -71,6 +64,8 @@ def _step_with_blocks(llm, prompts, params) -> tuple[list, list, list, dict]:
 def main(spec_path: str, out_path: str) -> None:
     from vllm import LLM, SamplingParams
 
+    from v2drop_kernels.integrations.vllm.folders import vllm_prompt
+
     spec = json.loads(Path(spec_path).read_text())
     engine = dict(spec.get("engine", {}))
     trace_dir = tempfile.mkdtemp(prefix="v2drop-trace-")
@@ -78,7 +73,7 @@ def main(spec_path: str, out_path: str) -> None:
         engine["additional_config"] = {"v2drop": {**spec["v2drop"], "trace": trace_dir}}
     llm = LLM(model=spec["model"], **engine)
     params = SamplingParams(max_tokens=spec.get("max_tokens", 8), temperature=0.0, logprobs=spec.get("logprobs", 1))
-    prompts = [_prompt(r) for r in spec.get("requests", [])]
+    prompts = [vllm_prompt(r) for r in spec.get("requests", [])]
     out: dict = {}
     if spec.get("blocks"):
         outputs, out["blocks"], out["groups"], out["accounting"] = _step_with_blocks(llm, prompts, params)
@@ -91,7 +86,7 @@ def main(spec_path: str, out_path: str) -> None:
             own = params.clone()
             for name, value in request.get("sampling", {}).items():
                 setattr(own, name, value)
-            llm.generate([_prompt(request)], own, use_tqdm=False)
+            llm.generate([vllm_prompt(request)], own, use_tqdm=False)
             out["errors"].append(None)
         except Exception as error:  # noqa: BLE001  (the test reads the type and message)
             out["errors"].append({"type": type(error).__name__, "message": str(error)})

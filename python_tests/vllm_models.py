@@ -22,6 +22,14 @@ from v2drop_kernels.integrations.vllm.folders import (EOS, FPS, IMAGE_TOKEN, LLA
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def visual_runs(ids, visual_ids) -> list[tuple[int, int]]:
+    """``[start, end)`` runs of ``visual_ids`` in ``ids``: the placeholder ranges vLLM gives the items
+    that fill them."""
+    visual = [token in visual_ids for token in ids] + [False]
+    starts = [i for i, v in enumerate(visual) if v and (i == 0 or not visual[i - 1])]
+    return [(start, visual.index(False, start)) for start in starts]
+
+
 def package_generate(folder: Path, request: dict, policy, max_new_tokens: int):
     """This package's model on ``folder`` (:func:`~v2drop_kernels.models.load_model`) for one request
     spec (``{"prompt": text, "images": ..., "videos": ...}``) through the folder's HF processor: the

@@ -152,3 +152,9 @@ def request_media(request: dict) -> dict:
         items = [video(*spec) for spec in request["videos"]]
         data["video"] = items[0] if len(items) == 1 else items
     return data
+
+
+def vllm_prompt(request: dict) -> dict:
+    """The prompt vLLM takes for a request spec: its text, and its media when it has any."""
+    media = request_media(request)
+    return {"prompt": request["prompt"], **({"multi_modal_data": media} if media else {})}

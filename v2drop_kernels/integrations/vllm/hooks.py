@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 
 from .config import KEY, configure, requested, settings
-from .plan import visual_ranges
 
 
 def install() -> None:
@@ -74,7 +73,7 @@ def check_request(processor, request) -> None:
     if not request.mm_features:
         return
     num_prompt = len(request.prompt_token_ids) if request.prompt_token_ids is not None else request.prompt_embeds.shape[0]
-    plan = schedule.plan(num_prompt, visual_ranges(request.mm_features))
+    plan = schedule.plan_request(num_prompt, request.mm_features)
     if plan.num_visual == 0:
         return
     start, end = plan.window

@@ -121,6 +121,11 @@ class PruningSchedule:
         return RequestPlan(count, window, end, (count, *visual_per_stage(self.policy, count)), visual,
                            stop_at_window_end=self.whole_prompt)
 
+    def plan_request(self, num_prompt_tokens: int, mm_features) -> RequestPlan:
+        """The plan of a vLLM request from its prompt length and multimodal items (what the front
+        end, the scheduler and the model runner each know of it)."""
+        return self.plan(num_prompt_tokens, visual_ranges(mm_features))
+
 
 @dataclass(frozen=True)
 class StageCounts:

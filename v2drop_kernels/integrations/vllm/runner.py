@@ -7,6 +7,7 @@ path is untested (no GPU was available to this project when it was written). Per
 1. ``_prepare_inputs`` (vLLM's, then :meth:`PruningRunner._plan_step`): the counts of every pruned
    stage (:func:`~v2drop_kernels.integrations.vllm.plan.plan_step`, host only), their device
    tensors, and each pruned group's slot mapping (its tokens' cache indices through its block table);
+   nothing when no request of the batch has visual tokens (every stage then holds every token);
 2. ``_get_slot_mappings``: the pruned groups' slot mappings are those, of their own length;
 3. ``_build_attention_metadata``: a pruned stage's layers run a backend whose metadata builder
    rewrites vLLM's per-step ``CommonAttentionMetadata`` with the stage's tokens and lengths
@@ -33,7 +34,7 @@ from vllm.v1.kv_cache_interface import AttentionSpec, FullAttentionSpec
 from .config import settings
 from .decoder import DeviceStep, KeptTrace, PrunedDecoder
 from .kv_cache import PrunedAttentionSpec
-from .plan import RequestPlan, plan_step, visual_ranges
+from .plan import RequestPlan, plan_step
 
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
@@ -138,6 +139,8 @@ class PruningRunner:
         num_reqs = batch.num_reqs
         req_ids = batch.req_ids[:num_reqs]
         plans = [self._request_plan(req_id) for req_id in req_ids]
+        if not any(p.num_visual for p in plans):  # every stage holds every token: vLLM's own metadata
+            return
         plan = plan_step(self.v2drop_schedule, req_ids, plans, batch.num_computed_tokens_cpu[:num_reqs],
                          num_scheduled_tokens[:num_reqs])
         self.v2drop_stages = []
@@ -164,8 +167,8 @@ class PruningRunner:
         plan = self.v2drop_plans.get(req_id)
         if plan is None:
             state = self.requests[req_id]
-            plan = self.v2drop_plans[req_id] = self.v2drop_schedule.plan(state.num_prompt_tokens,
-                                                                         visual_ranges(state.mm_features))
+            plan = self.v2drop_schedule.plan_request(state.num_prompt_tokens, state.mm_features)
+            self.v2drop_plans[req_id] = plan
         return plan
 
     def _on_request_state_removed(self, req_id, req_state) -> None:
@@ -185,7 +188,7 @@ class PruningRunner:
 
     def _stage_metadata(self, stage: int, common):
         """vLLM's ``CommonAttentionMetadata`` of the step, with stage ``stage``'s tokens and lengths."""
-        if self.v2drop_stages is None:  # a dummy run: every stage sees every token
+        if self.v2drop_stages is None:  # a dummy run or a text-only batch: every stage sees every token
             return common
         t = self.v2drop_stages[stage - 1]
         # ``positions`` (the tokens' RoPE positions, read by no backend these models use) exist for the

@@ -19,7 +19,7 @@ from vllm.v1.core.sched.scheduler import Scheduler
 
 from .config import settings
 from .kv_cache import PrunedAttentionManager
-from .plan import RequestPlan, visual_ranges
+from .plan import RequestPlan
 
 
 class _Pruning:
@@ -33,8 +33,8 @@ class _Pruning:
 
     def add_request(self, request) -> None:
         if request.request_id not in self.requests:
-            self.v2drop_plans[request.request_id] = self.v2drop_schedule.plan(request.num_prompt_tokens,
-                                                                              visual_ranges(request.mm_features))
+            self.v2drop_plans[request.request_id] = self.v2drop_schedule.plan_request(request.num_prompt_tokens,
+                                                                                      request.mm_features)
         super().add_request(request)
 
     def _free_blocks(self, request) -> None:
@@ -44,17 +44,14 @@ class _Pruning:
     def _try_schedule_encoder_inputs(self, request, num_computed_tokens: int, num_new_tokens: int,
                                      encoder_compute_budget: int, shift_computed_tokens: int = 0):
         plan = self.v2drop_plans.get(request.request_id)
-        if plan is None:
-            return super()._try_schedule_encoder_inputs(request, num_computed_tokens, num_new_tokens,
-                                                        encoder_compute_budget, shift_computed_tokens)
-        num_new_tokens = plan.clamp(num_computed_tokens, num_new_tokens)
+        if plan is not None:
+            num_new_tokens = plan.clamp(num_computed_tokens, num_new_tokens)
         out = super()._try_schedule_encoder_inputs(request, num_computed_tokens, num_new_tokens,
                                                    encoder_compute_budget, shift_computed_tokens)
-        clamped = plan.clamp(num_computed_tokens, out[1])
         # The encoder budget or cache stopped the step inside the window: schedule up to its start.
         # (The first call may have marked items already in the encoder cache as this request's; they
         # stay so until its next step, which needs them.)
-        if clamped != out[1]:
+        if plan is not None and (clamped := plan.clamp(num_computed_tokens, out[1])) != out[1]:
             out = super()._try_schedule_encoder_inputs(request, num_computed_tokens, clamped,
                                                        encoder_compute_budget, shift_computed_tokens)
         return out
