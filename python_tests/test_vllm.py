@@ -7,9 +7,9 @@ runs in its own process (``vllm_engine.py``), with several requests each. Checke
 - without the ``"v2drop"`` key, and with a schedule that keeps every token, the tokens and
   log-probabilities equal stock vLLM's (no plugin loaded at all);
 - pruned (V²Drop, PyramidDrop, FastV; Qwen2-VL, Qwen2.5-VL, LLaVA-1.5; images, two images, videos,
-  text): each request's greedy tokens and the visual tokens each drop layer kept equal this package's
-  model on the same folder and policy (``load_model(folder).generate``), request by request, in a
-  mixed batch whose small step budget splits prompts and mixes prefill with decode;
+  text): each request's greedy tokens, its first token's log-probability and the visual tokens each
+  drop layer kept equal this package's model on the same folder and policy
+  (``load_model(folder).generate``), request by request, in a mixed batch whose small step budget splits prompts and mixes prefill with decode;
 - the KV blocks each request holds in each pruned stage's groups, read from the scheduler's own
   managers after every step, are the blocks of the entries the stage holds; all are freed after;
 - refusals: every setting pruning cannot honour stops the engine at start-up with the flag to change;
@@ -110,9 +110,12 @@ def kept_of(trace: dict, request_id: str) -> dict:
 def assert_equals_package(folder, requests, out, config, max_tokens=8):
     policy = policy_of(config)
     for request, result in zip(requests, out["results"]):
-        ids, tokens, kept = package_generate(folder, request, policy, max_tokens)
+        ids, tokens, kept, first_logprob = package_generate(folder, request, policy, max_tokens)
         assert result["prompt_token_ids"] == ids, request["prompt"]
         assert result["tokens"] == until_eos(tokens), request["prompt"]
+        # the logits after the pruned prefill, not only their argmax (vLLM's CPU kernels and vision
+        # tower against this package's in float32)
+        assert abs(result["logprobs"][0] - first_logprob) < 1e-4, request["prompt"]
         kept = {layer: k for layer, k in kept.items() if k}
         assert kept_of(out["trace"].get("rank0", {}), result["request_id"]) == kept, request["prompt"]
 
@@ -326,9 +329,9 @@ def test_vllm_serve_chat_with_an_image(workdir, qwen2):
         log.close()
     # What the chat template renders: the parts, each followed by a space, then the generation prompt.
     request = {"prompt": f"w10 w11 {IMG} w40 w41 w42", "images": [[0, 32, 32]]}
-    ids, tokens, kept = package_generate(qwen2, request, policy_of(V2DROP), 8)
+    ids, tokens, kept, _ = package_generate(qwen2, request, policy_of(V2DROP), 8)
     assert reply.choices[0].message.content.split() == words(until_eos(tokens))
     records = [json.loads(line) for line in (trace / "rank0.jsonl").read_text().splitlines()]
     assert {r["layer"]: r["kept"] for r in records} == kept  # one pruned request: the one with the image
-    _, text_tokens, _ = package_generate(qwen2, {"prompt": "w10 w11 w12 w42"}, policy_of(V2DROP), 8)
+    _, text_tokens, _, _ = package_generate(qwen2, {"prompt": "w10 w11 w12 w42"}, policy_of(V2DROP), 8)
     assert text_reply.choices[0].message.content.split() == words(until_eos(text_tokens))

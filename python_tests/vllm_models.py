@@ -33,7 +33,8 @@ def visual_runs(ids, visual_ids) -> list[tuple[int, int]]:
 def package_generate(folder: Path, request: dict, policy, max_new_tokens: int):
     """This package's model on ``folder`` (:func:`~v2drop_kernels.models.load_model`) for one request
     spec (``{"prompt": text, "images": ..., "videos": ...}``) through the folder's HF processor: the
-    prompt token ids, the greedy tokens and the prompt index of every visual token each layer kept."""
+    prompt token ids, the greedy tokens, the prompt index of every visual token each layer kept, and
+    the log-probability of the first token (from the last prompt token's logits)."""
     from transformers import AutoProcessor
 
     from v2drop_kernels.models import load_model
@@ -59,7 +60,9 @@ def package_generate(folder: Path, request: dict, policy, max_new_tokens: int):
     out = model.generate([torch.tensor(prompt_token_ids)], max_new_tokens=max_new_tokens, policy=policy, **kwargs)
     visual = set(np.flatnonzero(np.isin(prompt_token_ids, (IMAGE_TOKEN, VIDEO_TOKEN, LLAVA_IMAGE))).tolist())
     kept = {layer: sorted(visual & set(out.layer_positions[layer][0].tolist())) for layer in getattr(policy, "layers", ())}
-    return prompt_token_ids, out.tokens[0].tolist(), kept
+    tokens = out.tokens[0].tolist()
+    first_logprob = float(out.prefill_logits[0].log_softmax(-1)[tokens[0]])
+    return prompt_token_ids, tokens, kept, first_logprob
 
 
 def run_engine(spec: dict, workdir: Path, *, stock: bool = False, timeout: float = 600) -> dict:
