@@ -40,18 +40,27 @@ def drop_bytes(batch: int, seq: int, dim: int, num_visual: int, k: int, elem: in
     return 2 * batch * num_visual * dim * elem + 2 * batch * (seq - num_visual + k) * dim * elem
 
 
-def median_ms(fn: Callable[[], object], device: str, *, use_graph: bool = False, repeats: int = 7) -> float:
-    """Median time of ``fn`` in ms. CUDA: ``triton.testing.do_bench`` (CUDA events, cold L2), through
-    a CUDA graph when ``use_graph`` and the callable can be captured; CPU: wall clock after a warm-up."""
-    if device == "cuda":
+TIMING_METHODS = {
+    "events": "CUDA events around each call (triton.testing.do_bench: median, cold L2)",
+    "graph": "CUDA-graph replay of the call (triton.testing.do_bench_cudagraph: median)",
+    "wall": "wall clock around each call after a warm-up (median)",
+}
+
+
+def median_ms(fn: Callable[[], object], method: str, *, repeats: int = 7) -> float:
+    """Median time of ``fn`` in ms, timed by ``method`` (one of :data:`TIMING_METHODS`). Never
+    falls back to another method: a ``graph`` timing of a callable that cannot be captured raises
+    (ask :func:`capturable` first, for every callable the timings will be compared with)."""
+    if method == "events":
         import triton.testing
 
-        if use_graph:
-            try:
-                return triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median")
-            except Exception:  # not capturable (the eager reference syncs on nonzero): plain events
-                torch.cuda.synchronize()
         return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
+    if method == "graph":
+        import triton.testing
+
+        return triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median")
+    if method != "wall":
+        raise ValueError(f"timing method must be one of {sorted(TIMING_METHODS)}, got {method!r}")
     fn()
     times = []
     for _ in range(repeats):
@@ -61,6 +70,27 @@ def median_ms(fn: Callable[[], object], device: str, *, use_graph: bool = False,
     return sorted(times)[repeats // 2] * 1e3
 
 
+def capturable(fn: Callable[[], object]) -> bool:
+    """Whether ``fn`` can be captured in a CUDA graph (one warm-up call on a side stream, then one
+    capture; a call that synchronises the host, such as the eager reference's ``nonzero``, cannot)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            fn()
+        return True
+    except RuntimeError:
+        return False
+    finally:
+        del graph
+        torch.cuda.synchronize()
+
+
 def copy_bandwidth_gbs(device: str, nbytes: int | None = None) -> float:
     """Measured copy bandwidth of ``device``: bytes read + written per second of a tensor copy
     (1 GiB on a GPU, 256 MiB on a CPU)."""
@@ -68,7 +98,8 @@ def copy_bandwidth_gbs(device: str, nbytes: int | None = None) -> float:
     src = torch.ones(nbytes // 4, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)
-    return 2 * nbytes / (median_ms(lambda: dst.copy_(src), device) * 1e-3) / 1e9
+    method = "events" if device == "cuda" else "wall"
+    return 2 * nbytes / (median_ms(lambda: dst.copy_(src), method) * 1e-3) / 1e9
 
 
 def cpu_name() -> str:

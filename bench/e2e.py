@@ -25,8 +25,10 @@ Rows, by ``policy`` and ``decoder``:
 Measured: TTFT (a 1-token answer), the latency of an 8-token answer, TPOT (timed per step within
 one long answer: our decode lap over its steps; transformers' between its streamed tokens), the
 weight-read floor of a decode step (bytes of the decoder weights a step reads / measured copy
-bandwidth) and TPOT / floor, tokens/s, peak GPU memory, KV bytes after prefill, and the pruning
-share of prefill (synchronised time in the policy's hooks, from the decoder's pruning context).
+bandwidth) and TPOT / floor, tokens/s, peak GPU memory (of the timed 8-token answers: the counter
+reset right before each, after the warm-up, the same for every row; the largest of the repeats), KV
+bytes after prefill, and the pruning share of prefill (synchronised time in the policy's hooks, from
+the decoder's pruning context).
 Times are medians (with their range) of ``--repeats`` runs after a warm-up, by CUDA events on a
 GPU and wall clock on CPU; reductions are against ``none`` of the same decoder (transformers+v2drop
 against transformers). A figure that cannot be (not positive, not finite) stops the run.
@@ -73,6 +75,8 @@ QWEN_GRIDS = {"image": (1, 48, 48), "highres": (1, 96, 120), "video32": (32, 28,
               "video8": (8, 28, 28)}
 CPU_WORKLOADS = {"image": (1, 576), "video8": (8, 196)}
 TEXT_BEFORE, TEXT_AFTER = 35, 20  # system prompt, question
+# the rows of one (model, workload, batch), selectable with --policies
+ROWS = ("none", "v2drop", "v2drop-eager-ops", "pdrop", "fastv", "eager", "transformers", "transformers+v2drop")
 PUBLISHED = {"v2drop_image_latency": 31.5, "v2drop_video_latency": 74.2}  # reductions the paper reports
 
 
@@ -144,22 +148,32 @@ def policies(workload: str, num_visual: int, family: str = "llava") -> dict[str,
 
 
 class Timer:
-    """Times a call by CUDA events (GPU) or the wall clock (CPU), in ms."""
+    """Times a call by CUDA events (GPU) or the wall clock (CPU), in ms, and measures its peak GPU
+    memory: the peak counter is reset right before the call and read right after it, for every row
+    alike (the callers warm up first, so compilation and first allocations are not in it)."""
 
     def __init__(self, device: str):
         self.cuda = device.startswith("cuda")
 
-    def __call__(self, fn):
+    def __call__(self, fn) -> tuple[float, object, int | None]:
+        """(ms, what ``fn`` returned, peak bytes allocated during the call or None on CPU)."""
         if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             out = fn()
             end.record()
             end.synchronize()
-            return start.elapsed_time(end), out
+            return start.elapsed_time(end), out, torch.cuda.max_memory_allocated()
         t0 = time.perf_counter()
         out = fn()
-        return (time.perf_counter() - t0) * 1e3, out
+        return (time.perf_counter() - t0) * 1e3, out, None
+
+
+def peak_gib(peaks: list) -> float | None:
+    """The largest of the timed calls' peaks, in GiB (None on CPU)."""
+    return None if peaks[0] is None else max(peaks) / 2**30
 
 
 def stats(values: list[float]) -> dict:
@@ -209,23 +223,23 @@ def measure_ours(model, work: Workload, policy: Policy, backend, args, timer, gr
         return model.generate(work.prompts, *work.vision_args, max_new_tokens=new, policy=policy, backend=backend,
                               cuda_graph=graph, **kw)
 
-    def timed_runs(new: int) -> tuple[list[float], list]:
+    def timed_runs(new: int) -> tuple[list[float], list, list]:
         # A warm-up of each answer length first: the decode buffers and the captured graph depend on
         # it (compilation, allocation and capture stay out of the timed runs).
         run(new)
-        times, outs = zip(*[timer(lambda: run(new)) for _ in range(args.repeats)])
-        return list(times), list(outs)
+        times, outs, peaks = zip(*[timer(lambda: run(new)) for _ in range(args.repeats)])
+        return list(times), list(outs), list(peaks)
 
     model.release_decode_buffers()  # the previous row's buffers must not count in this row's memory
-    ttft, _ = timed_runs(1)
-    lat8, outs8 = timed_runs(8)
-    _, longs = timed_runs(args.long)
+    ttft, _, _ = timed_runs(1)
+    lat8, outs8, peaks8 = timed_runs(8)
+    _, longs, _ = timed_runs(args.long)
     out8 = outs8[-1]
     row = {
         "visual per layer (avg)": sum(v[0] for v in out8.trace.visual_per_layer) / len(out8.trace.visual_per_layer),
         "TTFT": stats(ttft), "latency 8 tok": stats(lat8),
         "TPOT": stats([o.timings_ms["decode"] / (o.tokens.shape[1] - 1) for o in longs]),
-        "peak memory GiB": None if out8.peak_memory_bytes is None else out8.peak_memory_bytes / 2**30,
+        "peak memory GiB": peak_gib(peaks8),
         "KV after prefill GiB": out8.kv_cache_bytes / 2**30,
     }
     if policy.layers:
@@ -257,20 +271,17 @@ def measure_transformers(hf, work: Workload, policy: Policy | None, args, timer)
 
     handle = enable_pruning(hf, policy) if policy is not None else None
     try:
-        if timer.cuda:
-            torch.cuda.reset_peak_memory_stats()
         with torch.inference_mode():
             run(args.long)  # warm-up
             ttft = [timer(lambda: run(1))[0] for _ in range(args.repeats)]
-            lat8 = [timer(lambda: run(8))[0] for _ in range(args.repeats)]
+            lat8, _, peaks8 = zip(*[timer(lambda: run(8)) for _ in range(args.repeats)])
             tpot = []
             for _ in range(args.repeats):
                 stamps = Stamps()
                 run(args.long, stamps)
                 new_tokens = stamps.times[1:]  # the first put is the prompt
                 tpot.append((new_tokens[-1] - new_tokens[0]) * 1e3 / (len(new_tokens) - 1))
-        row = {"TTFT": stats(ttft), "latency 8 tok": stats(lat8), "TPOT": stats(tpot),
-               "peak memory GiB": torch.cuda.max_memory_allocated() / 2**30 if timer.cuda else None}
+        row = {"TTFT": stats(ttft), "latency 8 tok": stats(list(lat8)), "TPOT": stats(tpot), "peak memory GiB": peak_gib(list(peaks8))}
         if handle is not None:
             visual = handle.trace.visual_per_layer
             row["visual per layer (avg)"] = sum(v[0] for v in visual) / len(visual)
@@ -368,8 +379,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--models", help="comma list of " + ", ".join([*MODELS, *CPU_MODELS]))
     parser.add_argument("--workloads", help="comma list of " + ", ".join([*WORKLOADS, *CPU_WORKLOADS]))
     parser.add_argument("--batches", default=None, help="comma list (default 1,8; CPU mode 1,2)")
-    parser.add_argument("--policies", default=None, help="comma list of rows (default: all): none, v2drop, v2drop-eager-ops, "
-                                                         "pdrop, fastv, eager (the eager-decoder rows), transformers, transformers+v2drop")
+    parser.add_argument("--policies", default=None, help="comma list of rows (default: all): " + ", ".join(ROWS)
+                                                         + " (eager: the eager-decoder rows)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per figure (default 5, CPU 3)")
     parser.add_argument("--long", type=int, default=None, help="new tokens of the answer TPOT is timed on (default 64, CPU 16)")
     parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None)
@@ -377,19 +388,33 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--out", default=None, help="directory for the JSON, markdown and PNG (default bench/out)")
     parser.add_argument("--publish", action="store_true", help="write to bench/results (the committed record)")
     parser.add_argument("--summarize", metavar="JSON", help="print the README summary of a recorded run and exit")
+    parser.add_argument("--plan", action="store_true", help="check the arguments, print the runs they select and exit "
+                                                            "(no model is built; no GPU needed)")
     args = parser.parse_args(argv)
     if args.summarize:
         print(summarize(args.summarize))
         return []
 
+    def pick(what: str, text: str | None, pool) -> dict | set:
+        if not text:
+            return pool
+        unknown = sorted(set(text.split(",")) - set(pool))
+        if unknown:
+            parser.error(f"unknown {what} {unknown} {'in CPU mode ' if args.cpu else ''}(choose from {', '.join(pool)})")
+        return {k: pool[k] for k in text.split(",")} if isinstance(pool, dict) else set(text.split(","))
+
+    models = pick("models", args.models, CPU_MODELS if args.cpu else MODELS)
+    workloads = pick("workloads", args.workloads, CPU_WORKLOADS if args.cpu else WORKLOADS)
+    batches = [int(b) for b in (args.batches or ("1,2" if args.cpu else "1,8")).split(",")]
+    wanted = pick("policies", args.policies, set(ROWS))
+    if args.plan:
+        for model_name in models:
+            for workload in workloads:
+                print(f"{model_name} {workload} batches {batches}: {', '.join(r for r in ROWS if r in wanted)}")
+        return []
     device = "cpu" if args.cpu else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
         parser.error("no CUDA device: run with --cpu (the small CPU mode)")
-    pick = lambda text, pool: {k: pool[k] for k in text.split(",")} if text else pool  # noqa: E731
-    models = pick(args.models, CPU_MODELS if args.cpu else MODELS)
-    workloads = pick(args.workloads, CPU_WORKLOADS if args.cpu else WORKLOADS)
-    batches = [int(b) for b in (args.batches or ("1,2" if args.cpu else "1,8")).split(",")]
-    wanted = set((args.policies or "none,v2drop,v2drop-eager-ops,pdrop,fastv,eager,transformers,transformers+v2drop").split(","))
     args.repeats = args.repeats or (3 if args.cpu else 5)
     args.long = args.long or (16 if args.cpu else 64)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype or ("fp32" if args.cpu else "bf16")]

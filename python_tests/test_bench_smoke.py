@@ -5,15 +5,21 @@ import importlib.util
 import os
 
 import pytest
+import torch
 
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "..", "bench", "bench_gpu.py")
 
 
-def test_gpu_benchmark_smoke_run():
+def _bench_gpu():
     spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPT)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_gpu_benchmark_smoke_run():
+    bench = _bench_gpu()
     rows = bench.main(["--smoke"])
     providers = {r["provider"] for r in rows}
     import v2drop_kernels as v2d
@@ -21,8 +27,48 @@ def test_gpu_benchmark_smoke_run():
     native = set(v2d.available_backends("cpu")) - {"reference"}  # cpu, and triton under the interpreter
     assert providers == {"reference", "reference-compiled"} | native
     assert len(rows) == len(providers) * len(bench.SMOKE_SHAPES)
-    assert all(r["same as reference"] for r in rows), [r for r in rows if not r["same as reference"]]
-    assert all(r["ms"] > 0 and r["fraction of copy bandwidth"] > 0 for r in rows)
+    assert all(r["timing"] == "wall" and r["ms"] == r["wall ms"] > 0 and r["fraction of copy bandwidth"] > 0 for r in rows)
+
+
+def _smoke_call():
+    from v2drop_kernels.testing import make_hidden, make_mask
+
+    gen = torch.Generator().manual_seed(0)
+    hidden, prev = make_hidden(1, 40, 16, torch.bfloat16, "cpu", gen)
+    mask = make_mask(1, 40, 30, 2, gen)
+    return (hidden, prev, mask, torch.arange(40).expand(1, 40), 30, 9)
+
+
+def test_gpu_benchmark_refuses_to_publish_a_wrong_provider():
+    """A provider whose output differs from the reference stops the run before anything is timed."""
+    from v2drop_kernels import reference
+
+    bench = _bench_gpu()
+    call = _smoke_call()
+
+    def off_by_one_position(*args):
+        hidden, pos, mask = reference.variation_drop(*args)[:3]
+        return hidden, pos + 1, mask
+
+    providers = {"reference": reference.variation_drop, "reference-compiled": reference.variation_drop,
+                 "wrong": off_by_one_position}
+    with pytest.raises(bench.ProviderMismatch, match=r"wrong differs from the reference on tiny \(position ids\)"):
+        bench.measure_shape("tiny", providers, call, reference.variation_drop(*call), "cpu", 1)
+
+
+def test_gpu_benchmark_times_every_provider_of_a_shape_the_same_way():
+    """The rows of one shape share one timing method, named in the row; ratios come from it."""
+    from v2drop_kernels import reference
+
+    bench = _bench_gpu()
+    call = _smoke_call()
+    providers = {"reference": reference.variation_drop, "reference-compiled": reference.variation_drop,
+                 "cpu": torch.ops.v2drop.variation_drop}
+    rows = bench.measure_shape("tiny", providers, call, reference.variation_drop(*call), "cpu", 1)
+    assert {r["timing"] for r in rows} == {"wall"}
+    for r in rows:
+        assert r["ms"] == r["wall ms"] and "events ms" not in r and "graph ms" not in r
+        assert r["x vs eager"] == pytest.approx(rows[0]["ms"] / r["ms"])
 
 
 E2E = os.path.join(os.path.dirname(__file__), "..", "bench", "e2e.py")

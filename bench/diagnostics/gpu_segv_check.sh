@@ -6,8 +6,9 @@
 # the same machine, GPU visible vs hidden, CUDA initialised or not, and gives a native backtrace.
 set -u
 SELF=$(cd "$(dirname "$0")" && pwd); ROOT=$(pwd)
-OUT=${OUT:-/tmp/segv_out}; mkdir -p "$OUT"
-PY=${PYTHON:-python3}
+OUT=${OUT:-/tmp/segv_out}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)  # absolute: the CPU-only build runs elsewhere
+PY=${PYTHON:-python3}; case $PY in */*) PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")";; esac
+broken=0  # the diagnosis itself could not run (a build failed): exit 1; crashes it observes are its findings
 SNIP="$SELF/snippet.py"
 { nvidia-smi --query-gpu=name,driver_version --format=csv
   $PY -c "import sys, torch; print(sys.version); print(torch.__version__, torch.version.cuda, torch.cuda.is_available())"
@@ -30,5 +31,6 @@ timeout 200 $PY -X faulthandler -m pytest python_tests/test_errors.py -q -x -p n
 # CPU-only build of the same sources on the same machine
 CPU_TREE=/tmp/v2drop_cpu_only; rm -rf "$CPU_TREE"; mkdir -p "$CPU_TREE"
 cp -r setup.py csrc v2drop_kernels "$CPU_TREE"/; rm -f "$CPU_TREE"/v2drop_kernels/*.so
-(cd "$CPU_TREE" && V2DROP_NO_CUDA=1 MAX_JOBS=8 timeout 300 $PY setup.py build_ext --inplace > "$OUT/build_cpu.log" 2>&1) || echo "cpu build failed"
+(cd "$CPU_TREE" && V2DROP_NO_CUDA=1 MAX_JOBS=8 timeout 300 $PY setup.py build_ext --inplace > "$OUT/build_cpu.log" 2>&1) || { echo "cpu build failed"; tail -20 "$OUT/build_cpu.log"; broken=1; }
 (cd "$CPU_TREE" && PYTHONPATH="$CPU_TREE" timeout 120 $PY -X faulthandler $SNIP > "$OUT/snippet_cpu_build.log" 2>&1; echo "snippet cpu_build: rc=$?"; grep -v -i warn "$OUT/snippet_cpu_build.log" | tail -4)
+exit $broken
