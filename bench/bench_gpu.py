@@ -38,11 +38,11 @@ class ProviderMismatch(RuntimeError):
 
 def measure_shape(shape: str, providers: dict, call: tuple, expected: tuple, device: str, moved: int) -> list[dict]:
     """One row per provider for one shape: checked against ``expected`` (the reference's outputs:
-    hidden, positions, mask) before anything is timed, then every provider timed by the same
+    hidden, position ids, keep_pos and vis_mask must be equal) before anything is timed, then every provider timed by the same
     method(s). Raises :class:`ProviderMismatch` naming the first provider that differs."""
     for provider, fn in providers.items():
         out = fn(*call)
-        wrong = [name for name, i in (("hidden", 0), ("position ids", 1), ("mask", 2)) if not torch.equal(out[i], expected[i])]
+        wrong = [name for i, name in enumerate(("hidden", "position ids", "keep_pos", "vis_mask")) if not torch.equal(out[i], expected[i])]
         if wrong:
             raise ProviderMismatch(f"{provider} differs from the reference on {shape} ({', '.join(wrong)}): not published")
     if device != "cuda":
@@ -125,7 +125,7 @@ def main(argv=None) -> list[dict]:
         meta = {"device": name, "torch": torch.__version__, "triton": __import__("triton").__version__, "commit": git_commit(),
                 "date": today(), "dtype": "bf16", "copy bandwidth GB/s (read + write)": round(bandwidth),
                 "timing": "; ".join(f"{m}: {TIMING_METHODS[m]}" for m in timed),
-                "checked": "every provider's hidden, position ids and mask equal the eager reference's",
+                "checked": "every provider's hidden, position ids, keep_pos and vis_mask equal the eager reference's",
                 "command": "python bench/bench_gpu.py " + " ".join(argv if argv is not None else sys.argv[1:])}
         stem = "gpu_" + name.lower().replace(" ", "_")
         where = write_results(stem, "GPU benchmark: fused variation_drop (bf16)", meta, rows, table, publish=args.publish)

@@ -8,6 +8,7 @@ specification is :mod:`v2drop_kernels.reference`; the argument rules are :mod:`v
 
 import torch  # noqa: F401  (loads libtorch, which _C links against)
 
+from ._version import __version__  # noqa: E402
 from . import _C  # noqa: F401,E402  (registers torch.ops.v2drop.*)
 from . import fake  # noqa: F401  (registers the fake kernels)
 from .backends import available_backends, register_backend, registered_backends  # registers the built-in backends
@@ -24,6 +25,7 @@ from .ops import (
 )
 
 __all__ = [
+    "__version__",
     "DropOutput",
     "SelectOutput",
     "available_backends",
@@ -37,4 +39,3 @@ __all__ = [
     "variation_drop_varlen",
     "variation_topk",
 ]
-__version__ = "0.1.0"

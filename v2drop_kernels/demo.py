@@ -1,10 +1,12 @@
 """Demo: a vision-language model generating with and without visual-token pruning.
 
-    python -m v2drop_kernels.demo [--model PATH | --arch llava-1.5|qwen2-vl|qwen2.5-vl] [--image IMG]
-                                  [--prompt TEXT] [--max-new-tokens N]
-                                  [--policy none|v2drop|pdrop|fastv] [--layers 3,17,22] [--keep 0.5,0.5,0]
-                                  [--device cpu|cuda] [--dtype fp32|bf16|fp16] [--repeats N] [--json]
-                                  [--heatmap out.png]
+    v2drop-demo [--model PATH | --arch llava-1.5|qwen2-vl|qwen2.5-vl] [--image IMG]
+                [--prompt TEXT] [--max-new-tokens N]
+                [--policy none|v2drop|pdrop|fastv] [--layers 3,17,22] [--keep 0.5,0.5,0]
+                [--device cpu|cuda] [--dtype fp32|bf16|fp16] [--repeats N] [--json]
+                [--heatmap out.png]
+
+(``python -m v2drop_kernels.demo`` is the same command; both need ``v2drop_kernels[demo]``.)
 
 Without ``--model`` it builds, in process and with nothing downloaded, a small randomly initialised
 model of the shape ``--arch`` names and a synthetic image: LLaVA-1.5 (the default: 32 decoder
@@ -38,6 +40,7 @@ from typing import Callable
 import torch
 
 from .backends import available_backends
+from .extras import MissingExtra, require
 from .models import (Llava, LlavaConfig, QwenVL, QwenVLConfig, load_model, make_policy, random_llava, random_qwen_vl,
                      tiny_config, tiny_qwen_config)
 from .models.policies import kept_count
@@ -82,8 +85,8 @@ def _positive(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m v2drop_kernels.demo", description=__doc__.split("\n\n")[0])
+def build_parser(prog: str = "python -m v2drop_kernels.demo") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="HF LLaVA-1.5, Qwen2-VL or Qwen2.5-VL checkpoint folder "
                                         "(default: a small random model built here)")
     parser.add_argument("--arch", choices=list(ARCHS), default=None,
@@ -198,8 +201,7 @@ def check_flags(parser: argparse.ArgumentParser, args) -> Plan:
 
 def synthetic_image(size: int = 336):
     """A grey gradient with a red disk in the upper left: the 'object' the default prompt asks about."""
-    from PIL import Image, ImageDraw
-
+    Image, ImageDraw = require("PIL.Image", "the demo's image"), require("PIL.ImageDraw", "the demo's image")
     img = Image.linear_gradient("L").resize((size, size)).convert("RGB")
     draw = ImageDraw.Draw(img)
     draw.ellipse((size * 0.15, size * 0.2, size * 0.45, size * 0.5), fill=(220, 30, 30))
@@ -209,8 +211,7 @@ def synthetic_image(size: int = 336):
 
 def pixel_values(image, size: int) -> torch.Tensor:
     """CLIP preprocessing: resize the short side, centre crop, normalise. ``[1, 3, size, size]``."""
-    from PIL import Image
-
+    Image = require("PIL.Image", "the demo's image preprocessing")
     w, h = image.size
     scale = size / min(w, h)
     image = image.convert("RGB").resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
@@ -269,9 +270,7 @@ def build_inputs(model: Llava | QwenVL, folder: Path | None, image, prompt: str)
     size = model.cfg.vision["image_size"]
     if folder is not None:
         try:
-            from transformers import AutoProcessor
-
-            processor = AutoProcessor.from_pretrained(folder)
+            processor = require("transformers", "the demo's processor").AutoProcessor.from_pretrained(folder)
             inputs = processor(images=image, text=prompt, return_tensors="pt")
             ip = processor.image_processor
             return Inputs(inputs["input_ids"][0], inputs["pixel_values"], tuple(ip.image_mean), tuple(ip.image_std),
@@ -279,9 +278,7 @@ def build_inputs(model: Llava | QwenVL, folder: Path | None, image, prompt: str)
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
             pass
         try:
-            from transformers import AutoTokenizer
-
-            tok = AutoTokenizer.from_pretrained(folder)
+            tok = require("transformers", "the demo's tokenizer").AutoTokenizer.from_pretrained(folder)
             parts = [tok(p, add_special_tokens=(i == 0))["input_ids"] for i, p in enumerate(prompt.split("<image>"))]
             ids = parts[0]
             for part in parts[1:]:
@@ -301,9 +298,7 @@ def build_qwen_inputs(model: QwenVL, folder: Path | None, image, prompt: str) ->
     ids, decode = None, None
     if folder is not None:
         try:
-            from transformers import AutoTokenizer
-
-            tok = AutoTokenizer.from_pretrained(folder)
+            tok = require("transformers", "the demo's tokenizer").AutoTokenizer.from_pretrained(folder)
             parts = [tok(p, add_special_tokens=(i == 0))["input_ids"] for i, p in enumerate(prompt.split("<image>"))]
             flat = parts[0]
             for part in parts[1:]:
@@ -343,12 +338,10 @@ def heatmap_arrays(pix: torch.Tensor, mean, std, scores: torch.Tensor, kept: tor
 def save_heatmap(path: str, arrays, title: str, score_name: str) -> None:
     """The image the model saw beside the same image under its per-patch scores, dropped patches
     darkened and hatched, with a colour bar and a legend."""
-    import matplotlib
-    import numpy as np
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
+    np = require("numpy", "--heatmap")
+    require("matplotlib", "--heatmap").use("Agg")
+    plt = require("matplotlib.pyplot", "--heatmap")
+    Patch = require("matplotlib.patches", "--heatmap").Patch
 
     image, heat, kept = (a.numpy() for a in arrays)
     dropped = (~kept).astype(float)
@@ -404,10 +397,14 @@ def summarise(name: str, runs: list, decode) -> dict:
     }
 
 
-def main(argv=None) -> dict:
-    parser = build_parser()
+def main(argv=None, prog: str = "python -m v2drop_kernels.demo") -> dict:
+    """Runs the demo with the command line ``argv``; returns the summary (what ``--json`` prints)."""
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     plan = check_flags(parser, args)
+    require("PIL.Image", "the demo")  # the optional dependencies, before any work
+    if args.heatmap:
+        require("matplotlib.pyplot", "--heatmap")
     say = (lambda *a: None) if args.json else print
     torch.manual_seed(args.seed)
 
@@ -422,8 +419,7 @@ def main(argv=None) -> dict:
         name = {"qwen2_vl": "Qwen2-VL", "qwen2_5_vl": "Qwen2.5-VL"}[plan.cfg.arch]
         source = (f"random {name}-shaped model (28 layers x 128 wide, M-RoPE; ViT 14 px patches merged 2x2: "
                   f"a 672 px image gives {QWEN_GRID ** 2} visual tokens)")
-    from PIL import Image
-
+    Image = require("PIL.Image", "the demo")
     image = Image.open(args.image) if args.image else synthetic_image()
     inputs = build_inputs(model, Path(args.model) if args.model else None, image, args.prompt)
     ids = inputs.ids.to(plan.device)
@@ -487,5 +483,14 @@ def main(argv=None) -> dict:
     return summary
 
 
+def cli(prog: str = "v2drop-demo") -> None:
+    """The ``v2drop-demo`` console script (and ``python -m v2drop_kernels.demo``): a missing optional
+    dependency ends it with the message naming the extra to install, without a traceback."""
+    try:
+        main(prog=prog)
+    except MissingExtra as e:
+        raise SystemExit(f"{prog}: {e}") from None
+
+
 if __name__ == "__main__":
-    main()
+    cli("python -m v2drop_kernels.demo")

@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from ..extras import require
 from .cache import BufferPool, KVCache
 from .policies import Policy
 from .pruning import PrefillTrace, PruningContext
@@ -131,8 +132,7 @@ class GenerativeModel(nn.Module):
                 run = self._capture(step, key, first_step)
         steps = range(first_step, max_new - 1)
         if progress:
-            from tqdm import tqdm
-
+            tqdm = require("tqdm", "generate(progress=True)").tqdm
             steps = tqdm(steps, desc="decode", unit="tok", leave=False, initial=first_step, total=max_new - 1)
         for i in steps:
             run()

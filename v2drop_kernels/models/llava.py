@@ -17,6 +17,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..extras import require
 from .config import LlavaConfig
 from .decoder import Decoder
 from .generation import Generation, GenerativeModel
@@ -57,9 +58,8 @@ class Llava(GenerativeModel):
         self.cfg = cfg
         self.vision_tower = None
         if vision_tower:
-            from transformers import CLIPVisionConfig, CLIPVisionModel
-
-            self.vision_tower = CLIPVisionModel(CLIPVisionConfig(**cfg.vision))
+            transformers = require("transformers", "LLaVA's vision tower (CLIP)")
+            self.vision_tower = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**cfg.vision))
         self.multi_modal_projector = Projector(cfg)
         self.language_model = LlamaModel(cfg.text)
         self.lm_head = nn.Linear(cfg.text.hidden_size, cfg.text.vocab_size, bias=False)

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..extras import require
 from .config import LlavaConfig, QwenVLConfig
 from .llava import Llava
 from .qwen_vl import QwenVL, build_vision_tower
@@ -86,8 +87,7 @@ def with_generation_eos(cfg, eos):
 
 
 def _read_weights(path: Path, dtype: torch.dtype, device) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
+    load_file = require("safetensors.torch", "loading checkpoint weights").load_file
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{path}: no *.safetensors weights")

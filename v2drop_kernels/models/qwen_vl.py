@@ -26,6 +26,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..extras import require
 from .config import QwenVLConfig
 from .decoder import Decoder
 from .generation import Generation, GenerativeModel
@@ -46,8 +47,7 @@ _VISION = {
 
 def build_vision_tower(cfg: QwenVLConfig, **overrides) -> nn.Module:
     """``transformers``' vision tower of ``cfg.arch`` (patch embedding, ViT blocks, 2×2 patch merger)."""
-    import transformers
-
+    transformers = require("transformers", "Qwen-VL's vision tower")
     module, tower, config = _VISION[cfg.arch]
     vision_cfg = getattr(transformers, config)(**{**cfg.vision, **overrides})
     return getattr(importlib.import_module(module), tower)(vision_cfg)

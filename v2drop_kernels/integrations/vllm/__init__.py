@@ -31,9 +31,12 @@ Importing this package needs neither vLLM nor anything else beyond this package.
 
 from __future__ import annotations
 
+from ...extras import require
+
 
 def register() -> None:
     """vLLM's ``vllm.general_plugins`` entry point: installs the hooks (idempotent, per process)."""
+    require("vllm", "the vLLM plugin")
     from .hooks import install
 
     install()
