@@ -160,6 +160,48 @@ def test_fused_projections_share_the_modules_storage(model):
     assert w64.dtype == torch.float64 and moved.language_model.layers[0].self_attn.q_proj.weight.data_ptr() == w64.data_ptr()
 
 
+def test_projections_are_fused_at_load_time_and_never_by_a_getter(checkpoint):
+    """The loaders fuse; reading the weights or generating changes no parameter (same objects, same
+    requires_grad), so a model can be fine-tuned after generate; a model built by hand runs unfused
+    until fuse_projections()."""
+    from v2drop_kernels.models import Llava, LlavaConfig
+    from v2drop_kernels.models.loading import read_config
+
+    model = load_llava(checkpoint)
+    params = [(name, p, p.requires_grad) for name, p in model.named_parameters()]
+    assert all(grad for _, _, grad in params)
+    model.decoder.weights()
+    model.generate(PROMPT_PAIR, pixels(2), max_new_tokens=3, policy=POLICIES["pdrop"]())
+    assert [(n, p, p.requires_grad) for n, p in model.named_parameters()] == params
+    by_hand = Llava(LlavaConfig.from_hf(read_config(checkpoint)))
+    by_hand.load_state_dict(model.state_dict())
+    assert len(by_hand.decoder.weights()[0].qkv) == 3  # one linear per module, as built
+    a = by_hand.generate(PROMPT_PAIR, pixels(2), max_new_tokens=4).tokens
+    assert len(by_hand.fuse_projections().decoder.weights()[0].qkv) == 1
+    assert torch.equal(a, by_hand.generate(PROMPT_PAIR, pixels(2), max_new_tokens=4).tokens)
+
+
+def test_compiling_a_decoder_leaves_the_process_settings_alone():
+    """Dynamo's recompile limit is raised only while a compiled decoder runs."""
+    import torch._dynamo.config as dynamo_config
+
+    from v2drop_kernels.models import random_llava, tiny_config
+
+    name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    before = getattr(dynamo_config, name)
+    model = random_llava(tiny_config(layers=2, hidden=32, image_size=56))
+    model.decoder.compile()
+    seen = []
+
+    def probe(compiled):  # the limit each compiled function (prefill's and the decode step's) runs under
+        return lambda *args: seen.append(getattr(dynamo_config, name)) or compiled(*args)
+
+    model.decoder._pre, model.decoder._pre_step = probe(model.decoder._pre), probe(model.decoder._pre_step)
+    ids = torch.cat([torch.tensor([1, 4]), torch.full((model.cfg.tokens_per_image,), model.cfg.image_token_id), torch.tensor([5])])
+    model.generate([ids], torch.randn(1, 3, 56, 56), max_new_tokens=3)
+    assert getattr(dynamo_config, name) == before and seen and all(limit >= 64 for limit in seen)
+
+
 def test_static_decode_buffers_are_reused_for_the_same_shapes():
     pool = BufferPool()
     first = pool.get("k0", (1, 2, 10, 4), torch.float32, torch.device("cpu"))

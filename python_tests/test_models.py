@@ -89,6 +89,19 @@ def test_packed_rows_with_different_image_counts_match_single_runs(ours):
     assert batched.trace.visual_per_layer[-1] == [1, 0, 1]
 
 
+def test_forward_resolves_layout_auto_as_generate_does(ours):
+    """``layout="auto"`` in the prefill-only forward: padded for rows with equal image counts,
+    packed otherwise, with the logits of the explicit layout."""
+    pix = pixels(2)
+    for prompts, images, expected in ((PROMPTS, pix, "padded"), ([prompt([1, 5], 2, [7]), prompt([1, 4], 0, [3])], pix, "packed")):
+        auto_logits, auto_tokens = ours(prompts, images, layout="auto")
+        logits, tokens = ours(prompts, images, layout=expected)
+        assert auto_tokens.packed == (expected == "packed")
+        torch.testing.assert_close(auto_logits, logits, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="layout must be 'padded', 'packed' or 'auto', got 'ragged'"):
+        ours(PROMPTS, pix, layout="ragged")
+
+
 def test_loads_both_key_layouts_and_tied_embeddings(tmp_path):
     """The llava-hf layout (what transformers 5 writes) and the 4.52+ one (model.language_model.*)."""
     from safetensors.torch import load_file, save_file

@@ -98,7 +98,7 @@ class PruningHandle:
         self.lm = model.model.language_model
         self.cfg = TextConfig.from_hf(model.config.text_config.to_dict())
         self.visual_ids = [getattr(model.config, name) for name in _SUPPORTED[model.config.model_type][1]]
-        self.decoder = Decoder(self.lm, self.cfg, fuse=False)  # transformers' modules stay as they are
+        self.decoder = Decoder(self.lm, self.cfg)  # unfused: transformers' modules stay as they are
         self.trace: PrefillTrace | None = None  # of the last prefill
         self._dynamic_cache = DynamicCache
         from transformers.modeling_outputs import BaseModelOutputWithPast

@@ -94,10 +94,13 @@ def last_query_attention(q_last: Tensor, k: Tensor, key_valid: Tensor | None) ->
 
     ``q_last [B, H, 1, Dh]`` (RoPE applied), ``k [B, Hkv, S, Dh]``, ``key_valid bool[B, S]``.
     Returns ``float32[B, S]``: the attention map row that PyramidDrop and FastV rank tokens by.
+    The query heads are viewed in their key groups (``[B, Hkv, H / Hkv, Dh]``), so K is never
+    repeated per query head; it is read in float32 once (no copy when it is float32 already).
     """
-    rep = q_last.shape[1] // k.shape[1]
-    keys = k.float().repeat_interleave(rep, dim=1)
-    logits = (q_last.float() @ keys.transpose(-1, -2))[:, :, 0] * q_last.shape[-1] ** -0.5  # [B, H, S]
+    b, h, _, dh = q_last.shape
+    hkv = k.shape[1]
+    grouped = q_last.float().reshape(b, hkv, h // hkv, dh)  # query heads h = g * (H / Hkv) + j share key head g
+    logits = (grouped @ k.float().transpose(-1, -2)).reshape(b, h, -1) * dh ** -0.5  # [B, H, S]
     if key_valid is not None:
         logits = logits.masked_fill(~key_valid[:, None, :], float("-inf"))
     return logits.softmax(dim=-1).mean(dim=1)

@@ -68,17 +68,18 @@ class KVCache:
         cap = s + self.extra
         kbuf = self._buffer(f"k{layer}", (b, h, cap, d), k.dtype, k.device)
         vbuf = self._buffer(f"v{layer}", (b, h, cap, d), v.dtype, v.device)
-        if tokens.packed:  # row r's tokens go to columns [0, lengths[r]), from host bounds: no read-back
+        if tokens.packed:  # row r's tokens go to columns [0, lengths[r]): one scatter, indices from host counts
+            lengths, starts, total = torch.tensor(tokens.lengths), torch.tensor(tokens.bounds[:-1]), tokens.bounds[-1]
+            rows = torch.repeat_interleave(torch.arange(b), lengths, output_size=total)  # host tensors: no read-back
+            columns = (torch.arange(total) - starts[rows]).to(k.device)
+            rows = rows.to(k.device)
+            kbuf[rows, :, columns] = k
+            vbuf[rows, :, columns] = v
             orig = torch.full((b, s), -1, dtype=torch.long, device=k.device)
+            orig[rows, columns] = tokens.orig_pos
             valid = None
-            for row, (start, n) in enumerate(zip(tokens.bounds, tokens.lengths)):
-                kbuf[row, :, :n] = k[start : start + n].transpose(0, 1)
-                vbuf[row, :, :n] = v[start : start + n].transpose(0, 1)
-                orig[row, :n] = tokens.orig_pos[start : start + n]
             if min(tokens.lengths) < s:
-                valid = torch.zeros(b, s, dtype=torch.bool, device=k.device)
-                for row, n in enumerate(tokens.lengths):
-                    valid[row, :n] = True
+                valid = (torch.arange(s)[None, :] < lengths[:, None]).to(k.device)
         else:
             kbuf[:, :, :s] = k
             vbuf[:, :, :s] = v

@@ -29,12 +29,14 @@ transformers' own cache.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor, nn
 
 from .attention import padded_attention, sdpa, varlen_attention
 from .config import TextConfig
-from .llama import LayerWeights, Rotary, layer_weights, post_attention, pre_attention
+from .llama import LayerWeights, Rotary, fuse_projections, layer_weights, post_attention, pre_attention
 from .pruning import PruningContext
 from .tokens import Tokens
 
@@ -42,27 +44,32 @@ from .tokens import Tokens
 # Dynamo compiles a function once per specialisation, and its cache belongs to the function's code,
 # shared by every decoder in the process: each model shape, bias layout and decode batch size is one
 # more entry. Its default limit (8) would end a process that serves a few models or batch sizes
-# (with fullgraph=True, as a hard error); this is the limit ``Decoder.compile`` sets.
+# (with fullgraph=True, as a hard error). A compiled decoder raises it to this, only while it runs
+# (the process's setting is left as it is).
 RECOMPILE_LIMIT = 64
 
 
-def _allow_recompiles(limit: int) -> None:
+def _compile_scope(compiled: bool):
+    """Dynamo's recompile limit raised to :data:`RECOMPILE_LIMIT` for the calls inside (nothing when
+    the decoder is not compiled)."""
+    if not compiled:
+        return contextlib.nullcontext()
     import torch._dynamo.config as dynamo_config
 
     name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
-    setattr(dynamo_config, name, max(getattr(dynamo_config, name), limit))
+    return dynamo_config.patch(**{name: max(getattr(dynamo_config, name), RECOMPILE_LIMIT)})
 
 
 class Decoder:
     """Runs ``model.layers`` with a policy; ``model`` has ``layers`` and ``norm`` (HF Llama names).
 
-    ``fuse``: join each layer's q/k/v and gate/up projections into one linear each (the modules'
-    weights become views of the fused ones, so there is no second copy). Off for modules that must
-    stay as they are (transformers' own model in the integration).
+    The layers' projections are read as they are: joined where :meth:`fuse_projections` joined them
+    (the package's models do at load time), one linear per module otherwise (transformers' own
+    modules in the integration, which stay as they are).
     """
 
-    def __init__(self, model: nn.Module, cfg: TextConfig, rotary: Rotary | None = None, *, fuse: bool = True):
-        self.model, self.cfg, self.fuse = model, cfg, fuse
+    def __init__(self, model: nn.Module, cfg: TextConfig, rotary: Rotary | None = None):
+        self.model, self.cfg = model, cfg
         self.rotary = rotary if rotary is not None else Rotary(cfg)
         self.compiled = False
         self._pre = self._pre_step = pre_attention
@@ -74,7 +81,6 @@ class Decoder:
         ops and attention stay outside the compiled functions."""
         self.compiled = enabled
         if enabled:
-            _allow_recompiles(RECOMPILE_LIMIT)
             self._pre = torch.compile(pre_attention, dynamic=True, fullgraph=True)
             self._post = torch.compile(post_attention, dynamic=True, fullgraph=True)
             self._pre_step = torch.compile(pre_attention, dynamic=False, fullgraph=True)
@@ -84,9 +90,16 @@ class Decoder:
             self._post = self._post_step = post_attention
         return self
 
+    def fuse_projections(self) -> "Decoder":
+        """Joins every layer's q/k/v and gate/up projections into one linear each, in place (the
+        modules' weights become views of the joined ones: :func:`~v2drop_kernels.models.llama.fuse_projections`)."""
+        for layer in self.model.layers:
+            fuse_projections(layer)
+        return self
+
     def weights(self) -> list[LayerWeights]:
-        """Every layer's weights (fused projections built on first use, and again after ``.to()``)."""
-        return [layer_weights(layer, self.cfg.rms_norm_eps, self.fuse) for layer in self.model.layers]
+        """Every layer's weights, as they are (nothing is fused or changed here)."""
+        return [layer_weights(layer, self.cfg.rms_norm_eps) for layer in self.model.layers]
 
     def _qkv(self, pre, x: Tensor, w: LayerWeights, cos: Tensor, sin: Tensor, packed: bool):
         """``q [B, H, S, Dh]``, ``k, v [B, Hkv, S, Dh]`` (packed: ``[T, H, Dh]``), RoPE applied."""
@@ -99,7 +112,10 @@ class Decoder:
     def prefill(self, tokens: Tokens, policy, cache=None, ctx: PruningContext | None = None) -> Tokens:
         """Runs every layer on ``tokens`` (pruning as ``policy`` says, recording into ``ctx``);
         returns the final, normed tokens."""
-        ctx = ctx if ctx is not None else PruningContext()
+        with _compile_scope(self.compiled):
+            return self._prefill(tokens, policy, cache, ctx if ctx is not None else PruningContext())
+
+    def _prefill(self, tokens: Tokens, policy, cache, ctx: PruningContext) -> Tokens:
         weights = self.weights()
         policy.check(len(weights))
         device = tokens.hidden.device
@@ -136,22 +152,29 @@ class Decoder:
         layer ``l`` writes column ``length_l + step`` of its
         :class:`~v2drop_kernels.models.cache.KVCache`. Shapes and addresses are the same at every
         step. Returns the normed output."""
-        cos, sin = self.rotary(position_ids, hidden.dtype, planes=planes)  # once per step, for every layer
-        for i, w in enumerate(self.weights()):
-            q, k, v = self._qkv(self._pre_step, hidden, w, cos, sin, packed=False)
+        def attend(i: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
             cache.write_step(i, k, v, step)
-            out = sdpa(q, cache.k[i], cache.v[i], attn_mask=cache.step_mask(i, step)).transpose(1, 2).flatten(-2)
-            hidden = self._post_step(hidden, out, w)
-        return self.model.norm(hidden)
+            return sdpa(q, cache.k[i], cache.v[i], attn_mask=cache.step_mask(i, step))
+
+        return self._decode_layers(hidden, position_ids, planes, attend)
 
     def decode(self, hidden: Tensor, position_ids: Tensor, cache, planes: bool = False) -> Tensor:
         """One step over a cache that grows: ``cache.append(layer, k, v)`` returns the layer's keys,
         values and validity (the transformers integration's adapter over transformers' cache).
         ``planes``: ``position_ids`` are M-RoPE planes ``[3, B, 1]``."""
-        cos, sin = self.rotary(position_ids, hidden.dtype, planes=planes)
-        for i, w in enumerate(self.weights()):
-            q, k, v = self._qkv(self._pre_step, hidden, w, cos, sin, packed=False)
+        def attend(i: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
             keys, values, valid = cache.append(i, k, v)
-            out = padded_attention(q, keys, values, valid, causal=False).transpose(1, 2).flatten(-2)
-            hidden = self._post_step(hidden, out, w)
+            return padded_attention(q, keys, values, valid, causal=False)
+
+        return self._decode_layers(hidden, position_ids, planes, attend)
+
+    def _decode_layers(self, hidden: Tensor, position_ids: Tensor, planes: bool, attend) -> Tensor:
+        """The one decode loop: every layer on one new token per row; ``attend(layer, q, k, v)``
+        stores the step's K/V in the cache and returns the attention output ``[B, H, 1, Dh]``."""
+        cos, sin = self.rotary(position_ids, hidden.dtype, planes=planes)  # once per step, for every layer
+        with _compile_scope(self.compiled):
+            for i, w in enumerate(self.weights()):
+                q, k, v = self._qkv(self._pre_step, hidden, w, cos, sin, packed=False)
+                out = attend(i, q, k, v).transpose(1, 2).flatten(-2)
+                hidden = self._post_step(hidden, out, w)
         return self.model.norm(hidden)

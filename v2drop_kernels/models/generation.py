@@ -45,6 +45,22 @@ class GenerativeModel(nn.Module):
     def _init_generation(self) -> None:
         self._pool = BufferPool()  # decode buffers kept for the next call (CUDA graphs replay over them)
         self._graphs: dict = {}
+        self._fused = False
+
+    def fuse_projections(self) -> "GenerativeModel":
+        """Joins every decoder layer's q/k/v and gate/up projections into one linear each (one matmul
+        instead of three and two; the modules' weights become views of the joined ones, so there is
+        no second copy and ``state_dict`` is unchanged). The loaders call it; a model moved or cast
+        with ``.to()`` afterwards is joined again. Without it the decoder runs the modules one by one."""
+        self.decoder.fuse_projections()
+        self._fused = True
+        return self
+
+    def _apply(self, fn, recurse=True):
+        module = super()._apply(fn, recurse)
+        if getattr(self, "_fused", False):  # .to() / .cuda() / .half() gave the modules new tensors
+            self.decoder.fuse_projections()
+        return module
 
     def run_generation(self, inputs: Callable[[], Tokens], *, max_new_tokens: int, policy: Policy | None,
                        backend: str | None, progress: bool, cuda_graph: bool | None, time_pruning: bool) -> Generation:

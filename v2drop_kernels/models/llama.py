@@ -171,41 +171,62 @@ def _linear(module: nn.Linear) -> Linear:
     return module.weight, module.bias
 
 
-def _fused(modules: Sequence[nn.Linear]) -> Linear:
-    """One linear for ``modules`` whose weights (and biases) become views of the fused ones: no
-    second copy of the weights; loading and ``state_dict`` still see the modules' own names.
-    Done again when the modules' weights are no longer those views (``model.to(...)``)."""
-    weight = modules[0].weight
-    if getattr(modules[0], "_v2drop_fused", None) is not None:
-        fused_w, fused_b = modules[0]._v2drop_fused
-        if weight.data_ptr() == fused_w.data_ptr() and weight.device == fused_w.device and weight.dtype == fused_w.dtype:
-            return fused_w, fused_b
-    with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, even when called under inference mode
-        fused_w = torch.cat([m.weight for m in modules])
-        biases = [m.bias for m in modules]
-        fused_b = None if biases[0] is None else torch.cat(biases)
-        start = 0
-        for m in modules:
-            rows = m.weight.shape[0]
-            m.weight = nn.Parameter(fused_w[start : start + rows], requires_grad=False)
-            if fused_b is not None:
-                m.bias = nn.Parameter(fused_b[start : start + rows], requires_grad=False)
-            start += rows
-    modules[0]._v2drop_fused = (fused_w, fused_b)
+def fuse_projections(layer: nn.Module) -> None:
+    """Joins the q/k/v and the gate/up projections of a layer with HF Llama names into one linear
+    each: the modules' weights (and biases) become views of the fused ones, so there is no second
+    copy, and loading and ``state_dict`` still see the modules' own names; ``requires_grad`` is kept.
+    Called once at load time (the models' ``fuse_projections``); :func:`layer_weights` only reads."""
+    attn, mlp = layer.self_attn, layer.mlp
+    for modules in ((attn.q_proj, attn.k_proj, attn.v_proj), (mlp.gate_proj, mlp.up_proj)):
+        with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, even under inference mode
+            fused_w = torch.cat([m.weight for m in modules])
+            biases = [m.bias for m in modules]
+            fused_b = None if biases[0] is None else torch.cat(biases)
+            start = 0
+            for m in modules:
+                rows = m.weight.shape[0]
+                m.weight = nn.Parameter(fused_w[start : start + rows], requires_grad=m.weight.requires_grad)
+                if fused_b is not None:
+                    m.bias = nn.Parameter(fused_b[start : start + rows], requires_grad=m.bias.requires_grad)
+                start += rows
+        modules[0]._v2drop_fused = (fused_w, fused_b)
+
+
+def _fused(modules: Sequence[nn.Linear]) -> Linear | None:
+    """The fused linear of ``modules`` while every weight and bias is still its view (not after
+    ``model.to(...)`` or a new weight assigned), else None."""
+    fused = getattr(modules[0], "_v2drop_fused", None)
+    if fused is None:
+        return None
+    fused_w, fused_b = fused
+    start = 0
+    for m in modules:
+        rows = m.weight.shape[0]
+        if m.weight.dtype != fused_w.dtype or m.weight.device != fused_w.device or not _is_view(m.weight, fused_w, start):
+            return None
+        if fused_b is not None and (m.bias is None or not _is_view(m.bias, fused_b, start)):
+            return None
+        start += rows
     return fused_w, fused_b
 
 
-def layer_weights(layer: nn.Module, eps: float, fuse: bool) -> LayerWeights:
-    """The weights of a layer with HF Llama names; ``fuse`` joins q/k/v and gate/up (see :func:`_fused`)."""
+def _is_view(part: Tensor, whole: Tensor, row: int) -> bool:
+    return part.data_ptr() == whole.data_ptr() + row * whole.stride(0) * whole.element_size()
+
+
+def layer_weights(layer: nn.Module, eps: float) -> LayerWeights:
+    """The weights of a layer with HF Llama names, read only: q/k/v and gate/up as one linear each
+    where :func:`fuse_projections` joined them (and they are still joined), else one per module."""
     attn, mlp = layer.self_attn, layer.mlp
     qkv = (attn.q_proj, attn.k_proj, attn.v_proj)
     gate_up = (mlp.gate_proj, mlp.up_proj)
+    fused_qkv, fused_gate_up = _fused(qkv), _fused(gate_up)
     return LayerWeights(
         input_norm=layer.input_layernorm.weight,
-        qkv=(_fused(qkv),) if fuse else tuple(_linear(m) for m in qkv),
+        qkv=(fused_qkv,) if fused_qkv else tuple(_linear(m) for m in qkv),
         o=_linear(attn.o_proj),
         post_norm=layer.post_attention_layernorm.weight,
-        gate_up=(_fused(gate_up),) if fuse else tuple(_linear(m) for m in gate_up),
+        gate_up=(fused_gate_up,) if fused_gate_up else tuple(_linear(m) for m in gate_up),
         down=_linear(mlp.down_proj),
         eps=eps,
     )

@@ -24,7 +24,7 @@ from .generation import Generation, GenerativeModel
 from .llama import LlamaModel, Rotary
 from .policies import Policy
 from .pruning import PruningContext
-from .tokens import Tokens, cu_seqlens
+from .tokens import Tokens, cu_seqlens, resolve_layout
 
 
 _ACTIVATIONS = {"gelu": nn.GELU, "gelu_pytorch_tanh": lambda: nn.GELU(approximate="tanh"), "relu": nn.ReLU, "silu": nn.SiLU}
@@ -96,31 +96,27 @@ class Llava(GenerativeModel):
         return hidden, vis
 
     def tokens(self, prompts: Sequence[Tensor], features: Tensor | None, layout: str) -> Tokens:
-        """The prefill input: ``padded`` (left padding, same image count per row) or ``packed``."""
+        """The prefill input: ``padded`` (left padding, same image count per row), ``packed``, or
+        ``auto`` (padded when every row holds as many image tokens)."""
         device = self.lm_head.weight.device
-        prompts = [torch.as_tensor(p, dtype=torch.long, device=device).flatten() for p in prompts]
-        lengths = [p.numel() for p in prompts]
-        if min(lengths) < 1:
+        host = [torch.as_tensor(p, dtype=torch.long).flatten().cpu() for p in prompts]
+        lengths = [p.numel() for p in host]
+        if not lengths or min(lengths) < 1:
             raise ValueError("every prompt needs at least one token")
-        if layout == "packed":
-            ids = torch.cat(prompts)
-            hidden, vis = self._embed(ids, features)
+        visual = [int((p == self.cfg.image_token_id).sum()) for p in host]
+        if resolve_layout(layout, visual, "image tokens") == "packed":
+            hidden, vis = self._embed(torch.cat(host).to(device), features)
             cu = cu_seqlens(lengths, device)
-            pos = torch.cat([torch.arange(n, device=device) for n in lengths])
-            visual = [int((p == self.cfg.image_token_id).sum()) for p in prompts]
+            pos = torch.cat([torch.arange(n) for n in lengths]).to(device)
             return Tokens(hidden, pos, pos, vis, visual, cu_seqlens=cu, lengths=lengths)
-        if layout != "padded":
-            raise ValueError(f"layout must be 'padded', 'packed' or 'auto', got {layout!r}")
         width, pad = max(lengths), self.cfg.text.pad_token_id or 0
-        ids = torch.full((len(prompts), width), pad, dtype=torch.long, device=device)
-        valid = torch.zeros(len(prompts), width, dtype=torch.bool, device=device)
-        for row, p in enumerate(prompts):
+        ids = torch.full((len(host), width), pad, dtype=torch.long)
+        valid = torch.zeros(len(host), width, dtype=torch.bool)
+        for row, p in enumerate(host):
             ids[row, width - p.numel():] = p
             valid[row, width - p.numel():] = True
+        ids, valid = ids.to(device), valid.to(device)
         hidden, vis = self._embed(ids, features)
-        visual = vis.sum(1).tolist()
-        if len(set(visual)) > 1:
-            raise ValueError(f"layout='padded' needs the same number of image tokens per row, got {visual}; use layout='packed'")
         index = valid.long().cumsum(1) - 1  # index in the row's own prompt; -1 on padding
         pos = index.clamp_min(0)  # HF's rule: left padding sits at position 0
         return Tokens(hidden, pos, index, vis, visual, valid=None if bool(valid.all()) else valid)
@@ -158,11 +154,7 @@ class Llava(GenerativeModel):
         """
         def inputs() -> Tokens:
             features = image_features if pixel_values is None else self.image_features(pixel_values)
-            chosen = layout
-            if chosen == "auto":
-                counts = {int((torch.as_tensor(p) == self.cfg.image_token_id).sum()) for p in prompts}
-                chosen = "padded" if len(counts) == 1 else "packed"
-            return self.tokens(prompts, features, chosen)
+            return self.tokens(prompts, features, layout)
 
         return self.run_generation(inputs, max_new_tokens=max_new_tokens, policy=policy, backend=backend,
                                    progress=progress, cuda_graph=cuda_graph, time_pruning=time_pruning)

@@ -159,7 +159,7 @@ def _assemble_llava(cfg: LlavaConfig, checkpoint: dict[str, torch.Tensor], devic
         model = Llava(cfg)
     _load_by_name(model, checkpoint, _PREFIXES, cfg.text.tie_word_embeddings, source)
     _fix_vision_buffers(model, device)
-    return model.eval()
+    return model.fuse_projections().eval()
 
 
 def _assemble_qwen_vl(cfg: QwenVLConfig, checkpoint: dict[str, torch.Tensor], device, source: str) -> QwenVL:
@@ -175,7 +175,7 @@ def _assemble_qwen_vl(cfg: QwenVLConfig, checkpoint: dict[str, torch.Tensor], de
                 raise ValueError(f"{source}: vision tower buffer {name!r} has no value")
             owner, _, leaf = name.rpartition(".")
             model.visual.get_submodule(owner).register_buffer(leaf, twin[name].to(device), persistent=False)
-    return model.eval()
+    return model.fuse_projections().eval()
 
 
 def _fix_vision_buffers(model: Llava, device) -> None:
@@ -237,12 +237,12 @@ def tiny_qwen_config(arch: str = "qwen2_vl", layers: int = 28, hidden: int = 128
 
 def random_qwen_vl(cfg: QwenVLConfig | None = None, seed: int = 0, dtype: torch.dtype = torch.float32, device="cpu") -> QwenVL:
     """A randomly initialised :class:`QwenVL` (``std = 0.02`` linears)."""
-    return _randomise(QwenVL(cfg or tiny_qwen_config()), seed).to(device, dtype).eval()
+    return _randomise(QwenVL(cfg or tiny_qwen_config()), seed).to(device, dtype).fuse_projections().eval()
 
 
 def random_llava(cfg: LlavaConfig | None = None, seed: int = 0, dtype: torch.dtype = torch.float32, device="cpu") -> Llava:
     """A randomly initialised :class:`Llava` (``std = 0.02`` linears, as HF initialises Llama)."""
-    return _randomise(Llava(cfg or tiny_config()), seed).to(device, dtype).eval()
+    return _randomise(Llava(cfg or tiny_config()), seed).to(device, dtype).fuse_projections().eval()
 
 
 def _randomise(model: nn.Module, seed: int) -> nn.Module:

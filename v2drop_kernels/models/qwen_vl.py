@@ -33,7 +33,7 @@ from .generation import Generation, GenerativeModel
 from .llama import LlamaModel, Rotary
 from .policies import Policy
 from .pruning import PruningContext
-from .tokens import Tokens, cu_seqlens
+from .tokens import Tokens, cu_seqlens, resolve_layout
 
 TEXT, IMAGE, VIDEO = 0, 1, 2  # token types, as transformers' mm_token_type_ids
 
@@ -170,8 +170,7 @@ class QwenVL(GenerativeModel):
             raise ValueError("every prompt needs at least one token")
         planes = self._planes(host, image_grid_thw, video_grid_thw, second_per_grid_ts)
         visual = [int(((p == self.cfg.image_token_id) | (p == self.cfg.video_token_id)).sum()) for p in host]
-        if layout == "auto":
-            layout = "padded" if len(set(visual)) == 1 else "packed"
+        layout = resolve_layout(layout, visual)
         lengths = [p.numel() for p in host]
         if layout == "packed":
             hidden, vis = self._embed(torch.cat(host).to(device), image_features, video_features)
@@ -179,10 +178,6 @@ class QwenVL(GenerativeModel):
             index = torch.cat([torch.arange(n) for n in lengths]).to(device)
             pos = torch.cat(planes, dim=1).to(device)
             return Tokens(hidden, pos, index, vis, visual, cu_seqlens=cu, lengths=lengths)
-        if layout != "padded":
-            raise ValueError(f"layout must be 'padded', 'packed' or 'auto', got {layout!r}")
-        if len(set(visual)) > 1:
-            raise ValueError(f"layout='padded' needs the same number of visual tokens per row, got {visual}; use layout='packed'")
         width, pad = max(lengths), self.cfg.text.pad_token_id or 0
         ids = torch.full((len(host), width), pad, dtype=torch.long)
         pos = torch.zeros(3, len(host), width, dtype=torch.long)  # transformers' rule: left padding at 0

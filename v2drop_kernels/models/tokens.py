@@ -31,6 +31,22 @@ def cu_seqlens(lengths: list[int], device) -> Tensor:
     return torch.tensor(offsets, dtype=torch.int32, device=device)
 
 
+LAYOUTS = ("padded", "packed", "auto")
+
+
+def resolve_layout(layout: str, visual: list[int], what: str = "visual tokens") -> str:
+    """The prefill layout of rows holding ``visual`` visual tokens each: ``auto`` is ``padded`` when
+    every row holds as many, else ``packed``. Refuses an unknown layout, and ``padded`` for rows that
+    differ (a padded batch drops the same count from every row); ``what`` names the tokens."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be 'padded', 'packed' or 'auto', got {layout!r}")
+    if layout == "auto":
+        return "padded" if len(set(visual)) <= 1 else "packed"
+    if layout == "padded" and len(set(visual)) > 1:
+        raise ValueError(f"layout='padded' needs the same number of {what} per row, got {visual}; use layout='packed'")
+    return layout
+
+
 @dataclass
 class Selection:
     """Survivors of one pruning step: positions into the current sequence, ascending."""
