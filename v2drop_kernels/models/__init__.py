@@ -5,8 +5,13 @@
 - :mod:`.tokens`: the sequence a layer sees and how pruning compacts it; :mod:`.cache`: per-layer KV;
 - :mod:`.decoder`: the prefill/decode loop with a policy; :mod:`.policies`: none, V²Drop, PyramidDrop, FastV;
 - :mod:`.generation`: greedy generation (static decode, CUDA graph);
-- :mod:`.llava`: LLaVA-1.5; :mod:`.qwen_vl`: Qwen2-VL / Qwen2.5-VL (M-RoPE);
-- :mod:`.loading`: checkpoints and small random models.
+- :mod:`.vlm`: what every vision-language model shares (prefill tokens in both layouts, embedding,
+  forward); :mod:`.llava`: LLaVA-1.5; :mod:`.qwen_vl`: Qwen2-VL / Qwen2.5-VL (M-RoPE);
+- :mod:`.loading`: checkpoints (the ``model_type`` registry, ``LOADERS``) and small random models.
+
+Adding an architecture is one file (a :class:`~.vlm.VisionLanguageModel` subclass holding only what
+differs: its vision modules, visual tokens, encoder, positions and default schedule; see
+:mod:`.vlm`) plus its key map and a line of ``LOADERS`` in :mod:`.loading`.
 """
 
 from .config import LlavaConfig, QwenVLConfig, TextConfig
@@ -16,9 +21,10 @@ from .loading import (llava_from_transformers, load_llava, load_model, load_qwen
                       random_llava, random_qwen_vl, tiny_config, tiny_qwen_config)
 from .policies import POLICIES, FastV, Policy, PyramidDrop, V2Drop, make_policy
 from .qwen_vl import QwenVL
+from .vlm import VisionLanguageModel
 
 __all__ = [
     "POLICIES", "FastV", "Generation", "Llava", "LlavaConfig", "Policy", "PyramidDrop", "QwenVL", "QwenVLConfig", "TextConfig",
-    "V2Drop", "llava_from_transformers", "load_llava", "load_model", "load_qwen_vl", "make_policy", "qwen_vl_from_transformers",
-    "random_llava", "random_qwen_vl", "tiny_config", "tiny_qwen_config",
+    "V2Drop", "VisionLanguageModel", "llava_from_transformers", "load_llava", "load_model", "load_qwen_vl", "make_policy",
+    "qwen_vl_from_transformers", "random_llava", "random_qwen_vl", "tiny_config", "tiny_qwen_config",
 ]

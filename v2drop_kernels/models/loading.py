@@ -98,14 +98,12 @@ def _read_weights(path: Path, dtype: torch.dtype, device) -> dict[str, torch.Ten
 
 
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Llava | QwenVL:
-    """The model of a local checkpoint folder, by its ``model_type``: ``llava`` → :class:`Llava`,
-    ``qwen2_vl`` / ``qwen2_5_vl`` → :class:`QwenVL`."""
+    """The model of a local checkpoint folder, by its ``model_type`` (:data:`LOADERS`): ``llava``
+    (or none) → :class:`Llava`, ``qwen2_vl`` / ``qwen2_5_vl`` → :class:`QwenVL`."""
     model_type = read_config(path).get("model_type")
-    if model_type in ("qwen2_vl", "qwen2_5_vl"):
-        return load_qwen_vl(path, dtype, device)
-    if model_type in (None, "llava"):
-        return load_llava(path, dtype, device)
-    raise NotImplementedError(f"{path}: model_type {model_type!r} is not supported (llava, qwen2_vl and qwen2_5_vl are)")
+    if model_type not in LOADERS:
+        raise NotImplementedError(f"{path}: model_type {model_type!r} is not supported (llava, qwen2_vl and qwen2_5_vl are)")
+    return LOADERS[model_type](path, dtype, device)
 
 
 def load_llava(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Llava:
@@ -118,6 +116,10 @@ def load_qwen_vl(path: str | Path, dtype: torch.dtype = torch.float32, device: s
     """Builds :class:`QwenVL` (Qwen2-VL or Qwen2.5-VL) from a local checkpoint folder."""
     cfg = with_generation_eos(QwenVLConfig.from_hf(read_config(path)), _generation_config(path).get("eos_token_id"))
     return _assemble_qwen_vl(cfg, _read_weights(Path(path), dtype, device), device, str(path))
+
+
+# The registry: a checkpoint's model_type -> its loader (adding an architecture adds its line here).
+LOADERS = {None: load_llava, "llava": load_llava, "qwen2_vl": load_qwen_vl, "qwen2_5_vl": load_qwen_vl}
 
 
 def llava_from_transformers(hf_model) -> Llava:

@@ -28,12 +28,8 @@ from torch import Tensor, nn
 
 from ..extras import require
 from .config import QwenVLConfig
-from .decoder import Decoder
-from .generation import Generation, GenerativeModel
-from .llama import LlamaModel, Rotary
-from .policies import Policy
-from .pruning import PruningContext
-from .tokens import Tokens, cu_seqlens, resolve_layout
+from .tokens import Tokens
+from .vlm import VisionLanguageModel, VisualInput
 
 TEXT, IMAGE, VIDEO = 0, 1, 2  # token types, as transformers' mm_token_type_ids
 
@@ -88,9 +84,11 @@ def rope_planes(types: Sequence[int], grids: dict[int, list], merge: int, interv
     return torch.cat(planes, dim=1) if planes else torch.zeros(3, 0, dtype=torch.long)
 
 
-class QwenVL(GenerativeModel):
-    """Qwen2-VL / Qwen2.5-VL. ``vision_tower=False`` builds the language side only: prompts then take
-    precomputed ``image_features`` / ``video_features`` (``[tokens, hidden]``, merger outputs)."""
+class QwenVL(VisionLanguageModel):
+    """Qwen2-VL / Qwen2.5-VL: what it adds to :class:`~v2drop_kernels.models.vlm.VisionLanguageModel`
+    is ``transformers``' vision tower, its image and video tokens and the M-RoPE planes.
+    ``vision_tower=False`` builds the language side only: prompts then take precomputed
+    ``image_features`` / ``video_features`` (``[tokens, hidden]``, merger outputs)."""
 
     v2drop_schedule = "qwen2-vl"  # the official Qwen2-VL port's V²Drop schedule (see policies.v2drop)
 
@@ -98,13 +96,11 @@ class QwenVL(GenerativeModel):
         super().__init__()
         self.cfg = cfg
         self.visual = build_vision_tower(cfg) if vision_tower else None
-        self.language_model = LlamaModel(cfg.text)
-        self.lm_head = nn.Linear(cfg.text.hidden_size, cfg.text.vocab_size, bias=False)
-        if cfg.text.tie_word_embeddings:
-            self.lm_head.weight = self.language_model.embed_tokens.weight
-        self.rotary = Rotary(cfg.text)
-        self.decoder = Decoder(self.language_model, cfg.text, self.rotary)
-        self._init_generation()
+        self._build_language(cfg.text)
+
+    def visual_inputs(self) -> tuple[VisualInput, ...]:
+        return (VisualInput(self.cfg.image_token_id, "image", "pixel_values"),
+                VisualInput(self.cfg.video_token_id, "video", "pixel_values_videos"))
 
     # -- inputs -------------------------------------------------------------------------------------
     def visual_features(self, pixel_values: Tensor, grid_thw: Tensor) -> Tensor:
@@ -140,59 +136,24 @@ class QwenVL(GenerativeModel):
                 raise ValueError(f"{name}_grid_thw has {len(grids[kind])} more rows than the prompts have {name} spans")
         return out
 
-    def _embed(self, ids: Tensor, image_features: Tensor | None, video_features: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Token embeddings with the visual features written over their tokens (in order), and the
-        visual mask (image or video tokens)."""
-        hidden = self.language_model.embed_tokens(ids)
-        masks = []
-        for token, features, name in ((self.cfg.image_token_id, image_features, "image"),
-                                      (self.cfg.video_token_id, video_features, "video")):
-            mask = ids == token
-            count = int(mask.sum())
-            if features is None:
-                if count:
-                    raise ValueError(f"the prompts hold {name} tokens but no {name} inputs were given")
-            else:
-                if count != features.shape[0]:
-                    raise ValueError(f"the prompts hold {count} {name} tokens but the {name} inputs give {features.shape[0]} features")
-                hidden = hidden.masked_scatter(mask.unsqueeze(-1), features.to(hidden.dtype))
-            masks.append(mask)
-        return hidden, masks[0] | masks[1]
-
     def tokens(self, prompts: Sequence[Tensor], layout: str, *, image_features: Tensor | None = None,
                image_grid_thw: Tensor | None = None, video_features: Tensor | None = None,
                video_grid_thw: Tensor | None = None, second_per_grid_ts: Tensor | None = None) -> Tokens:
         """The prefill input: ``padded`` (left padding, same number of visual tokens per row),
-        ``packed``, or ``auto`` (padded when every row holds as many visual tokens)."""
-        device = self.lm_head.weight.device
-        host = [torch.as_tensor(p, dtype=torch.long).flatten().cpu() for p in prompts]
-        if not host or min(p.numel() for p in host) < 1:
-            raise ValueError("every prompt needs at least one token")
+        ``packed``, or ``auto`` (padded when every row holds as many visual tokens); positions: the
+        M-RoPE planes of each prompt."""
+        host = self._host_prompts(prompts)
         planes = self._planes(host, image_grid_thw, video_grid_thw, second_per_grid_ts)
-        visual = [int(((p == self.cfg.image_token_id) | (p == self.cfg.video_token_id)).sum()) for p in host]
-        layout = resolve_layout(layout, visual)
-        lengths = [p.numel() for p in host]
-        if layout == "packed":
-            hidden, vis = self._embed(torch.cat(host).to(device), image_features, video_features)
-            cu = cu_seqlens(lengths, device)
-            index = torch.cat([torch.arange(n) for n in lengths]).to(device)
-            pos = torch.cat(planes, dim=1).to(device)
-            return Tokens(hidden, pos, index, vis, visual, cu_seqlens=cu, lengths=lengths)
-        width, pad = max(lengths), self.cfg.text.pad_token_id or 0
-        ids = torch.full((len(host), width), pad, dtype=torch.long)
-        pos = torch.zeros(3, len(host), width, dtype=torch.long)  # transformers' rule: left padding at 0
-        index = torch.full((len(host), width), -1, dtype=torch.long)
-        for row, (p, plane) in enumerate(zip(host, planes)):
-            ids[row, width - p.numel():] = p
-            pos[:, row, width - p.numel():] = plane
-            index[row, width - p.numel():] = torch.arange(p.numel())
-        hidden, vis = self._embed(ids.to(device), image_features, video_features)
-        valid = None if min(lengths) == width else (index >= 0).to(device)
-        return Tokens(hidden, pos.to(device), index.to(device), vis, visual, valid=valid)
+        return self._prefill_tokens(host, layout, [image_features, video_features], planes)
 
-    def _inputs(self, prompts, layout, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw,
-                second_per_grid_ts, image_features=None, video_features=None) -> Tokens:
-        """The prefill tokens of ``prompts`` from pixels (through the vision tower) or given features."""
+    def inputs(self, prompts: Sequence[Tensor], layout: str, pixel_values: Tensor | None = None,
+               image_grid_thw: Tensor | None = None, pixel_values_videos: Tensor | None = None,
+               video_grid_thw: Tensor | None = None, second_per_grid_ts: Tensor | None = None,
+               image_features: Tensor | None = None, video_features: Tensor | None = None) -> Tokens:
+        """The prefill tokens of ``prompts`` from what the HF processor gives (the flattened patches
+        and grids of the images and videos, Qwen2.5-VL's ``second_per_grid_ts``), through the vision
+        tower, or from precomputed ``image_features`` / ``video_features`` (merger outputs
+        ``[tokens, hidden]``) with their grids still given."""
         if pixel_values is not None:
             if image_grid_thw is None:
                 raise ValueError("pixel_values needs image_grid_thw")
@@ -204,46 +165,3 @@ class QwenVL(GenerativeModel):
                                                   torch.as_tensor(video_grid_thw, device=pixel_values_videos.device))
         return self.tokens(prompts, layout, image_features=image_features, image_grid_thw=image_grid_thw,
                            video_features=video_features, video_grid_thw=video_grid_thw, second_per_grid_ts=second_per_grid_ts)
-
-    # -- forward and generation ---------------------------------------------------------------------
-    @torch.inference_mode()
-    def forward(self, prompts: Sequence[Tensor], pixel_values: Tensor | None = None, image_grid_thw: Tensor | None = None,
-                pixel_values_videos: Tensor | None = None, video_grid_thw: Tensor | None = None,
-                second_per_grid_ts: Tensor | None = None, policy: Policy | None = None, layout: str = "padded",
-                backend: str | None = None) -> tuple[Tensor, Tokens]:
-        """Prefill only: logits of every surviving token and the final :class:`Tokens`."""
-        tokens = self._inputs(prompts, layout, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw,
-                              second_per_grid_ts)
-        tokens = self.decoder.prefill(tokens, policy or Policy(), ctx=PruningContext(backend))
-        return self.lm_head(tokens.hidden).float(), tokens
-
-    @torch.inference_mode()
-    def generate(
-        self,
-        prompts: Sequence[Tensor],
-        pixel_values: Tensor | None = None,
-        image_grid_thw: Tensor | None = None,
-        pixel_values_videos: Tensor | None = None,
-        video_grid_thw: Tensor | None = None,
-        second_per_grid_ts: Tensor | None = None,
-        *,
-        max_new_tokens: int = 16,
-        policy: Policy | None = None,
-        layout: str = "auto",
-        backend: str | None = None,
-        progress: bool = False,
-        image_features: Tensor | None = None,
-        video_features: Tensor | None = None,
-        cuda_graph: bool | None = None,
-        time_pruning: bool = False,
-    ) -> Generation:
-        """Greedy generation. ``layout="auto"`` packs only when rows hold different numbers of
-        visual tokens. ``image_features`` / ``video_features`` (merger outputs ``[tokens, hidden]``)
-        replace the pixels, with their grids still given. ``cuda_graph``, ``time_pruning``: see
-        :meth:`~v2drop_kernels.models.generation.GenerativeModel.run_generation`."""
-        def inputs() -> Tokens:
-            return self._inputs(prompts, layout, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw,
-                                second_per_grid_ts, image_features, video_features)
-
-        return self.run_generation(inputs, max_new_tokens=max_new_tokens, policy=policy, backend=backend,
-                                   progress=progress, cuda_graph=cuda_graph, time_pruning=time_pruning)

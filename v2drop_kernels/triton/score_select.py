@@ -180,7 +180,6 @@ def packed_segments(op: str, cu_seqlens: Tensor, vis_mask: Tensor, num_visual: S
     assert, the message of :func:`v2drop_kernels.checks.msg_varlen`), writes the result's
     cu_seqlens into ``cu_out`` and returns ``k`` per sequence as a device tensor."""
     tokens = vis_mask.shape[0]
-    device = vis_mask.device
     running = torch.nn.functional.pad(vis_mask.cumsum(0), (1, 0))
     bounds = cu_seqlens.long()
     counts = running[bounds[1:].clamp(0, tokens)] - running[bounds[:-1].clamp(0, tokens)]
