@@ -99,6 +99,34 @@ def test_pruned_generate_equals_the_package_decoder(models, name, case):
     assert all(last < first for first, last in zip(trace.visual_per_layer[0], trace.visual_per_layer[-1]))  # pruning is on
 
 
+@pytest.mark.parametrize("case", ["image", "video", "batch3-images", "batch3-same"])
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_pruned_generate_keeps_the_package_decoders_tokens(models, name, case):
+    """Not only the same new tokens and counts: every layer of transformers' cache holds the KV of the
+    same prompt tokens as the package decoder's (column = prompt index + the row's left padding)."""
+    arch, hf, ours = models
+    inputs = inputs_of(arch, case, seed=2)
+    make, _ = POLICIES[name]
+    handle = enable_pruning(hf, make())
+    try:
+        hf_generate(hf, inputs, 3)
+        columns = handle.layer_columns()
+    finally:
+        handle.disable()
+    prompts, vision = ours_args(inputs)
+    expected = ours.generate(prompts, **vision, max_new_tokens=3, policy=make())
+    pad = (inputs["attention_mask"] == 0).sum(1)
+    kept_somewhere = False
+    for layer, (cols, positions) in enumerate(zip(columns, expected.layer_positions)):
+        for b in range(len(prompts)):
+            got = cols[b][cols[b] >= pad[b]] - pad[b]
+            got = got[got < prompts[b].numel()]  # prompt entries only (the decode steps' columns come after)
+            want = positions[b][positions[b] >= 0]
+            assert torch.equal(got, want), (layer, b)
+            kept_somewhere |= want.numel() < prompts[b].numel()
+    assert kept_somewhere  # pruning is on
+
+
 @pytest.mark.parametrize("case", ["batch3-images", "batch3-same"])
 def test_every_row_left_padded(models, case):
     """Padding to a multiple (the processor's pad_to_multiple_of) leaves padding on every row."""

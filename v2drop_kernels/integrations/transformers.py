@@ -26,6 +26,7 @@ row, shorter rows leaving masked holes.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import types
 
@@ -36,7 +37,11 @@ from ..models.config import TextConfig
 from ..models.decoder import Decoder
 from ..models.policies import Policy
 from ..models.pruning import PrefillTrace, PruningContext
-from ..models.tokens import Tokens, cu_seqlens
+from ..models.tokens import Tokens, pack_left_padded, packed_coordinates, unpack_left_padded
+
+# The prompt's token ids while the wrapped multimodal forward runs (the language model's call inside
+# it gets embeddings only): set and reset around that call, so nothing outlives it.
+_PROMPT_IDS: contextvars.ContextVar[Tensor | None] = contextvars.ContextVar("v2drop_prompt_ids", default=None)
 
 # model_type -> (text model types, tokens that are visual)
 _SUPPORTED = {
@@ -64,10 +69,9 @@ class _CacheAdapter:
             width = self.width if layer == 0 else tokens.max_len  # every row may be padded (pad_to_multiple_of)
             keys, values = k.new_zeros(b, h, width, d), v.new_zeros(b, h, width, d)
             cols = torch.full((b, width), -1, dtype=torch.long, device=k.device)
-            for row, (start, n) in enumerate(zip(tokens.bounds, tokens.lengths)):
-                keys[row, :, :n] = k[start : start + n].transpose(0, 1)
-                values[row, :, :n] = v[start : start + n].transpose(0, 1)
-                cols[row, :n] = tokens.orig_pos[start : start + n] + self.pad[row]
+            rows, at = packed_coordinates(tokens.lengths, k.device)
+            keys[rows, :, at], values[rows, :, at] = k, v
+            cols[rows, at] = tokens.orig_pos + self.pad[rows]
             k, v = keys, values
             self.holes = self.holes or min(tokens.lengths) < width
         else:
@@ -106,14 +110,17 @@ class PruningHandle:
         # transformers >= 5.24 passes and returns the cache as `cache`, earlier releases as `past_key_values`
         fields = {f.name for f in dataclasses.fields(BaseModelOutputWithPast)}
         self._cache_field = "cache" if "cache" in fields else "past_key_values"
-        self._input_ids: Tensor | None = None
-        self._adapters: dict[int, _CacheAdapter] = {}
+        self._last: _CacheAdapter | None = None  # the last prefill's cache adapter (layer_columns)
 
-    # the wrapped multimodal forward: remember which prompt tokens are visual
+    # the wrapped multimodal forward: the prompt's token ids, for the language model's call inside it
+    # (which gets only embeddings), for the duration of that call only
     def _outer_forward(self, original):
         def forward(*args, input_ids=None, **kwargs):
-            self._input_ids = input_ids
-            return original(*args, input_ids=input_ids, **kwargs)
+            scope = _PROMPT_IDS.set(input_ids)
+            try:
+                return original(*args, input_ids=input_ids, **kwargs)
+            finally:
+                _PROMPT_IDS.reset(scope)
 
         return forward
 
@@ -134,9 +141,10 @@ class PruningHandle:
         """The prefill's :class:`Tokens` (padded, or packed when rows differ in visual tokens) and
         each row's left padding."""
         b, s, _ = hidden.shape
-        if self._input_ids is None or self._input_ids.shape != (b, s):
+        input_ids = _PROMPT_IDS.get()
+        if input_ids is None or input_ids.shape != (b, s):
             raise NotImplementedError("v2drop pruning needs input_ids (not inputs_embeds) in the prefill call")
-        vis = torch.isin(self._input_ids, torch.tensor(self.visual_ids, device=hidden.device))
+        vis = torch.isin(input_ids, torch.tensor(self.visual_ids, device=hidden.device))
         real = torch.ones(b, s, dtype=torch.bool, device=hidden.device) if attention_mask is None else attention_mask.bool()
         if not bool((real[:, 1:].int() >= real[:, :-1].int()).all()):  # 0…0 1…1 in every row
             raise NotImplementedError("v2drop pruning needs left padding (padding_side='left')")
@@ -144,13 +152,9 @@ class PruningHandle:
         lengths = real.sum(1).tolist()
         pad = s - real.sum(1)
         index = real.long().cumsum(1) - 1  # index in the row's own prompt; -1 on padding
-        if len(set(counts)) == 1:
-            valid = None if attention_mask is None or bool(real.all()) else real
-            return Tokens(hidden, position_ids, index, vis, counts, valid=valid), pad
-        take = lambda x: torch.cat([x[..., row, s - n:] for row, n in enumerate(lengths)], dim=-1)  # noqa: E731
-        cu = cu_seqlens(lengths, hidden.device)
-        packed_hidden = torch.cat([hidden[row, s - n:] for row, n in enumerate(lengths)])
-        return Tokens(packed_hidden, take(position_ids), take(index), take(vis), counts, cu_seqlens=cu, lengths=lengths), pad
+        valid = None if attention_mask is None or bool(real.all()) else real
+        tokens = Tokens(hidden, position_ids, index, vis, counts, valid=valid)
+        return (tokens if len(set(counts)) == 1 else pack_left_padded(tokens, lengths)), pad
 
     def _lm_forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                     inputs_embeds=None, use_cache=None, cache=None, **kwargs):
@@ -175,16 +179,16 @@ class PruningHandle:
         if past == 0:  # prefill: prune here
             tokens, pad = self._prefill_tokens(inputs_embeds, position_ids, attention_mask)
             adapter = _CacheAdapter(past_key_values, len(self.lm.layers), pad, s)
-            self._adapters = {id(past_key_values): adapter}
+            past_key_values._v2drop_adapter = self._last = adapter  # the decode steps find it on their cache
             ctx = PruningContext(self.backend)
             self.trace = ctx.trace
             out = self.decoder.prefill(tokens, self.policy, adapter, ctx)
-            hidden = out.hidden if not out.packed else _left_padded(out)
+            hidden = out.hidden if not out.packed else unpack_left_padded(out)
         else:
             if s != 1:
                 raise NotImplementedError("v2drop pruning decodes one token per step (no assisted/speculative decoding)")
-            adapter = self._adapters.get(id(past_key_values))
-            if adapter is None:
+            adapter = getattr(past_key_values, "_v2drop_adapter", None)
+            if adapter is None or adapter is not self._last:
                 raise RuntimeError("this cache was not filled by a pruned prefill; call generate again")
             adapter.mask_width = attention_mask.shape[1] if attention_mask is not None else past + 1
             adapter.mask = None if attention_mask is None or bool(attention_mask.all()) else attention_mask
@@ -193,23 +197,12 @@ class PruningHandle:
 
     def layer_columns(self) -> list[Tensor]:
         """Per layer, the attention-mask column of every entry in the last generation's cache (-1: a hole)."""
-        adapter = next(iter(self._adapters.values()))
-        return list(adapter.columns)
+        return list(self._last.columns)
 
     def disable(self) -> None:
         for module in (self.lm, self.model.model):
             module.__dict__.pop("forward", None)
         self.model._v2drop_handle = None
-
-
-def _left_padded(tokens: Tokens) -> Tensor:
-    """Packed survivors ``[T, D]`` as left-padded rows ``[B, max_len, D]`` (zeros on padding): row
-    ``b``'s last entry is its last token, the one ``generate`` reads."""
-    width = tokens.max_len
-    out = tokens.hidden.new_zeros(tokens.batch, width, tokens.hidden.shape[-1])
-    for row, (start, n) in enumerate(zip(tokens.bounds, tokens.lengths)):
-        out[row, width - n:] = tokens.hidden[start : start + n]
-    return out
 
 
 def enable_pruning(model, policy: Policy, backend: str | None = None) -> PruningHandle:
@@ -231,9 +224,7 @@ def enable_pruning(model, policy: Policy, backend: str | None = None) -> Pruning
     if getattr(model, "_v2drop_handle", None) is not None:
         model._v2drop_handle.disable()
     handle = PruningHandle(model, policy, backend)
-    policy.check(len(handle.lm.layers))
-    if any(layer == 0 for layer in policy.layers):
-        raise ValueError("layer 0 cannot prune in transformers (the cache length is read from layer 0)")
+    policy.check(len(handle.lm.layers))  # layers 1 .. L-1: layer 0 holds the cache length generate reads
     model.model.forward = handle._outer_forward(type(model.model).forward.__get__(model.model))
     handle.lm.forward = types.MethodType(lambda _self, *a, **kw: handle._lm_forward(*a, **kw), handle.lm)
     model._v2drop_handle = handle

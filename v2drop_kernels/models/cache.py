@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .tokens import packed_coordinates
+
 
 class BufferPool:
     """Tensors by name that keep their storage from call to call while their shape, dtype and device
@@ -69,17 +71,14 @@ class KVCache:
         kbuf = self._buffer(f"k{layer}", (b, h, cap, d), k.dtype, k.device)
         vbuf = self._buffer(f"v{layer}", (b, h, cap, d), v.dtype, v.device)
         if tokens.packed:  # row r's tokens go to columns [0, lengths[r]): one scatter, indices from host counts
-            lengths, starts, total = torch.tensor(tokens.lengths), torch.tensor(tokens.bounds[:-1]), tokens.bounds[-1]
-            rows = torch.repeat_interleave(torch.arange(b), lengths, output_size=total)  # host tensors: no read-back
-            columns = (torch.arange(total) - starts[rows]).to(k.device)
-            rows = rows.to(k.device)
+            rows, columns = packed_coordinates(tokens.lengths, k.device)
             kbuf[rows, :, columns] = k
             vbuf[rows, :, columns] = v
             orig = torch.full((b, s), -1, dtype=torch.long, device=k.device)
             orig[rows, columns] = tokens.orig_pos
             valid = None
             if min(tokens.lengths) < s:
-                valid = (torch.arange(s)[None, :] < lengths[:, None]).to(k.device)
+                valid = (torch.arange(s)[None, :] < torch.tensor(tokens.lengths)[:, None]).to(k.device)
         else:
             kbuf[:, :, :s] = k
             vbuf[:, :, :s] = v

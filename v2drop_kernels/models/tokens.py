@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import itertools
+
 import torch
 from torch import Tensor
 
@@ -29,6 +31,37 @@ def cu_seqlens(lengths: list[int], device) -> Tensor:
     for n in lengths:
         offsets.append(offsets[-1] + n)
     return torch.tensor(offsets, dtype=torch.int32, device=device)
+
+
+def packed_coordinates(lengths: list[int], device) -> tuple[Tensor, Tensor]:
+    """``(row, column)`` of every token of packed rows of ``lengths`` tokens (int64 ``[T]`` each; the
+    column counts from 0 within the row), built from the host counts: nothing is read back."""
+    total = sum(lengths)
+    rows = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths, dtype=torch.long), output_size=total)
+    starts = torch.tensor([0, *itertools.accumulate(lengths)][:-1], dtype=torch.long)
+    return rows.to(device), (torch.arange(total) - starts[rows]).to(device)
+
+
+def pack_left_padded(tokens: "Tokens", lengths: list[int]) -> "Tokens":
+    """Left-padded ``tokens`` (rows ``[B, S]`` whose last ``lengths[b]`` entries are real) in the
+    packed layout, by one gather per tensor."""
+    device, width = tokens.hidden.device, tokens.hidden.shape[1]
+    rows, cols = packed_coordinates(lengths, device)
+    cols = cols + torch.tensor([width - n for n in lengths], device=device)[rows]
+    return Tokens(tokens.hidden[rows, cols], tokens.position_ids[..., rows, cols], tokens.orig_pos[rows, cols],
+                  tokens.vis_mask[rows, cols], list(tokens.num_visual), cu_seqlens=cu_seqlens(lengths, device),
+                  lengths=list(lengths))
+
+
+def unpack_left_padded(tokens: "Tokens") -> Tensor:
+    """Packed ``tokens.hidden [T, D]`` as left-padded rows ``[B, max_len, D]`` (zeros on padding):
+    row ``b``'s last entry is its last token."""
+    width = tokens.max_len
+    rows, cols = packed_coordinates(tokens.lengths, tokens.hidden.device)
+    cols = cols + torch.tensor([width - n for n in tokens.lengths], device=tokens.hidden.device)[rows]
+    out = tokens.hidden.new_zeros(tokens.batch, width, tokens.hidden.shape[-1])
+    out[rows, cols] = tokens.hidden
+    return out
 
 
 LAYOUTS = ("padded", "packed", "auto")
