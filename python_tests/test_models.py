@@ -158,13 +158,15 @@ class Recorder(V2Drop):
         super().__init__(*args, **kwargs)
         self.seen = {}
 
-    def before_layer(self, layer, tokens, ctx):
+    def before_layer(self, layer, tokens, ctx, *, prev=None, scores=None):
         if layer in self.layers:
-            self.seen[layer] = {name: getattr(tokens, name) for name in ("hidden", "prev", "vis_mask", "orig_pos", "cu_seqlens")}
-        out = super().before_layer(layer, tokens, ctx)
+            self.seen[layer] = {name: getattr(tokens, name) for name in ("hidden", "vis_mask", "orig_pos", "cu_seqlens")}
+            self.seen[layer]["prev"] = prev  # handed over by the decoder, as needs(layer) asked
+        drop = super().before_layer(layer, tokens, ctx, prev=prev, scores=scores)
+        out = tokens if drop is None else tokens.shrink(drop.selection, drop.hidden)
         # RoPE position ids of the survivors stay the original ones: the prompt index (0 on padding)
         assert torch.equal(out.position_ids, out.orig_pos.clamp_min(0))
-        return out
+        return drop
 
 
 def kept(positions, b):

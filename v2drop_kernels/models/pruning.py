@@ -1,8 +1,8 @@
 """The pruning context of one prefill: which ops backend prunes, and what pruning did.
 
 The decoder owns one :class:`PruningContext` per prefill and hands it to every policy hook. Policies
-prune through ``ctx.backend``, keep scratch between their hooks in ``ctx.state`` (FastV's scores
-between layer K − 1 and layer K) and report each drop with :meth:`PruningContext.record_drop`. The
+prune through ``ctx.backend`` and report each drop with :meth:`PruningContext.record_drop` (what a
+hook needs from earlier layers, the decoder hands it: see :mod:`.policies.base`). The
 caller reads ``ctx.trace`` afterwards: :meth:`Llava.generate <v2drop_kernels.models.llava.Llava.generate>`
 returns it, the transformers integration keeps it on its handle, ``bench/e2e.py`` reads the time
 spent pruning from it.
@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -40,7 +40,6 @@ class PruningContext:
                  all_ranks_mean: Callable[[Tensor], Tensor] | None = None):
         self.backend = backend
         self.trace = PrefillTrace(pruning_ms=0.0 if time_pruning else None)
-        self.state: dict[str, Any] = {}  # a policy's scratch between its hooks, within this prefill
         self._timed = time_pruning
         self._all_ranks_mean = all_ranks_mean
 

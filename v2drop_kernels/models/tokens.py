@@ -10,7 +10,8 @@ Every count a shape depends on is kept on the host too (``num_visual``, and ``le
 rows), so that pruning never reads the device: after a drop the new counts follow from the old ones
 and the kept counts. Pruning never reorders: survivors keep their original order, their original
 RoPE position ids and (``orig_pos``) their index in their own prompt, so the caller can tell which
-tokens each layer saw.
+tokens each layer saw. Applying a drop (the selection and the compaction, through the ops) is
+:mod:`.dropping`'s; this module only describes the tokens.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import itertools
 import torch
 from torch import Tensor
 
-from .. import ops
 
 
 def cu_seqlens(lengths: list[int], device) -> Tensor:
@@ -101,7 +101,6 @@ class Tokens:
     valid: Tensor | None = None  # padded: bool [B, S], False on left padding; None when there is none
     cu_seqlens: Tensor | None = None  # packed: int32 [B + 1]
     lengths: list[int] | None = None  # packed: tokens per row (host), so that cu_seqlens is never read back
-    prev: Tensor | None = None  # input of the previous layer, kept while a policy needs it (V²Drop)
 
     @property
     def packed(self) -> bool:
@@ -144,30 +143,10 @@ class Tokens:
             return self.cu_seqlens[1:].long() - 1
         return torch.full((self.hidden.shape[0],), self.hidden.shape[1] - 1, device=self.hidden.device)
 
-    def select(self, scores: Tensor, keep_visual: list[int], backend: str | None = None) -> Selection:
-        """Keeps every text token and, per row, the ``keep_visual[b]`` visual tokens of highest
-        ``scores`` (float32 ``[B, S]`` / ``[T]``), through :func:`v2drop_kernels.select_drop`: the
-        ops' ranking (ties to the lower position, NaN last)."""
-        if self.packed:
-            out = ops.select_drop_varlen(scores, self.vis_mask, self.position_ids, self.cu_seqlens, keep_visual,
-                                         num_visual=self.num_visual, backend=backend)
-        else:
-            out = ops.select_drop(scores, self.vis_mask, self.position_ids, keep_visual[0], num_visual=self.num_visual[0],
-                                  backend=backend)
-        return Selection(out.keep_pos, list(keep_visual), out.cu_seqlens, out.position_ids, out.vis_mask)
-
-    def compact(self, sel: Selection, *extras: Tensor, backend: str | None = None) -> tuple["Tokens", list[Tensor]]:
-        """The survivors of ``sel``, and the same rows of ``extras`` (``[B, H, S, Dh]`` / ``[T, H, Dh]``).
-
-        The hidden states and every extra tensor move in one :func:`v2drop_kernels.kv_compact` call.
-        """
-        seq_dim = 0 if self.packed else 2
-        moved = ops.kv_compact([self.hidden.unsqueeze(1), *extras], sel.keep, seq_dim, backend=backend)
-        return self.shrink(sel, moved[0].squeeze(1)), list(moved[1:])
-
     def shrink(self, sel: Selection, hidden: Tensor) -> "Tokens":
         """The tokens after a drop to ``sel``, given the survivors' hidden states (already compacted,
-        by the fused op or :meth:`compact`); position ids and mask are gathered unless ``sel`` has them.
+        by the fused op or :func:`~v2drop_kernels.models.dropping.apply_drop`); position ids and mask
+        are gathered unless ``sel`` has them.
         Each row loses ``num_visual − kept`` tokens: the host counts follow without reading the device."""
         def take(x: Tensor) -> Tensor:  # the survivors' entries of a per-token tensor (with planes or not)
             if self.packed:
@@ -187,5 +166,4 @@ class Tokens:
             num_visual=list(sel.num_visual),
             cu_seqlens=sel.cu_seqlens,
             lengths=lengths,
-            prev=None,
         )

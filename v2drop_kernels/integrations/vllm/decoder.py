@@ -10,11 +10,13 @@ requests as packed rows (:class:`~v2drop_kernels.models.tokens.Tokens`: ``cu_seq
 ``query_start_loc``), so the same policy objects and ops decide what is kept:
 
 - before layer ``i`` the layer's input ``x = hidden + residual`` goes to ``policy.before_layer``
-  (V²Drop's fused ``variation_drop_varlen``; FastV's selection);
+  (V²Drop's fused ``variation_drop_varlen``; FastV's selection), with what ``policy.needs(i)``
+  asked for: an earlier layer's input (V²Drop) or last-token attention (FastV);
 - where the policy ranks by attention (``policy.needs_qk(i)``: PyramidDrop at its layers, FastV
   at ``K - 1``), layer ``i``'s own input norm, q/k projections and RoPE give ``q, k`` of every
   token (computed once more here; the layer computes its own for the survivors);
-- after a drop the survivors continue as ``(x, None)`` with their original positions.
+- a hook's drop decision is applied by the package (``apply_drop``); the survivors continue as
+  ``(x, None)`` with their original positions.
 
 Every other step (decode, text, a prefill chunk before its window) runs vLLM's own ``forward``.
 The layers' attention reads the pruned stage's metadata (its tokens, slots and lengths) that the
@@ -32,6 +34,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ...models.dropping import apply_drop
+from ...models.policies.base import last_query_scores
 from ...models.pruning import PruningContext
 from ...models.tokens import Tokens
 from .plan import PruningSchedule, StepPlan
@@ -114,24 +118,29 @@ class PrunedDecoder:
         ctx = PruningContext(all_ranks_mean=self.all_ranks_mean)
         tokens = Tokens(hidden, positions, torch.arange(hidden.shape[0], device=hidden.device), step.vis_mask,
                         list(step.plan.num_visual), cu_seqlens=step.cu_seqlens, lengths=list(step.plan.lengths))
+        handed: dict[tuple[str, int], Tensor] = {}  # what the policy asked for (policy.needs), until handed over
         for i, layer in enumerate(decoder.layers):
-            if policy.keeps_prev(i) or i in policy.layers or policy.needs_qk(i):
+            need = policy.needs(i)
+            if policy.keeps_input(i) or i in policy.layers or policy.needs_qk(i):
                 tokens.hidden = hidden if residual is None else hidden + residual  # the layer's input
                 before = tokens
-                tokens = policy.before_layer(i, tokens, ctx)
+                drop = policy.before_layer(i, tokens, ctx, prev=handed.pop(("input", need.input_of), None),
+                                           scores=handed.pop(("scores", need.attention_of), None))
+                if drop is not None:
+                    tokens = apply_drop(tokens, drop)[0]
                 if policy.needs_qk(i):
                     q, k = query_key(layer, tokens.hidden, tokens.position_ids)
-                    selection = policy.inside_attention(i, tokens, q, k, ctx)
-                    if selection is not None:
-                        tokens = tokens.compact(selection)[0]
+                    if any(policy.needs(later).attention_of == i for later in policy.layers):
+                        handed[("scores", i)] = last_query_scores(tokens, q, k, ctx)
+                    drop = policy.inside_attention(i, tokens, q, k, ctx) if need.inside_attention else None
+                    if drop is not None:
+                        tokens = apply_drop(tokens, drop)[0]
                 if tokens is not before:  # a drop: the survivors go on as the residual stream
                     hidden, residual = tokens.hidden, None
                     if self.trace is not None:
                         self.trace.record(i, tokens, step.plan)
-                if policy.keeps_prev(i):  # vLLM's fused add-norm may update the layer's input in place (CUDA)
-                    tokens.prev = tokens.hidden.clone() if residual is None else tokens.hidden
-                else:
-                    tokens.prev = None
+                if policy.keeps_input(i):  # vLLM's fused add-norm may update the layer's input in place (CUDA)
+                    handed[("input", i)] = tokens.hidden.clone() if residual is None else tokens.hidden
             hidden, residual = layer(tokens.position_ids, hidden, residual)
         hidden, _ = decoder.norm(hidden, residual)
         return self._step_rows(hidden, tokens, step)

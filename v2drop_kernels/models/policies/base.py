@@ -1,21 +1,27 @@
 """What a pruning policy is, and the helpers every policy shares.
 
-A policy is a small object with three hooks the decoder calls during prefill (see
+A policy holds only its schedule and answers, per prefill layer ``i`` (see
 :mod:`v2drop_kernels.models.decoder`):
 
-- ``keeps_prev(i)``: keep the input of layer ``i`` (V²Drop scores before layer ``i + 1`` against it);
-- ``before_layer(i, tokens, ctx) -> tokens``: drop tokens before layer ``i`` runs;
-- ``inside_attention(i, tokens, q, k, ctx) -> Selection | None``: drop tokens inside layer ``i``
-  after its queries/keys are computed (RoPE applied), so their K/V are reused through KV compaction.
-  ``needs_qk(i)`` says for which layers this hook reads ``q, k`` (a caller that must compute them
-  separately, such as the vLLM integration, computes them only there).
+- ``needs(i) -> Needs``: what its hooks at layer ``i`` are to be handed, asked for declaratively:
+  the input of an earlier layer (V²Drop scores before layer ``i`` against layer ``i − 1``'s input),
+  the last token's attention at an earlier layer (FastV ranks before layer ``K`` by layer ``K − 1``'s),
+  whether ``inside_attention`` runs at ``i`` (PyramidDrop). Whoever runs the layers (the package's
+  decoder, the vLLM integration) keeps or computes those and hands them over;
+- ``before_layer(i, tokens, ctx, prev=, scores=) -> Drop | None``: a drop before layer ``i`` runs;
+- ``inside_attention(i, tokens, q, k, ctx) -> Drop | None``: a drop inside layer ``i`` after its
+  queries/keys are computed (RoPE applied), so their K/V are reused through KV compaction.
+
+A hook returns a decision (:class:`~v2drop_kernels.models.dropping.Drop`: the survivors, and their
+hidden states when the policy's own op already moved them) or ``None``; the caller applies it
+(:func:`~v2drop_kernels.models.dropping.apply_drop`). Nothing is parked in shared records.
 
 What a schedule does to a row's visual-token count needs no hook: ``keep_rules`` holds one rule per
 layer of ``layers`` and :func:`visual_per_stage` applies them in turn.
 
 ``ctx`` is the prefill's :class:`~v2drop_kernels.models.pruning.PruningContext`: the ops backend to
-prune with, scratch between hooks, and the trace each drop is recorded in. A policy object holds
-only its schedule, so one object can serve any number of prefills.
+prune with, and the trace each drop is recorded in. One policy object can serve any number of
+prefills.
 
 Adding a policy is one file in this folder plus one line in ``POLICIES`` (``__init__.py``).
 """
@@ -23,16 +29,27 @@ Adding a policy is one file in this folder plus one line in ``POLICIES`` (``__in
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
 from ..attention import last_query_attention
+from ..dropping import Drop
 from ..pruning import PruningContext
-from ..tokens import Selection, Tokens
+from ..tokens import Tokens
 
 Keep = Sequence[int | float]
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a policy's hooks at one layer are handed."""
+
+    input_of: int | None = None  # before_layer gets ``prev``: the input of this earlier layer
+    attention_of: int | None = None  # before_layer gets ``scores``: the last token's attention at this earlier layer
+    inside_attention: bool = False  # inside_attention runs at this layer, with its q and k
 
 
 class Policy:
@@ -47,18 +64,25 @@ class Policy:
             if not 1 <= layer < num_layers:
                 raise ValueError(f"{self.name}: layer {layer} is outside 1..{num_layers - 1} of this decoder")
 
-    def keeps_prev(self, layer: int) -> bool:
-        return False
+    def needs(self, layer: int) -> Needs:
+        return Needs()
 
-    def before_layer(self, layer: int, tokens: Tokens, ctx: PruningContext) -> Tokens:
-        return tokens
+    def before_layer(self, layer: int, tokens: Tokens, ctx: PruningContext, *, prev: Tensor | None = None,
+                     scores: Tensor | None = None) -> Drop | None:
+        return None
 
-    def inside_attention(self, layer: int, tokens: Tokens, q: Tensor, k: Tensor, ctx: PruningContext) -> Selection | None:
+    def inside_attention(self, layer: int, tokens: Tokens, q: Tensor, k: Tensor, ctx: PruningContext) -> Drop | None:
         return None
 
     def needs_qk(self, layer: int) -> bool:
-        """Whether :meth:`inside_attention` reads layer ``layer``'s queries and keys."""
-        return False
+        """Whether layer ``layer``'s queries and keys are read: by ``inside_attention`` there, or for
+        a later layer's ``scores`` (a caller that must compute them separately, such as the vLLM
+        integration, computes them only there)."""
+        return self.needs(layer).inside_attention or any(self.needs(later).attention_of == layer for later in self.layers)
+
+    def keeps_input(self, layer: int) -> bool:
+        """Whether layer ``layer``'s input is handed to a later layer's ``before_layer`` (``prev``)."""
+        return any(self.needs(later).input_of == layer for later in self.layers)
 
     @property
     def keep_rules(self) -> tuple[int | float, ...]:

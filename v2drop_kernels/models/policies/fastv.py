@@ -1,17 +1,18 @@
 """FastV: after layer ``K``, keep the visual tokens the last token attends to most, once.
 
-Layer ``K − 1``'s attention of the last token (one query, head mean, computed here from that
-layer's q/k, not read out of the attention kernel) ranks the visual tokens; before layer ``K`` a
-fraction ``1 − R`` of them is kept. Published setting: ``K = 2``, ``R = 50%``.
+Layer ``K − 1``'s attention of the last token (one query, head mean, computed from that layer's
+q/k by whoever runs the layers, as ``needs`` asks, not read out of the attention kernel) ranks the
+visual tokens; before layer ``K`` a fraction ``1 − R`` of them is kept. Published setting: ``K = 2``, ``R = 50%``.
 """
 
 from __future__ import annotations
 
 from torch import Tensor
 
+from ..dropping import Drop, select
 from ..pruning import PruningContext
-from ..tokens import Selection, Tokens
-from .base import Policy, kept_count, last_query_scores
+from ..tokens import Tokens
+from .base import Needs, Policy, kept_count
 
 
 class FastV(Policy):
@@ -23,21 +24,15 @@ class FastV(Policy):
         self.layers = (int(k),)
         self.rule = keep if keep is not None else 1.0 - float(r)
 
-    def inside_attention(self, layer: int, tokens: Tokens, q: Tensor, k: Tensor, ctx: PruningContext) -> Selection | None:
-        if layer == self.layers[0] - 1:
-            ctx.state["fastv"] = last_query_scores(tokens, q, k, ctx)
-        return None
+    def needs(self, layer: int) -> Needs:
+        return Needs(attention_of=layer - 1) if layer == self.layers[0] else Needs()
 
-    def before_layer(self, layer: int, tokens: Tokens, ctx: PruningContext) -> Tokens:
+    def before_layer(self, layer: int, tokens: Tokens, ctx: PruningContext, *, prev: Tensor | None = None,
+                     scores: Tensor | None = None) -> Drop | None:
         if layer != self.layers[0] or not any(tokens.num_visual):
-            return tokens
-        scores = ctx.state.pop("fastv")
+            return None
         ctx.record_drop(layer, scores, tokens.orig_pos)
-        sel = tokens.select(scores, [kept_count(self.rule, v) for v in tokens.num_visual], ctx.backend)
-        return tokens.compact(sel, backend=ctx.backend)[0]
-
-    def needs_qk(self, layer: int) -> bool:
-        return layer == self.layers[0] - 1
+        return Drop(select(tokens, scores, [kept_count(self.rule, v) for v in tokens.num_visual], ctx.backend))
 
     @property
     def keep_rules(self) -> tuple[int | float, ...]:

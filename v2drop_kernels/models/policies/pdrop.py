@@ -13,9 +13,10 @@ from typing import Sequence
 
 from torch import Tensor
 
+from ..dropping import Drop, select
 from ..pruning import PruningContext
-from ..tokens import Selection, Tokens
-from .base import Keep, Policy, kept_count, last_query_scores, parse_keep, parse_layers
+from ..tokens import Tokens
+from .base import Keep, Needs, Policy, kept_count, last_query_scores, parse_keep, parse_layers
 
 
 class PyramidDrop(Policy):
@@ -25,16 +26,16 @@ class PyramidDrop(Policy):
         self.layers = parse_layers("pdrop", layers)
         self.keep = parse_keep(keep if keep is not None else (float(ratio),) * len(self.layers), len(self.layers))
 
-    def inside_attention(self, layer: int, tokens: Tokens, q: Tensor, k: Tensor, ctx: PruningContext) -> Selection | None:
+    def needs(self, layer: int) -> Needs:
+        return Needs(inside_attention=layer in self.layers)
+
+    def inside_attention(self, layer: int, tokens: Tokens, q: Tensor, k: Tensor, ctx: PruningContext) -> Drop | None:
         if layer not in self.layers or not any(tokens.num_visual):
             return None
         rule = self.keep[self.layers.index(layer)]
         scores = last_query_scores(tokens, q, k, ctx)
         ctx.record_drop(layer, scores, tokens.orig_pos)
-        return tokens.select(scores, [kept_count(rule, v) for v in tokens.num_visual], ctx.backend)
-
-    def needs_qk(self, layer: int) -> bool:
-        return layer in self.layers
+        return Drop(select(tokens, scores, [kept_count(rule, v) for v in tokens.num_visual], ctx.backend))
 
     @property
     def keep_rules(self) -> tuple[int | float, ...]:

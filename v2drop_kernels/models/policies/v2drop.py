@@ -17,10 +17,13 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from torch import Tensor
+
 from ... import ops
+from ..dropping import Drop
 from ..pruning import PruningContext
 from ..tokens import Selection, Tokens
-from .base import Keep, Policy, kept_count, parse_keep, parse_layers
+from .base import Keep, Needs, Policy, kept_count, parse_keep, parse_layers
 
 
 SCHEDULES: dict[str, tuple[tuple[int, ...], tuple[float, ...]]] = {
@@ -41,22 +44,23 @@ class V2Drop(Policy):
         self.layers = parse_layers("v2drop", default_layers if layers is None else layers)
         self.keep = parse_keep(default_keep if keep is None else keep, len(self.layers))
 
-    def keeps_prev(self, layer: int) -> bool:
-        return layer + 1 in self.layers
+    def needs(self, layer: int) -> Needs:
+        return Needs(input_of=layer - 1) if layer in self.layers else Needs()
 
-    def before_layer(self, layer: int, tokens: Tokens, ctx: PruningContext) -> Tokens:
+    def before_layer(self, layer: int, tokens: Tokens, ctx: PruningContext, *, prev: Tensor | None = None,
+                     scores: Tensor | None = None) -> Drop | None:
         if layer not in self.layers or not any(tokens.num_visual):
-            return tokens
+            return None
         rule = self.keep[self.layers.index(layer)]
         k = [kept_count(rule, v) for v in tokens.num_visual]
         if tokens.packed:
-            out = ops.variation_drop_varlen(tokens.hidden, tokens.prev, tokens.vis_mask, tokens.position_ids,
+            out = ops.variation_drop_varlen(tokens.hidden, prev, tokens.vis_mask, tokens.position_ids,
                                             tokens.cu_seqlens, k, num_visual=tokens.num_visual, backend=ctx.backend)
         else:
-            out = ops.variation_drop(tokens.hidden, tokens.prev, tokens.vis_mask, tokens.position_ids, k[0],
+            out = ops.variation_drop(tokens.hidden, prev, tokens.vis_mask, tokens.position_ids, k[0],
                                      num_visual=tokens.num_visual[0], backend=ctx.backend)
         ctx.record_drop(layer, out.scores, tokens.orig_pos)
-        return tokens.shrink(Selection(out.keep_pos, k, out.cu_seqlens, out.position_ids, out.vis_mask), out.hidden)
+        return Drop(Selection(out.keep_pos, k, out.cu_seqlens, out.position_ids, out.vis_mask), hidden=out.hidden)
 
     @property
     def keep_rules(self) -> tuple[int | float, ...]:
