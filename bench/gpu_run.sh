@@ -10,8 +10,8 @@
 # A task gets 15 minutes of device time, start-up included, and a command at most 10 minutes: not
 # enough for every step, so the order below is the priority (issue 24's), and the run is cut into
 # calls by a deadline. A step starts only if its budget fits in what is left of the call's
-# CALL_SECONDS (default 570: the device tool's 600 less a margin) and is killed at its budget; the
-# logs and the record (bench/results/gpu_logs/steps.tsv: step, result, seconds, commit, date) are
+# CALL_SECONDS (default 560: the device tool's 600 less a margin for the copies and kills), and is
+# killed at its budget; the logs and the record (bench/results/gpu_logs/steps.tsv: step, result, seconds, commit, date) are
 # copied to $OUT after every step, so a cut call (or one the device tool stops) still returns what
 # it did. Commit what came back; call again with --resume at once, while the machine is warm (the
 # record travels with the tree; env, deps and build always run, the build in seconds when up to date).
@@ -24,7 +24,7 @@
 #                       (bench/fetch_wheels.sh, carried along)
 #   build        150 s  setup.py build_ext --inplace, CUDA kernels        the same (CPU kernels)
 #   diag         130 s  bench/diagnostics/gpu_segv_check.sh               the same script
-#   tests        240 s  the whole suite on CUDA                           collects the whole suite; runs two files
+#   tests        230 s  the whole suite on CUDA                           collects the whole suite; runs two files
 #   memcheck      75 s  compute-sanitizer over the GPU-backend subset     the subset without a sanitizer
 #   racecheck     75 s    (SANITIZE_FILES / SANITIZE_K below)             collects the subset
 #   synccheck     60 s                                                    collects the subset
@@ -34,7 +34,7 @@
 #   e2e-video    180 s  e2e.py: LLaVA-1.5-7B video 64x196, batch 1        --plan of the slice
 #   e2e-qwen     180 s  e2e.py: Qwen2.5-VL-7B image, batch 1              --plan of the slice
 #   bench        100 s  bench_gpu.py --publish: the kernels               bench_gpu.py --smoke
-# So call 1 = env deps build diag tests (570 s of caps); call 2 (--resume) = the sanitizers and
+# So call 1 = env deps build diag tests (560 s of caps); call 2 (--resume) = the sanitizers and
 # e2e-llava, if the device time lasts (start-up takes minutes of the 15); the rest stays
 # "not started" in the record for the next task with a GPU.
 # Exit status: the first failing step's (a step cut at its budget: 124), else 0.
@@ -52,7 +52,7 @@ for arg in "$@"; do
 done
 
 STEPS="env deps build diag tests memcheck racecheck synccheck initcheck e2e-llava e2e-video e2e-qwen bench"
-declare -A BUDGET=([env]=10 [deps]=40 [build]=150 [diag]=130 [tests]=240 [memcheck]=75 [racecheck]=75 [synccheck]=60
+declare -A BUDGET=([env]=10 [deps]=40 [build]=150 [diag]=130 [tests]=230 [memcheck]=75 [racecheck]=75 [synccheck]=60
                    [initcheck]=60 [e2e-llava]=240 [e2e-video]=180 [e2e-qwen]=180 [bench]=100)
 ALWAYS="env deps build"  # run in every call (a fresh machine has neither the wheels installed nor the build)
 if [ $MODE = list ]; then
@@ -70,7 +70,7 @@ else
   PY=${PYTHON:-python3}
   LOGS=bench/results/gpu_logs
   E2E_OUT=bench/results/gpu_e2e
-  CALL_SECONDS=${CALL_SECONDS:-570}
+  CALL_SECONDS=${CALL_SECONDS:-560}
   SLACK=1
 fi
 RECORD=$LOGS/steps.tsv
