@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from v2drop_kernels.models import V2Drop
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 IMAGE_TOKEN = 299
@@ -59,3 +61,28 @@ def pixels(n: int, seed: int = 0) -> torch.Tensor:
 
 # Two prompts of different lengths, one image each.
 PROMPT_PAIR = [prompt([1, 5, 6], 1, [7, 8, 9, 10]), prompt([1, 21, 22, 23, 24, 25, 26], 1, [30, 31])]
+
+
+def rows(tensor, tokens_cu, b):
+    """Row ``b`` of a padded ``[B, S, ...]`` or packed ``[T, ...]`` tensor."""
+    if tokens_cu is None:
+        return tensor[b]
+    return tensor[int(tokens_cu[b]) : int(tokens_cu[b + 1])]
+
+
+class Recorder(V2Drop):
+    """V²Drop that also keeps what each drop was given."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen = {}
+
+    def before_layer(self, layer, tokens, ctx, *, prev=None, scores=None):
+        if layer in self.layers:
+            self.seen[layer] = {name: getattr(tokens, name) for name in ("hidden", "vis_mask", "orig_pos", "cu_seqlens")}
+            self.seen[layer]["prev"] = prev  # handed over by the decoder, as needs(layer) asked
+        drop = super().before_layer(layer, tokens, ctx, prev=prev, scores=scores)
+        out = tokens if drop is None else tokens.shrink(drop.selection, drop.hidden)
+        # RoPE position ids of the survivors stay the original ones: the prompt index (0 on padding)
+        assert torch.equal(out.position_ids, out.orig_pos.clamp_min(0))
+        return drop

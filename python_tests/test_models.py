@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from helpers import CUDA_EMULATED as EMULATED
-from model_helpers import IMAGE_TOKEN, TEXT_LAYERS, TOKENS_PER_IMAGE, left_pad, prompt, save_tiny_llava
+from model_helpers import IMAGE_TOKEN, TEXT_LAYERS, TOKENS_PER_IMAGE, Recorder, left_pad, prompt, rows, save_tiny_llava
 
 pytest.importorskip("transformers")
 from transformers import LlavaForConditionalGeneration  # noqa: E402
@@ -144,31 +144,6 @@ def test_bad_checkpoints_and_inputs(tmp_path, ours):
 
 
 # -- pruning -----------------------------------------------------------------------------------------
-def rows(tensor, tokens_cu, b):
-    """Row ``b`` of a padded ``[B, S, ...]`` or packed ``[T, ...]`` tensor."""
-    if tokens_cu is None:
-        return tensor[b]
-    return tensor[int(tokens_cu[b]) : int(tokens_cu[b + 1])]
-
-
-class Recorder(V2Drop):
-    """V²Drop that also keeps what each drop was given."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.seen = {}
-
-    def before_layer(self, layer, tokens, ctx, *, prev=None, scores=None):
-        if layer in self.layers:
-            self.seen[layer] = {name: getattr(tokens, name) for name in ("hidden", "vis_mask", "orig_pos", "cu_seqlens")}
-            self.seen[layer]["prev"] = prev  # handed over by the decoder, as needs(layer) asked
-        drop = super().before_layer(layer, tokens, ctx, prev=prev, scores=scores)
-        out = tokens if drop is None else tokens.shrink(drop.selection, drop.hidden)
-        # RoPE position ids of the survivors stay the original ones: the prompt index (0 on padding)
-        assert torch.equal(out.position_ids, out.orig_pos.clamp_min(0))
-        return drop
-
-
 def kept(positions, b):
     """Prompt indices held by a layer's KV cache for row ``b`` (padding dropped)."""
     row = positions[b]

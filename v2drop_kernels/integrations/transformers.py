@@ -4,8 +4,9 @@
     handle = enable_pruning(hf_model, V2Drop())      # hf_model.generate(...) now drops visual tokens
     handle.disable()                                 # back to the stock forward
 
-Supported: ``LlavaForConditionalGeneration`` (Llama decoder), ``Qwen2VLForConditionalGeneration`` and
-``Qwen2_5_VLForConditionalGeneration`` (images and videos; M-RoPE position ids).
+Supported: ``LlavaForConditionalGeneration`` and ``LlavaNextForConditionalGeneration`` (Llama
+decoder), ``Qwen2VLForConditionalGeneration`` and ``Qwen2_5_VLForConditionalGeneration`` (images and
+videos; M-RoPE position ids).
 
 How: the language model's ``forward`` is replaced (on this instance only) by the package's decoder
 loop (:class:`~v2drop_kernels.models.decoder.Decoder`) running on the model's own modules and
@@ -46,6 +47,7 @@ _PROMPT_IDS: contextvars.ContextVar[Tensor | None] = contextvars.ContextVar("v2d
 # model_type -> (text model types, tokens that are visual)
 _SUPPORTED = {
     "llava": (("llama",), ("image_token_id",)),
+    "llava_next": (("llama",), ("image_token_id",)),
     "qwen2_vl": (("qwen2_vl_text", "qwen2_vl"), ("image_token_id", "video_token_id")),
     "qwen2_5_vl": (("qwen2_5_vl_text", "qwen2_5_vl"), ("image_token_id", "video_token_id")),
 }
@@ -116,6 +118,8 @@ class PruningHandle:
     # (which gets only embeddings), for the duration of that call only
     def _outer_forward(self, original):
         def forward(*args, input_ids=None, **kwargs):
+            if input_ids is None and args:  # passed positionally (LLaVA-NeXT's outer forward does): the first parameter
+                input_ids, args = args[0], args[1:]
             scope = _PROMPT_IDS.set(input_ids)
             try:
                 return original(*args, input_ids=input_ids, **kwargs)
@@ -207,8 +211,8 @@ class PruningHandle:
 
 def enable_pruning(model, policy: Policy, backend: str | None = None) -> PruningHandle:
     """Makes ``model`` prune visual tokens with ``policy`` in every forward and ``generate`` call:
-    a ``transformers`` ``LlavaForConditionalGeneration`` with a Llama decoder,
-    ``Qwen2VLForConditionalGeneration`` or ``Qwen2_5_VLForConditionalGeneration``.
+    a ``transformers`` ``LlavaForConditionalGeneration`` or ``LlavaNextForConditionalGeneration``
+    with a Llama decoder, ``Qwen2VLForConditionalGeneration`` or ``Qwen2_5_VLForConditionalGeneration``.
 
     ``backend`` picks the ops' backend (``None``: the fastest for the model's device). Calling it
     again replaces the policy. Returns a handle whose ``disable()`` restores the stock forward.

@@ -2,7 +2,8 @@
 
 - :class:`TextConfig`: the decoder, a Llama (LLaVA-1.5) or a Qwen2 (Qwen2-VL, Qwen2.5-VL: q/k/v
   biases and multimodal RoPE);
-- :class:`LlavaConfig`: LLaVA-1.5 (``llava`` model type);
+- :class:`LlavaConfig`: LLaVA-1.5 (``llava`` model type); :class:`LlavaNextConfig`: LLaVA-NeXT
+  (``llava_next``, anyres tiles);
 - :class:`QwenVLConfig`: Qwen2-VL and Qwen2.5-VL (``qwen2_vl``, ``qwen2_5_vl``), both the nested
   layout of ``transformers`` 5 (``text_config``) and the flat one of the published checkpoints.
 
@@ -113,6 +114,11 @@ class LlavaConfig:
     def from_hf(cls, cfg: dict[str, Any]) -> "LlavaConfig":
         if cfg.get("model_type", "llava") != "llava":
             raise NotImplementedError(f"model_type {cfg.get('model_type')!r}: only 'llava' (LLaVA-1.5) checkpoints load")
+        return cls(**cls._fields_from_hf(cfg))
+
+    @staticmethod
+    def _fields_from_hf(cfg: dict[str, Any]) -> dict[str, Any]:
+        """The fields LLaVA-1.5 and LLaVA-NeXT share, from an HF config."""
         text = dict(cfg["text_config"])
         if text.get("model_type", "llama") != "llama":
             raise NotImplementedError(f"text model {text.get('model_type')!r}: LLaVA checkpoints with Llama decoders are implemented")
@@ -121,7 +127,7 @@ class LlavaConfig:
             raise NotImplementedError(f"vision tower {vision.get('model_type')!r}: only CLIP is implemented")
         if "tie_word_embeddings" in cfg:
             text["tie_word_embeddings"] = cfg["tie_word_embeddings"]
-        return cls(
+        return dict(
             text=TextConfig.from_hf(text),
             vision=vision,
             image_token_id=cfg.get("image_token_id", cfg.get("image_token_index", 32000)),
@@ -130,6 +136,34 @@ class LlavaConfig:
             projector_hidden_act=cfg.get("projector_hidden_act", "gelu"),
             projector_bias=cfg.get("multimodal_projector_bias", True),
         )
+
+
+# transformers' LlavaNextConfig default: the grids of LLaVA-NeXT's 336 px CLIP tower
+_LLAVA_NEXT_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
+
+
+@dataclass(frozen=True)
+class LlavaNextConfig(LlavaConfig):
+    """LLaVA-NeXT (``llava_next``): LLaVA-1.5's tower, projector and decoder, images as "anyres"
+    tiles: a base tile of the whole image plus the tiles of the best grid of
+    ``image_grid_pinpoints`` (``(height, width)`` resolutions, in pixels), unpadded to the image's
+    aspect ratio with an ``image_newline`` vector after each row of features."""
+
+    image_grid_pinpoints: tuple[tuple[int, int], ...] = _LLAVA_NEXT_PINPOINTS
+
+    @property
+    def tokens_per_image(self) -> int:
+        raise AttributeError("LLaVA-NeXT's image-token count depends on each image's size (see llava_next.image_token_count)")
+
+    @classmethod
+    def from_hf(cls, cfg: dict[str, Any]) -> "LlavaNextConfig":
+        if cfg.get("model_type") != "llava_next":
+            raise NotImplementedError(f"model_type {cfg.get('model_type')!r}: LlavaNextConfig reads 'llava_next' checkpoints")
+        if cfg.get("vision_feature_select_strategy", "default") != "default":
+            raise NotImplementedError(f"vision_feature_select_strategy {cfg['vision_feature_select_strategy']!r}: LLaVA-NeXT's "
+                                      "tiles are laid out as a grid of patches, which needs 'default' (CLS dropped)")
+        pinpoints = cfg.get("image_grid_pinpoints") or _LLAVA_NEXT_PINPOINTS
+        return cls(**cls._fields_from_hf(cfg), image_grid_pinpoints=tuple((int(h), int(w)) for h, w in pinpoints))
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Loading HF-format checkpoints (LLaVA-1.5, Qwen2-VL, Qwen2.5-VL) and building small random models.
+"""Loading HF-format checkpoints (LLaVA-1.5, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL) and building small random models.
 
 A checkpoint folder holds ``config.json`` and ``*.safetensors`` (one file or shards); ``model_type``
 in the config picks the model (:func:`load_model`). Every key layout ``transformers`` has written
@@ -6,6 +6,7 @@ is read:
 
     LLaVA    language_model.model.layers.0...   language_model.lm_head.weight   vision_tower.vision_model...  (llava-hf)
              model.language_model.layers.0...   lm_head.weight                  model.vision_tower...          (4.52+)
+    LLaVA-NeXT   as LLaVA, plus image_newline (llava-hf) or model.image_newline (4.52+)
     Qwen-VL  model.layers.0...                  lm_head.weight                  visual.blocks.0...            (published)
              model.language_model.layers.0...   lm_head.weight                  model.visual.blocks.0...      (4.52+)
 """
@@ -13,15 +14,16 @@ is read:
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..extras import require
-from .config import LlavaConfig, QwenVLConfig
+from .config import LlavaConfig, LlavaNextConfig, QwenVLConfig
 from .llava import Llava
+from .llava_next import LlavaNext
 from .qwen_vl import QwenVL, build_vision_tower
 
 _QWEN_PREFIXES = (  # checkpoint prefix -> this model's prefix, first match wins
@@ -44,6 +46,8 @@ _PREFIXES = (  # checkpoint prefix -> this model's prefix, first match wins
     ("multi_modal_projector.", "multi_modal_projector."),
     ("model.multi_modal_projector.", "multi_modal_projector."),
 )
+
+_NEXT_PREFIXES = _PREFIXES + (("model.image_newline", "image_newline"), ("image_newline", "image_newline"))  # LLaVA-NeXT
 
 
 def map_key(key: str, prefixes=_PREFIXES) -> str | None:
@@ -97,18 +101,24 @@ def _read_weights(path: Path, dtype: torch.dtype, device) -> dict[str, torch.Ten
     return state
 
 
-def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Llava | QwenVL:
+def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Llava | LlavaNext | QwenVL:
     """The model of a local checkpoint folder, by its ``model_type`` (:data:`LOADERS`): ``llava``
-    (or none) → :class:`Llava`, ``qwen2_vl`` / ``qwen2_5_vl`` → :class:`QwenVL`."""
+    (or none) → :class:`Llava`, ``llava_next`` → :class:`LlavaNext`, ``qwen2_vl`` / ``qwen2_5_vl`` → :class:`QwenVL`."""
     model_type = read_config(path).get("model_type")
     if model_type not in LOADERS:
-        raise NotImplementedError(f"{path}: model_type {model_type!r} is not supported (llava, qwen2_vl and qwen2_5_vl are)")
+        raise NotImplementedError(f"{path}: model_type {model_type!r} is not supported (llava, llava_next, qwen2_vl and qwen2_5_vl are)")
     return LOADERS[model_type](path, dtype, device)
 
 
 def load_llava(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Llava:
     """Builds :class:`Llava` from a local checkpoint folder; every weight must be found."""
     cfg = with_generation_eos(LlavaConfig.from_hf(read_config(path)), _generation_config(path).get("eos_token_id"))
+    return _assemble_llava(cfg, _read_weights(Path(path), dtype, device), device, str(path))
+
+
+def load_llava_next(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> LlavaNext:
+    """Builds :class:`LlavaNext` from a local checkpoint folder; every weight must be found."""
+    cfg = with_generation_eos(LlavaNextConfig.from_hf(read_config(path)), _generation_config(path).get("eos_token_id"))
     return _assemble_llava(cfg, _read_weights(Path(path), dtype, device), device, str(path))
 
 
@@ -119,15 +129,26 @@ def load_qwen_vl(path: str | Path, dtype: torch.dtype = torch.float32, device: s
 
 
 # The registry: a checkpoint's model_type -> its loader (adding an architecture adds its line here).
-LOADERS = {None: load_llava, "llava": load_llava, "qwen2_vl": load_qwen_vl, "qwen2_5_vl": load_qwen_vl}
+LOADERS = {None: load_llava, "llava": load_llava, "llava_next": load_llava_next, "qwen2_vl": load_qwen_vl,
+           "qwen2_5_vl": load_qwen_vl}
 
 
 def llava_from_transformers(hf_model) -> Llava:
     """:class:`Llava` on the weights of an in-memory ``transformers`` ``LlavaForConditionalGeneration``
-    (the same tensors, not copies; its device and dtype)."""
-    cfg = with_generation_eos(LlavaConfig.from_hf(hf_model.config.to_dict()), _hf_generation_eos(hf_model))
+    (the same tensors, not copies; its device and dtype); :class:`LlavaNext` on a
+    ``LlavaNextForConditionalGeneration``'s (as :func:`llava_next_from_transformers`)."""
+    config = LlavaNextConfig if hf_model.config.model_type == "llava_next" else LlavaConfig
+    cfg = with_generation_eos(config.from_hf(hf_model.config.to_dict()), _hf_generation_eos(hf_model))
     device = next(hf_model.parameters()).device
     return _assemble_llava(cfg, hf_model.state_dict(), device, type(hf_model).__name__)
+
+
+def llava_next_from_transformers(hf_model) -> LlavaNext:
+    """:class:`LlavaNext` on the weights of an in-memory ``transformers``
+    ``LlavaNextForConditionalGeneration`` (the same tensors, not copies)."""
+    if hf_model.config.model_type != "llava_next":
+        raise NotImplementedError(f"{type(hf_model).__name__} (model_type {hf_model.config.model_type!r}) is not LLaVA-NeXT")
+    return llava_from_transformers(hf_model)
 
 
 def qwen_vl_from_transformers(hf_model) -> QwenVL:
@@ -157,9 +178,11 @@ def _load_by_name(model: nn.Module, checkpoint: dict[str, torch.Tensor], prefixe
 
 
 def _assemble_llava(cfg: LlavaConfig, checkpoint: dict[str, torch.Tensor], device, source: str) -> Llava:
+    """:class:`Llava`, or :class:`LlavaNext` for a :class:`LlavaNextConfig`, on ``checkpoint``."""
+    next_ = isinstance(cfg, LlavaNextConfig)
     with torch.device("meta"):
-        model = Llava(cfg)
-    _load_by_name(model, checkpoint, _PREFIXES, cfg.text.tie_word_embeddings, source)
+        model = LlavaNext(cfg) if next_ else Llava(cfg)
+    _load_by_name(model, checkpoint, _NEXT_PREFIXES if next_ else _PREFIXES, cfg.text.tie_word_embeddings, source)
     _fix_vision_buffers(model, device)
     return model.fuse_projections().eval()
 
@@ -243,8 +266,19 @@ def random_qwen_vl(cfg: QwenVLConfig | None = None, seed: int = 0, dtype: torch.
 
 
 def random_llava(cfg: LlavaConfig | None = None, seed: int = 0, dtype: torch.dtype = torch.float32, device="cpu") -> Llava:
-    """A randomly initialised :class:`Llava` (``std = 0.02`` linears, as HF initialises Llama)."""
-    return _randomise(Llava(cfg or tiny_config()), seed).to(device, dtype).fuse_projections().eval()
+    """A randomly initialised :class:`Llava` (``std = 0.02`` linears, as HF initialises Llama);
+    :class:`LlavaNext` for a :class:`LlavaNextConfig` (:func:`tiny_llava_next_config`)."""
+    model = LlavaNext(cfg) if isinstance(cfg, LlavaNextConfig) else Llava(cfg or tiny_config())
+    return _randomise(model, seed).to(device, dtype).fuse_projections().eval()
+
+
+def tiny_llava_next_config(layers: int = 32, hidden: int = 128, vocab: int = 512) -> LlavaNextConfig:
+    """A small LLaVA-NeXT-shaped config: :func:`tiny_config`'s with a 56 px, 14 px patch tower
+    (16 patches a tile) and LLaVA-NeXT's five grids at that scale (1×2, 2×1, 2×2, 3×1, 1×3 tiles)."""
+    base = tiny_config(layers, hidden, image_size=56, patch=14, vocab=vocab)
+    grids = ((1, 2), (2, 1), (2, 2), (3, 1), (1, 3))
+    return LlavaNextConfig(**{f.name: getattr(base, f.name) for f in fields(LlavaConfig)},
+                           image_grid_pinpoints=tuple((56 * h, 56 * w) for h, w in grids))
 
 
 def _randomise(model: nn.Module, seed: int) -> nn.Module:
