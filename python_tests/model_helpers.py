@@ -86,3 +86,58 @@ class Recorder(V2Drop):
         # RoPE position ids of the survivors stay the original ones: the prompt index (0 on padding)
         assert torch.equal(out.position_ids, out.orig_pos.clamp_min(0))
         return drop
+
+
+def hf_generate(hf, prompts, visual, new):
+    """transformers' greedy generate on the left-padded ``prompts`` with the ``visual`` inputs: the
+    new tokens and the attention mask."""
+    ids, mask = left_pad(prompts)
+    with torch.no_grad():
+        out = hf.generate(input_ids=ids, attention_mask=mask, **visual, max_new_tokens=new, do_sample=False, pad_token_id=0)
+    return out[:, ids.shape[1]:], mask
+
+
+def assert_transformers_prunes_like(hf, ours, prompts, visual, make_policy, new=8):
+    """transformers' generate through enable_pruning equals the package's model: the same tokens,
+    visual tokens per layer, and prompt tokens in every layer's cache (column = index + padding)."""
+    from v2drop_kernels.integrations.transformers import enable_pruning
+
+    handle = enable_pruning(hf, make_policy())
+    try:
+        got, mask = hf_generate(hf, prompts, visual, new)
+        columns, trace = handle.layer_columns(), handle.trace
+    finally:
+        handle.disable()
+    expected = ours.generate(prompts, **visual, max_new_tokens=new, policy=make_policy())
+    assert got.tolist() == expected.tokens.tolist()
+    assert trace.visual_per_layer == expected.trace.visual_per_layer
+    assert all(a < b for a, b in zip(expected.trace.visual_per_layer[-1], expected.trace.visual_per_layer[0]))  # pruning is on
+    pad = (mask == 0).sum(1)
+    for layer, (cols, positions) in enumerate(zip(columns, expected.layer_positions)):
+        prefill = cols[:, : positions.shape[1]]
+        for b in range(len(prompts)):
+            assert torch.equal((prefill[b] - pad[b])[prefill[b] >= pad[b]], positions[b][positions[b] >= 0]), (layer, b)
+
+
+def assert_v2drop_keeps_the_reference_choice(policy: "Recorder", out, visual: list[int]) -> None:
+    """Each drop of ``policy`` (a :class:`Recorder`) kept, in every layer's cache, exactly the text and
+    the visual tokens ``reference.variation_topk`` picks from what the drop saw; ``visual``: the
+    visual tokens of each prompt."""
+    from v2drop_kernels import reference
+    from v2drop_kernels.models.policies import kept_count
+
+    for layer, rule in zip(policy.layers, policy.keep):
+        seen = policy.seen[layer]
+        counts = [kept_count(rule, v) for v in out.trace.visual_per_layer[layer - 1]]
+        assert out.trace.visual_per_layer[layer] == counts
+        for b in range(len(visual)):
+            hidden, prev, vis, orig = (rows(seen[n], seen["cu_seqlens"], b)[None] for n in ("hidden", "prev", "vis_mask", "orig_pos"))
+            keep_idx, _ = reference.variation_topk(hidden, prev, vis, counts[b])
+            expected = torch.sort(torch.cat([orig[~vis], orig[0, keep_idx[0]]])).values
+            row = out.layer_positions[layer][b]
+            assert torch.equal(row[row >= 0], expected[expected >= 0]), (layer, b)
+    assert out.trace.visual_per_layer[0] == visual
+    left = list(visual)
+    for rule in policy.keep:
+        left = [kept_count(rule, v) for v in left]
+    assert out.trace.visual_per_layer[-1] == left

@@ -6,18 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model_helpers import Recorder, left_pad, rows  # V²Drop keeping what each drop saw; a row of a padded or packed tensor
+from model_helpers import (Recorder, assert_transformers_prunes_like, assert_v2drop_keeps_the_reference_choice,
+                           hf_generate)
 
 pytest.importorskip("transformers")
 from transformers import (CLIPVisionConfig, LlamaConfig, LlavaNextConfig,  # noqa: E402
                           LlavaNextForConditionalGeneration)
 
-from v2drop_kernels import reference  # noqa: E402
-from v2drop_kernels.integrations.transformers import enable_pruning  # noqa: E402
 from v2drop_kernels.models import (FastV, LlavaNext, PyramidDrop, V2Drop, llava_next_from_transformers,  # noqa: E402
                                    load_model, random_llava, tiny_llava_next_config)
 from v2drop_kernels.models.llava_next import image_token_count, tile_count  # noqa: E402
-from v2drop_kernels.models.policies import kept_count  # noqa: E402
 
 IMAGE, TILE, LAYERS = 299, 56, 6
 GRIDS = [[TILE * h, TILE * w] for h, w in ((1, 2), (2, 1), (2, 2), (3, 1), (1, 3))]  # LLaVA-NeXT's five, at 56 px
@@ -79,13 +77,6 @@ def prompt(before, sizes, after) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def hf_generate(hf, prompts, visual, new):
-    ids, mask = left_pad(prompts)
-    with torch.no_grad():
-        out = hf.generate(input_ids=ids, attention_mask=mask, **visual, max_new_tokens=new, do_sample=False, pad_token_id=0)
-    return out[:, ids.shape[1]:], mask
-
-
 # batches of three: the same image-token count per row (52: grids 1×2 and 1×3), and different counts
 EQUAL = ([prompt([1, 5, 6], [SIZES[0]], [7, 8, 9]), prompt([1, 21, 22, 23, 24], [SIZES[6]], [30]),
           prompt([1], [SIZES[0]], [4, 4, 5, 6, 7])], [SIZES[0], SIZES[6], SIZES[0]])
@@ -144,44 +135,16 @@ POLICIES = {
 @pytest.mark.parametrize("name", sorted(POLICIES))
 def test_transformers_generate_prunes_like_the_package_model(hf, ours, name, batch):
     prompts, sizes = batch
-    visual = images(sizes, seed=4)
-    handle = enable_pruning(hf, POLICIES[name]())
-    try:
-        got, mask = hf_generate(hf, prompts, visual, 8)
-        columns, trace = handle.layer_columns(), handle.trace
-    finally:
-        handle.disable()
-    expected = ours.generate(prompts, **visual, max_new_tokens=8, policy=POLICIES[name]())
-    assert got.tolist() == expected.tokens.tolist()
-    assert trace.visual_per_layer == expected.trace.visual_per_layer
-    assert all(a < b for a, b in zip(expected.trace.visual_per_layer[-1], expected.trace.visual_per_layer[0]))  # pruning is on
-    pad = (mask == 0).sum(1)
-    for layer, (cols, positions) in enumerate(zip(columns, expected.layer_positions)):
-        prefill = cols[:, : positions.shape[1]]
-        for b in range(len(prompts)):  # the same prompt tokens reached every layer (column = prompt index + padding)
-            assert torch.equal((prefill[b] - pad[b])[prefill[b] >= pad[b]], positions[b][positions[b] >= 0]), (layer, b)
+    assert_transformers_prunes_like(hf, ours, prompts, images(sizes, seed=4), POLICIES[name])
 
 
 @pytest.mark.parametrize("batch, layout", [(EQUAL, "padded"), (EQUAL, "packed"), (UNEQUAL, "packed")],
                          ids=["equal-padded", "equal-packed", "different-packed"])
 def test_v2drop_keeps_what_the_reference_chooses(ours, batch, layout):
     prompts, sizes = batch
-    keep = (0.5, 0.25)
-    policy = Recorder(layers=(2, 4), keep=keep)
+    policy = Recorder(layers=(2, 4), keep=(0.5, 0.25))
     out = ours.generate(prompts, **images(sizes, seed=5), max_new_tokens=3, policy=policy, layout=layout)
-    visual = [int((p == IMAGE).sum()) for p in prompts]
-    for layer, rule in zip((2, 4), keep):
-        seen = policy.seen[layer]
-        counts = [kept_count(rule, v) for v in out.trace.visual_per_layer[layer - 1]]
-        assert out.trace.visual_per_layer[layer] == counts
-        for b in range(len(prompts)):
-            hidden, prev, vis, orig = (rows(seen[n], seen["cu_seqlens"], b)[None] for n in ("hidden", "prev", "vis_mask", "orig_pos"))
-            keep_idx, _ = reference.variation_topk(hidden, prev, vis, counts[b])
-            expected = torch.sort(torch.cat([orig[~vis], orig[0, keep_idx[0]]])).values
-            row = out.layer_positions[layer][b]
-            assert torch.equal(row[row >= 0], expected[expected >= 0]), (layer, b)
-    assert out.trace.visual_per_layer[0] == visual
-    assert out.trace.visual_per_layer[-1] == [kept_count(0.25, kept_count(0.5, v)) for v in visual]
+    assert_v2drop_keeps_the_reference_choice(policy, out, [int((p == IMAGE).sum()) for p in prompts])
 
 
 def test_load_model_reads_both_key_layouts(tmp_path, hf, ours):

@@ -5,7 +5,8 @@
     handle.disable()                                 # back to the stock forward
 
 Supported: ``LlavaForConditionalGeneration`` and ``LlavaNextForConditionalGeneration`` (Llama
-decoder), ``Qwen2VLForConditionalGeneration`` and ``Qwen2_5_VLForConditionalGeneration`` (images and
+decoder), ``LlavaOnevisionForConditionalGeneration`` (Qwen2 decoder; images and videos),
+``Qwen2VLForConditionalGeneration`` and ``Qwen2_5_VLForConditionalGeneration`` (images and
 videos; M-RoPE position ids).
 
 How: the language model's ``forward`` is replaced (on this instance only) by the package's decoder
@@ -48,6 +49,7 @@ _PROMPT_IDS: contextvars.ContextVar[Tensor | None] = contextvars.ContextVar("v2d
 _SUPPORTED = {
     "llava": (("llama",), ("image_token_id",)),
     "llava_next": (("llama",), ("image_token_id",)),
+    "llava_onevision": (("qwen2",), ("image_token_id", "video_token_id")),
     "qwen2_vl": (("qwen2_vl_text", "qwen2_vl"), ("image_token_id", "video_token_id")),
     "qwen2_5_vl": (("qwen2_5_vl_text", "qwen2_5_vl"), ("image_token_id", "video_token_id")),
 }
@@ -212,7 +214,8 @@ class PruningHandle:
 def enable_pruning(model, policy: Policy, backend: str | None = None) -> PruningHandle:
     """Makes ``model`` prune visual tokens with ``policy`` in every forward and ``generate`` call:
     a ``transformers`` ``LlavaForConditionalGeneration`` or ``LlavaNextForConditionalGeneration``
-    with a Llama decoder, ``Qwen2VLForConditionalGeneration`` or ``Qwen2_5_VLForConditionalGeneration``.
+    with a Llama decoder, ``LlavaOnevisionForConditionalGeneration`` with a Qwen2 decoder,
+    ``Qwen2VLForConditionalGeneration`` or ``Qwen2_5_VLForConditionalGeneration``.
 
     ``backend`` picks the ops' backend (``None``: the fastest for the model's device). Calling it
     again replaces the policy. Returns a handle whose ``disable()`` restores the stock forward.

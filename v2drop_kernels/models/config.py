@@ -1,9 +1,10 @@
 """Configuration of the package's models, read from an HF ``config.json``.
 
-- :class:`TextConfig`: the decoder, a Llama (LLaVA-1.5) or a Qwen2 (Qwen2-VL, Qwen2.5-VL: q/k/v
-  biases and multimodal RoPE);
+- :class:`TextConfig`: the decoder, a Llama (LLaVA-1.5), a Qwen2 (LLaVA-OneVision: q/k/v biases) or
+  a Qwen2-VL one (Qwen2-VL, Qwen2.5-VL: q/k/v biases and multimodal RoPE);
 - :class:`LlavaConfig`: LLaVA-1.5 (``llava`` model type); :class:`LlavaNextConfig`: LLaVA-NeXT
-  (``llava_next``, anyres tiles);
+  (``llava_next``, anyres tiles); :class:`LlavaOnevisionConfig`: LLaVA-OneVision
+  (``llava_onevision``: SigLIP, Qwen2, anyres tiles and videos);
 - :class:`QwenVLConfig`: Qwen2-VL and Qwen2.5-VL (``qwen2_vl``, ``qwen2_5_vl``), both the nested
   layout of ``transformers`` 5 (``text_config``) and the flat one of the published checkpoints.
 
@@ -45,11 +46,13 @@ class TextConfig:
 
     @classmethod
     def from_hf(cls, cfg: dict[str, Any]) -> "TextConfig":
-        """From an HF text config: ``llama`` or a Qwen2-VL / Qwen2.5-VL text model."""
+        """From an HF text config: ``llama``, ``qwen2`` (q/k/v biases, plain RoPE) or a Qwen2-VL /
+        Qwen2.5-VL text model (q/k/v biases, M-RoPE)."""
         model_type = cfg.get("model_type", "llama")
-        qwen = model_type in _QWEN_TEXT_TYPES
-        if not qwen and model_type != "llama":
-            raise NotImplementedError(f"text model {model_type!r}: Llama and Qwen2-VL / Qwen2.5-VL decoders are implemented")
+        qwen = model_type in _QWEN_TEXT_TYPES  # M-RoPE
+        qwen2 = model_type == "qwen2"
+        if not qwen and not qwen2 and model_type != "llama":
+            raise NotImplementedError(f"text model {model_type!r}: Llama, Qwen2 and Qwen2-VL / Qwen2.5-VL decoders are implemented")
         if cfg.get("hidden_act", "silu") != "silu":
             raise NotImplementedError(f"text_config.hidden_act={cfg['hidden_act']!r}: only SwiGLU ('silu') is implemented")
         if cfg.get("use_sliding_window"):
@@ -79,8 +82,8 @@ class TextConfig:
             rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
             rope_theta=rope.get("rope_theta", cfg.get("rope_theta", 1e6 if qwen else 10000.0)),
             rope_linear_factor=float(rope.get("factor", 1.0)) if rope_type == "linear" else 1.0,
-            qkv_bias=True if qwen else bias,
-            o_bias=False if qwen else bias,
+            qkv_bias=True if qwen or qwen2 else bias,
+            o_bias=False if qwen or qwen2 else bias,
             mrope_section=mrope,
             mlp_bias=cfg.get("mlp_bias", False),
             tie_word_embeddings=cfg.get("tie_word_embeddings", False),
@@ -117,22 +120,27 @@ class LlavaConfig:
         return cls(**cls._fields_from_hf(cfg))
 
     @staticmethod
-    def _fields_from_hf(cfg: dict[str, Any]) -> dict[str, Any]:
-        """The fields LLaVA-1.5 and LLaVA-NeXT share, from an HF config."""
+    def _fields_from_hf(cfg: dict[str, Any], text_type: str = "llama", vision_type: str = "clip_vision_model",
+                        default_layer: int = -2, default_strategy: str = "default") -> dict[str, Any]:
+        """The fields LLaVA-1.5, LLaVA-NeXT and LLaVA-OneVision share, from an HF config (the
+        architecture's text and vision model types and its transformers defaults)."""
         text = dict(cfg["text_config"])
-        if text.get("model_type", "llama") != "llama":
-            raise NotImplementedError(f"text model {text.get('model_type')!r}: LLaVA checkpoints with Llama decoders are implemented")
+        text.setdefault("model_type", text_type)
+        if text["model_type"] != text_type:
+            raise NotImplementedError(f"text model {text['model_type']!r}: {cfg.get('model_type') or 'llava'} checkpoints "
+                                      f"with {'Llama' if text_type == 'llama' else text_type} decoders are implemented")
         vision = dict(cfg["vision_config"])
-        if vision.get("model_type", "clip_vision_model") != "clip_vision_model":
-            raise NotImplementedError(f"vision tower {vision.get('model_type')!r}: only CLIP is implemented")
+        if vision.get("model_type", vision_type) != vision_type:
+            raise NotImplementedError(f"vision tower {vision.get('model_type')!r}: only "
+                                      f"{'CLIP' if vision_type == 'clip_vision_model' else vision_type} is implemented")
         if "tie_word_embeddings" in cfg:
             text["tie_word_embeddings"] = cfg["tie_word_embeddings"]
         return dict(
             text=TextConfig.from_hf(text),
             vision=vision,
             image_token_id=cfg.get("image_token_id", cfg.get("image_token_index", 32000)),
-            vision_feature_layer=cfg.get("vision_feature_layer", -2),
-            vision_feature_select_strategy=cfg.get("vision_feature_select_strategy", "default"),
+            vision_feature_layer=cfg.get("vision_feature_layer", default_layer),
+            vision_feature_select_strategy=cfg.get("vision_feature_select_strategy", default_strategy),
             projector_hidden_act=cfg.get("projector_hidden_act", "gelu"),
             projector_bias=cfg.get("multimodal_projector_bias", True),
         )
@@ -164,6 +172,41 @@ class LlavaNextConfig(LlavaConfig):
                                       "tiles are laid out as a grid of patches, which needs 'default' (CLS dropped)")
         pinpoints = cfg.get("image_grid_pinpoints") or _LLAVA_NEXT_PINPOINTS
         return cls(**cls._fields_from_hf(cfg), image_grid_pinpoints=tuple((int(h), int(w)) for h, w in pinpoints))
+
+
+@dataclass(frozen=True)
+class LlavaOnevisionConfig(LlavaNextConfig):
+    """LLaVA-OneVision (``llava_onevision``): a SigLIP tower (every patch kept: ``"full"``, last
+    layer), LLaVA's projector, a Qwen2 decoder. Images are LLaVA-NeXT's anyres tiles, the grid's
+    features bilinearly shrunk when they exceed ``vision_aspect_ratio = "anyres_max_N"`` (``N``
+    tiles' worth); videos are frames through the tower, 2×2 bilinear pooling, one newline each."""
+
+    video_token_id: int = 151647
+    vision_aspect_ratio: str = "anyres_max_9"
+
+    @property
+    def max_tiles(self) -> int:
+        """``N`` of ``vision_aspect_ratio = "anyres_max_N"``."""
+        return int(self.vision_aspect_ratio.strip("anyres_max_"))
+
+    @classmethod
+    def from_hf(cls, cfg: dict[str, Any]) -> "LlavaOnevisionConfig":
+        if cfg.get("model_type") != "llava_onevision":
+            raise NotImplementedError(f"model_type {cfg.get('model_type')!r}: LlavaOnevisionConfig reads 'llava_onevision' checkpoints")
+        fields_ = cls._fields_from_hf(cfg, "qwen2", "siglip_vision_model", default_layer=-1, default_strategy="full")
+        if fields_["vision_feature_select_strategy"] != "full":
+            raise NotImplementedError(f"vision_feature_select_strategy {fields_['vision_feature_select_strategy']!r}: SigLIP has "
+                                      "no CLS token, so LLaVA-OneVision's tiles need 'full' (every patch kept)")
+        aspect = cfg.get("vision_aspect_ratio") or "anyres_max_9"
+        if not aspect.startswith("anyres_max_") or not aspect[len("anyres_max_"):].isdigit():
+            raise NotImplementedError(f"vision_aspect_ratio {aspect!r}: only 'anyres_max_N' is implemented")
+        pinpoints = cfg.get("image_grid_pinpoints") or _ONEVISION_PINPOINTS
+        return cls(**fields_, image_grid_pinpoints=tuple((int(h), int(w)) for h, w in pinpoints),
+                   video_token_id=cfg.get("video_token_id", cfg.get("video_token_index", 151647)), vision_aspect_ratio=aspect)
+
+
+# transformers' LlavaOnevisionConfig default: every grid of 1 to 6 × 1 to 6 tiles of 384 px
+_ONEVISION_PINPOINTS = tuple((384 * h, 384 * w) for h in range(1, 7) for w in range(1, 7))
 
 
 @dataclass(frozen=True)

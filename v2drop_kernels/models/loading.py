@@ -1,4 +1,4 @@
-"""Loading HF-format checkpoints (LLaVA-1.5, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL) and building small random models.
+"""Loading HF-format checkpoints (LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL) and building small random models.
 
 A checkpoint folder holds ``config.json`` and ``*.safetensors`` (one file or shards); ``model_type``
 in the config picks the model (:func:`load_model`). Every key layout ``transformers`` has written
@@ -7,6 +7,7 @@ is read:
     LLaVA    language_model.model.layers.0...   language_model.lm_head.weight   vision_tower.vision_model...  (llava-hf)
              model.language_model.layers.0...   lm_head.weight                  model.vision_tower...          (4.52+)
     LLaVA-NeXT   as LLaVA, plus image_newline (llava-hf) or model.image_newline (4.52+)
+    LLaVA-OneVision   as LLaVA-NeXT (its SigLIP tower under vision_tower.vision_model. or model.vision_tower.)
     Qwen-VL  model.layers.0...                  lm_head.weight                  visual.blocks.0...            (published)
              model.language_model.layers.0...   lm_head.weight                  model.visual.blocks.0...      (4.52+)
 """
@@ -21,9 +22,10 @@ import torch
 from torch import nn
 
 from ..extras import require
-from .config import LlavaConfig, LlavaNextConfig, QwenVLConfig
+from .config import LlavaConfig, LlavaNextConfig, LlavaOnevisionConfig, QwenVLConfig
 from .llava import Llava
 from .llava_next import LlavaNext
+from .llava_onevision import LlavaOnevision
 from .qwen_vl import QwenVL, build_vision_tower
 
 _QWEN_PREFIXES = (  # checkpoint prefix -> this model's prefix, first match wins
@@ -47,7 +49,18 @@ _PREFIXES = (  # checkpoint prefix -> this model's prefix, first match wins
     ("model.multi_modal_projector.", "multi_modal_projector."),
 )
 
-_NEXT_PREFIXES = _PREFIXES + (("model.image_newline", "image_newline"), ("image_newline", "image_newline"))  # LLaVA-NeXT
+_NEXT_PREFIXES = _PREFIXES + (("model.image_newline", "image_newline"), ("image_newline", "image_newline"))  # LLaVA-NeXT, -OneVision
+
+# the LLaVA family: config class -> (model class, key map); the most derived config first
+_LLAVA_FAMILY = ((LlavaOnevisionConfig, LlavaOnevision, _NEXT_PREFIXES), (LlavaNextConfig, LlavaNext, _NEXT_PREFIXES),
+                 (LlavaConfig, Llava, _PREFIXES))
+# transformers' model_type -> config class
+_LLAVA_CONFIGS = {"llava": LlavaConfig, "llava_next": LlavaNextConfig, "llava_onevision": LlavaOnevisionConfig}
+
+
+def _llava_class(cfg: LlavaConfig):
+    """(model class, key map) of a LLaVA-family config."""
+    return next((model, prefixes) for config, model, prefixes in _LLAVA_FAMILY if isinstance(cfg, config))
 
 
 def map_key(key: str, prefixes=_PREFIXES) -> str | None:
@@ -101,12 +114,15 @@ def _read_weights(path: Path, dtype: torch.dtype, device) -> dict[str, torch.Ten
     return state
 
 
-def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Llava | LlavaNext | QwenVL:
+def load_model(path: str | Path, dtype: torch.dtype = torch.float32,
+               device: str | torch.device = "cpu") -> Llava | LlavaNext | LlavaOnevision | QwenVL:
     """The model of a local checkpoint folder, by its ``model_type`` (:data:`LOADERS`): ``llava``
-    (or none) → :class:`Llava`, ``llava_next`` → :class:`LlavaNext`, ``qwen2_vl`` / ``qwen2_5_vl`` → :class:`QwenVL`."""
+    (or none) → :class:`Llava`, ``llava_next`` → :class:`LlavaNext`, ``llava_onevision`` →
+    :class:`LlavaOnevision`, ``qwen2_vl`` / ``qwen2_5_vl`` → :class:`QwenVL`."""
     model_type = read_config(path).get("model_type")
     if model_type not in LOADERS:
-        raise NotImplementedError(f"{path}: model_type {model_type!r} is not supported (llava, llava_next, qwen2_vl and qwen2_5_vl are)")
+        raise NotImplementedError(f"{path}: model_type {model_type!r} is not supported (llava, llava_next, llava_onevision, "
+                                  "qwen2_vl and qwen2_5_vl are)")
     return LOADERS[model_type](path, dtype, device)
 
 
@@ -122,6 +138,13 @@ def load_llava_next(path: str | Path, dtype: torch.dtype = torch.float32, device
     return _assemble_llava(cfg, _read_weights(Path(path), dtype, device), device, str(path))
 
 
+def load_llava_onevision(path: str | Path, dtype: torch.dtype = torch.float32,
+                         device: str | torch.device = "cpu") -> LlavaOnevision:
+    """Builds :class:`LlavaOnevision` from a local checkpoint folder; every weight must be found."""
+    cfg = with_generation_eos(LlavaOnevisionConfig.from_hf(read_config(path)), _generation_config(path).get("eos_token_id"))
+    return _assemble_llava(cfg, _read_weights(Path(path), dtype, device), device, str(path))
+
+
 def load_qwen_vl(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> QwenVL:
     """Builds :class:`QwenVL` (Qwen2-VL or Qwen2.5-VL) from a local checkpoint folder."""
     cfg = with_generation_eos(QwenVLConfig.from_hf(read_config(path)), _generation_config(path).get("eos_token_id"))
@@ -130,14 +153,15 @@ def load_qwen_vl(path: str | Path, dtype: torch.dtype = torch.float32, device: s
 
 # The registry: a checkpoint's model_type -> its loader (adding an architecture adds its line here).
 LOADERS = {None: load_llava, "llava": load_llava, "llava_next": load_llava_next, "qwen2_vl": load_qwen_vl,
-           "qwen2_5_vl": load_qwen_vl}
+           "qwen2_5_vl": load_qwen_vl, "llava_onevision": load_llava_onevision}
 
 
 def llava_from_transformers(hf_model) -> Llava:
     """:class:`Llava` on the weights of an in-memory ``transformers`` ``LlavaForConditionalGeneration``
     (the same tensors, not copies; its device and dtype); :class:`LlavaNext` on a
-    ``LlavaNextForConditionalGeneration``'s (as :func:`llava_next_from_transformers`)."""
-    config = LlavaNextConfig if hf_model.config.model_type == "llava_next" else LlavaConfig
+    ``LlavaNextForConditionalGeneration``'s (as :func:`llava_next_from_transformers`), :class:`LlavaOnevision`
+    on a ``LlavaOnevisionForConditionalGeneration``'s (as :func:`llava_onevision_from_transformers`)."""
+    config = _LLAVA_CONFIGS.get(hf_model.config.model_type, LlavaConfig)
     cfg = with_generation_eos(config.from_hf(hf_model.config.to_dict()), _hf_generation_eos(hf_model))
     device = next(hf_model.parameters()).device
     return _assemble_llava(cfg, hf_model.state_dict(), device, type(hf_model).__name__)
@@ -148,6 +172,14 @@ def llava_next_from_transformers(hf_model) -> LlavaNext:
     ``LlavaNextForConditionalGeneration`` (the same tensors, not copies)."""
     if hf_model.config.model_type != "llava_next":
         raise NotImplementedError(f"{type(hf_model).__name__} (model_type {hf_model.config.model_type!r}) is not LLaVA-NeXT")
+    return llava_from_transformers(hf_model)
+
+
+def llava_onevision_from_transformers(hf_model) -> LlavaOnevision:
+    """:class:`LlavaOnevision` on the weights of an in-memory ``transformers``
+    ``LlavaOnevisionForConditionalGeneration`` (the same tensors, not copies)."""
+    if hf_model.config.model_type != "llava_onevision":
+        raise NotImplementedError(f"{type(hf_model).__name__} (model_type {hf_model.config.model_type!r}) is not LLaVA-OneVision")
     return llava_from_transformers(hf_model)
 
 
@@ -178,11 +210,11 @@ def _load_by_name(model: nn.Module, checkpoint: dict[str, torch.Tensor], prefixe
 
 
 def _assemble_llava(cfg: LlavaConfig, checkpoint: dict[str, torch.Tensor], device, source: str) -> Llava:
-    """:class:`Llava`, or :class:`LlavaNext` for a :class:`LlavaNextConfig`, on ``checkpoint``."""
-    next_ = isinstance(cfg, LlavaNextConfig)
+    """:class:`Llava`, :class:`LlavaNext` or :class:`LlavaOnevision` (by the config's class) on ``checkpoint``."""
+    model_class, prefixes = _llava_class(cfg)
     with torch.device("meta"):
-        model = LlavaNext(cfg) if next_ else Llava(cfg)
-    _load_by_name(model, checkpoint, _NEXT_PREFIXES if next_ else _PREFIXES, cfg.text.tie_word_embeddings, source)
+        model = model_class(cfg)
+    _load_by_name(model, checkpoint, prefixes, cfg.text.tie_word_embeddings, source)
     _fix_vision_buffers(model, device)
     return model.fuse_projections().eval()
 
@@ -204,7 +236,7 @@ def _assemble_qwen_vl(cfg: QwenVLConfig, checkpoint: dict[str, torch.Tensor], de
 
 
 def _fix_vision_buffers(model: Llava, device) -> None:
-    """Non-persistent buffers of the CLIP tower (position ids) were built on meta; rebuild them."""
+    """Non-persistent buffers of the CLIP / SigLIP tower (position ids) were built on meta; rebuild them."""
     for module in model.vision_tower.modules():
         for name, buf in list(module.named_buffers(recurse=False)):
             if buf.is_meta:
@@ -267,8 +299,10 @@ def random_qwen_vl(cfg: QwenVLConfig | None = None, seed: int = 0, dtype: torch.
 
 def random_llava(cfg: LlavaConfig | None = None, seed: int = 0, dtype: torch.dtype = torch.float32, device="cpu") -> Llava:
     """A randomly initialised :class:`Llava` (``std = 0.02`` linears, as HF initialises Llama);
-    :class:`LlavaNext` for a :class:`LlavaNextConfig` (:func:`tiny_llava_next_config`)."""
-    model = LlavaNext(cfg) if isinstance(cfg, LlavaNextConfig) else Llava(cfg or tiny_config())
+    :class:`LlavaNext` for a :class:`LlavaNextConfig` (:func:`tiny_llava_next_config`), :class:`LlavaOnevision`
+    for a :class:`LlavaOnevisionConfig` (:func:`tiny_llava_onevision_config`)."""
+    cfg = cfg or tiny_config()
+    model = _llava_class(cfg)[0](cfg)
     return _randomise(model, seed).to(device, dtype).fuse_projections().eval()
 
 
@@ -279,6 +313,27 @@ def tiny_llava_next_config(layers: int = 32, hidden: int = 128, vocab: int = 512
     grids = ((1, 2), (2, 1), (2, 2), (3, 1), (1, 3))
     return LlavaNextConfig(**{f.name: getattr(base, f.name) for f in fields(LlavaConfig)},
                            image_grid_pinpoints=tuple((56 * h, 56 * w) for h, w in grids))
+
+
+def tiny_llava_onevision_config(layers: int = 28, hidden: int = 128, vocab: int = 512) -> LlavaOnevisionConfig:
+    """A small LLaVA-OneVision-shaped config: 28 Qwen2 layers like the 7B by default, a 2-layer SigLIP
+    tower of 56 px tiles and 14 px patches (16 patches a tile, 4 a pooled video frame), grids of 1
+    to 3 × 1 to 3 tiles, ``anyres_max_4``."""
+    return LlavaOnevisionConfig.from_hf({
+        "model_type": "llava_onevision", "image_token_index": vocab - 2, "video_token_index": vocab - 1,
+        "vision_aspect_ratio": "anyres_max_4",
+        "image_grid_pinpoints": [[56 * h, 56 * w] for h in range(1, 4) for w in range(1, 4)],
+        "text_config": {
+            "model_type": "qwen2", "vocab_size": vocab, "hidden_size": hidden, "intermediate_size": 2 * hidden + hidden // 2,
+            "num_hidden_layers": layers, "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-6,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6}, "bos_token_id": 1, "eos_token_id": 2,
+            "pad_token_id": 0,
+        },
+        "vision_config": {
+            "model_type": "siglip_vision_model", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "image_size": 56, "patch_size": 14, "vision_use_head": False,
+        },
+    })
 
 
 def _randomise(model: nn.Module, seed: int) -> nn.Module:
