@@ -30,7 +30,7 @@ fi
 timeout 200 $PY -X faulthandler -m pytest python_tests/test_errors.py -q -x -p no:cacheprovider -k "test_bad_input and cpu-" > "$OUT/pytest_cuda_build.log" 2>&1; echo "pytest cuda build: rc=$?"; tail -3 "$OUT/pytest_cuda_build.log"
 # CPU-only build of the same sources on the same machine
 CPU_TREE=/tmp/v2drop_cpu_only; rm -rf "$CPU_TREE"; mkdir -p "$CPU_TREE"
-cp -r setup.py csrc v2drop_kernels "$CPU_TREE"/; rm -f "$CPU_TREE"/v2drop_kernels/*.so
+cp -r setup.py requirements-dev.txt csrc v2drop_kernels "$CPU_TREE"/; rm -f "$CPU_TREE"/v2drop_kernels/*.so  # what setup.py reads
 (cd "$CPU_TREE" && V2DROP_NO_CUDA=1 MAX_JOBS=8 timeout 300 $PY setup.py build_ext --inplace > "$OUT/build_cpu.log" 2>&1) || { echo "cpu build failed"; tail -20 "$OUT/build_cpu.log"; broken=1; }
 (cd "$CPU_TREE" && PYTHONPATH="$CPU_TREE" timeout 120 $PY -X faulthandler $SNIP > "$OUT/snippet_cpu_build.log" 2>&1; echo "snippet cpu_build: rc=$?"; grep -v -i warn "$OUT/snippet_cpu_build.log" | tail -4)
 exit $broken
