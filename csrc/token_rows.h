@@ -7,6 +7,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/EmptyTensor.h>
 
 #include <tuple>
 
@@ -24,7 +25,7 @@ inline at::Tensor position_planes(const at::Tensor& position_ids, bool packed) {
 
 // Outputs of the selection and compaction, on the rows view.
 struct SelectOutputs {
-  at::Tensor pos_out;   // [P, R, S'], the position ids' dtype
+  at::Tensor pos_out;   // [P, R, S'] ([R, S'] for padded [R, S] ids), the position ids' dtype
   at::Tensor keep_pos;  // int64 [R, S']
   at::Tensor mask_out;  // bool [R, S']
 };
@@ -36,14 +37,23 @@ struct DropOutputs {
   at::Tensor hidden_out;  // [R, S', D], hidden's dtype
 };
 
-// pos3 [P, R, S] and mask2 [R, S] views; s_out = S' survivors per row.
+// at::empty; on the CPU, at::detail::empty_cpu: the same tensor without the dispatcher round
+// trip (measured: 2 us per tensor against 0.25 us, on a call that allocates five).
+inline at::Tensor empty_output(at::IntArrayRef size, const at::TensorOptions& options) {
+  if (options.device().is_cpu()) return at::detail::empty_cpu(size, options);
+  return at::empty(size, options);
+}
+
+// pos3 [P, R, S] planes, or padded [R, S] ids as they are (the CPU kernels take both: no view to
+// make and undo); mask2 [R, S]; s_out = S' survivors per row.
 inline SelectOutputs empty_select_outputs(const at::Tensor& pos3, const at::Tensor& mask2,
                                           int64_t s_out) {
   const int64_t R = mask2.size(0);
   return SelectOutputs{
-      at::empty({pos3.size(0), R, s_out}, pos3.options()),
-      at::empty({R, s_out}, mask2.options().dtype(at::kLong)),
-      at::empty({R, s_out}, mask2.options()),
+      pos3.dim() == 3 ? empty_output({pos3.size(0), R, s_out}, pos3.options())
+                      : empty_output({R, s_out}, pos3.options()),
+      empty_output({R, s_out}, mask2.options().dtype(at::kLong)),
+      empty_output({R, s_out}, mask2.options()),
   };
 }
 
@@ -52,8 +62,8 @@ inline DropOutputs empty_drop_outputs(const at::Tensor& hidden3, const at::Tenso
                                       const at::Tensor& mask2, int64_t s_out) {
   return DropOutputs{
       empty_select_outputs(pos3, mask2, s_out),
-      at::empty({hidden3.size(0), hidden3.size(1)}, hidden3.options().dtype(at::kFloat)),
-      at::empty({hidden3.size(0), s_out, hidden3.size(2)}, hidden3.options()),
+      empty_output({hidden3.size(0), hidden3.size(1)}, hidden3.options().dtype(at::kFloat)),
+      empty_output({hidden3.size(0), s_out, hidden3.size(2)}, hidden3.options()),
   };
 }
 
@@ -63,7 +73,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> select_result(const Select
                                                                    bool packed) {
   const bool mrope = position_ids.dim() == (packed ? 2 : 3);
   at::Tensor pos = packed ? o.pos_out.squeeze(1) : o.pos_out;
-  if (!mrope) pos = pos.squeeze(0);
+  if (!mrope && pos.dim() == position_ids.dim() + 1) pos = pos.squeeze(0);
   if (packed) return {pos, o.keep_pos.squeeze(0), o.mask_out.squeeze(0)};
   return {pos, o.keep_pos, o.mask_out};
 }

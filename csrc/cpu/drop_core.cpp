@@ -3,7 +3,10 @@
 // Memory traffic of a fused drop (padded, R rows, S tokens, V visual, k kept, D hidden, e bytes
 // per element): the scores read 2·R·V·D·e (hidden and prev, visual tokens only), the
 // compaction reads and writes R·(S − V + k)·D·e; masks, scores and indices are O(R·S).
-// Parallelism: scores over tokens, selection over segments, gathers over output tokens.
+// Parallelism (torch's threads, through drop_core.h's parallel_for; work under kParallelBytes stays
+// on the calling thread): scores over the visual tokens, shared evenly; selection over segments
+// (a partial selection, then one scan that writes every compacted output but the hidden states);
+// the hidden-state gather over output tokens, runs of consecutive tokens copied as one block.
 // Instruction sets: the scores run explicit AVX-512 or AVX2 loops when the CPU has them (16-bit
 // floats widened 16 at a time), outputs of 8 MiB or more are written with non-temporal stores;
 // every path gives the same bits (test_semantics.py compares them).
@@ -11,7 +14,6 @@
 
 #include "../checks.h"
 
-#include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -171,7 +173,7 @@ float squared_distance(const scalar_t* __restrict__ a, const scalar_t* __restric
 template <typename scalar_t>
 void variation_scores_impl(const at::Tensor& hidden, const at::Tensor& prev,
                            const at::Tensor& vis_mask, at::Tensor& scores) {
-  const int64_t S = hidden.size(1), D = hidden.size(2);
+  const int64_t R = hidden.size(0), S = hidden.size(1), D = hidden.size(2);
   const scalar_t* h = hidden.const_data_ptr<scalar_t>();
   const scalar_t* p = prev.const_data_ptr<scalar_t>();
   const bool* m = vis_mask.const_data_ptr<bool>();
@@ -179,37 +181,66 @@ void variation_scores_impl(const at::Tensor& hidden, const at::Tensor& prev,
   const int64_t hr = hidden.stride(0), hs = hidden.stride(1);
   const int64_t pr = prev.stride(0), ps = prev.stride(1);
   const int64_t mr = vis_mask.stride(0), ms = vis_mask.stride(1);
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(D, 1));
-  at::parallel_for(0, scores.numel(), grain, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t r = t / S, s = t % S;
-      out[t] = m[r * mr + s * ms]
-                   ? std::sqrt(squared_distance(h + r * hr + s * hs, p + r * pr + s * ps, D))
-                   : 0.0f;
+  // One pass over the mask: zeros at the other tokens, and the list of visual tokens (r * S + s),
+  // which the threads then share evenly however the visual tokens lie in the rows.
+  std::vector<int64_t> visual;
+  visual.reserve(R * S);
+  for (int64_t r = 0; r < R; ++r) {
+    for (int64_t s = 0; s < S; ++s) {
+      if (m[r * mr + s * ms]) {
+        visual.push_back(r * S + s);
+      } else {
+        out[r * S + s] = 0.0f;
+      }
+    }
+  }
+  const int64_t token_bytes = 2 * D * static_cast<int64_t>(sizeof(scalar_t));
+  const int64_t grain = std::max<int64_t>(1, kParallelBytes / std::max<int64_t>(token_bytes, 1));
+  parallel_for(0, static_cast<int64_t>(visual.size()), grain, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t t = visual[i], r = t / S, s = t % S;
+      out[t] = std::sqrt(squared_distance(h + r * hr + s * hs, p + r * pr + s * ps, D));
     }
   });
 }
 
-// Position ids ([P, R, S] planes) and mask of the survivors listed in keep_pos [R, S'].
+// Rank key of the seg.k-th best visual token of `seg` (sc, m: the segment's row): the segment
+// keeps exactly the visual tokens whose key is >= it, since keys are unique within a segment.
+// k = 0 gives a key above every rank key (their high half is at most +inf's, 0xff800000).
+uint64_t kth_key(const float* sc, const bool* m, int64_t ms, const Segment& seg,
+                 std::vector<uint64_t>& scratch) {
+  TORCH_INTERNAL_ASSERT(seg.len < (int64_t{1} << 32));
+  scratch.clear();
+  for (int64_t i = 0; i < seg.len; ++i) {
+    const int64_t s = seg.begin + i;
+    if (m[s * ms]) scratch.push_back(rank_key(sc[s], i));
+  }
+  const int64_t n = static_cast<int64_t>(scratch.size());
+  TORCH_INTERNAL_ASSERT(seg.k <= n);
+  if (seg.k == 0) return ~uint64_t{0};
+  if (seg.k == n) return 0;  // every visual token
+  std::nth_element(scratch.begin(), scratch.begin() + (seg.k - 1), scratch.end(),
+                   std::greater<uint64_t>());
+  return scratch[seg.k - 1];
+}
+
+// The survivors of one segment, in position order: its text tokens and the visual tokens whose
+// rank key reaches `threshold`. Writes keep (positions within the row), the mask and the position
+// ids ([P] planes of `plane` elements, strides pp / ps from the row's first id) of each.
 template <typename index_t>
-void gather_ids(const at::Tensor& vis_mask, const at::Tensor& position_ids, SelectOutputs& o) {
-  const int64_t R = o.keep_pos.size(0), Sout = o.keep_pos.size(1), P = position_ids.size(0);
-  const bool* m = vis_mask.const_data_ptr<bool>();
-  const int64_t mr = vis_mask.stride(0), ms = vis_mask.stride(1);
-  const index_t* pos = position_ids.const_data_ptr<index_t>();
-  const int64_t pp = position_ids.stride(0), pr = position_ids.stride(1),
-                ps = position_ids.stride(2);
-  const int64_t* keep = o.keep_pos.const_data_ptr<int64_t>();
-  index_t* po = o.pos_out.mutable_data_ptr<index_t>();
-  bool* mo = o.mask_out.mutable_data_ptr<bool>();
-  const int64_t n = R * Sout;
-  at::parallel_for(0, n, 4096, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t r = t / Sout, src = keep[t];
-      mo[t] = m[r * mr + src * ms];
-      for (int64_t q = 0; q < P; ++q) po[q * n + t] = pos[q * pp + r * pr + src * ps];
-    }
-  });
+void compact_one(const float* sc, const bool* m, int64_t ms, const index_t* pos, int64_t P,
+                 int64_t pp, int64_t ps, const Segment& seg, uint64_t threshold, int64_t* keep,
+                 bool* mask_out, index_t* pos_out, int64_t plane) {
+  int64_t j = 0;
+  for (int64_t i = 0; i < seg.len; ++i) {
+    const int64_t s = seg.begin + i;
+    const bool visual = m[s * ms];
+    if (visual && rank_key(sc[s], i) < threshold) continue;
+    keep[j] = s;
+    mask_out[j] = visual;
+    for (int64_t q = 0; q < P; ++q) pos_out[q * plane + j] = pos[q * pp + s * ps];
+    ++j;
+  }
 }
 
 }  // namespace
@@ -225,14 +256,15 @@ RowCopier::RowCopier(const void* dst, int64_t row_bytes, int64_t total_bytes) : 
 #endif
 }
 
-void RowCopier::copy(char* dst, const char* src) const {
+void RowCopier::copy(char* dst, const char* src, int64_t rows) const {
+  const int64_t bytes = rows * row_bytes_;
 #if defined(__x86_64__)
   if (stream_) {
-    if (kIsa == Isa::kAvx512) return stream_copy_avx512(dst, src, row_bytes_);
-    return stream_copy_avx2(dst, src, row_bytes_);
+    if (kIsa == Isa::kAvx512) return stream_copy_avx512(dst, src, bytes);
+    return stream_copy_avx2(dst, src, bytes);
   }
 #endif
-  std::memcpy(dst, src, row_bytes_);
+  std::memcpy(dst, src, bytes);
 }
 
 void RowCopier::finish() const {
@@ -321,56 +353,46 @@ void variation_scores(const at::Tensor& hidden, const at::Tensor& prev,
 
 void select_segment(const at::Tensor& scores, const at::Tensor& vis_mask, const Segment& seg,
                     std::vector<uint64_t>& scratch, int64_t* out) {
-  TORCH_INTERNAL_ASSERT(seg.len < (int64_t{1} << 32));
   const float* sc = scores.const_data_ptr<float>() + seg.row * scores.stride(0);
   const bool* m = vis_mask.const_data_ptr<bool>() + seg.row * vis_mask.stride(0);
   const int64_t ms = vis_mask.stride(1);
-  scratch.clear();
+  const uint64_t threshold = kth_key(sc, m, ms, seg, scratch);
   for (int64_t i = 0; i < seg.len; ++i) {
     const int64_t s = seg.begin + i;
-    if (m[s * ms]) scratch.push_back(rank_key(sc[s], i));
+    if (m[s * ms] && rank_key(sc[s], i) >= threshold) *out++ = s;
   }
-  TORCH_INTERNAL_ASSERT(seg.k <= static_cast<int64_t>(scratch.size()));
-  if (seg.k < static_cast<int64_t>(scratch.size())) {
-    std::nth_element(scratch.begin(), scratch.begin() + seg.k, scratch.end(),
-                     std::greater<uint64_t>());
-  }
-  for (int64_t j = 0; j < seg.k; ++j) {
-    out[j] = seg.begin + static_cast<int64_t>(~static_cast<uint32_t>(scratch[j]));
-  }
-  std::sort(out, out + seg.k);
 }
 
 void compact_segments(const at::Tensor& scores, const at::Tensor& vis_mask,
                       const at::Tensor& position_ids, const std::vector<Segment>& segments,
                       SelectOutputs& out) {
+  const bool planes = position_ids.dim() == 3;  // [P, R, S], else [R, S]: one plane
+  const int64_t P = planes ? position_ids.size(0) : 1, pp = planes ? position_ids.stride(0) : 0;
+  const int64_t pr = position_ids.stride(planes ? 1 : 0), ps = position_ids.stride(planes ? 2 : 1);
+  const int64_t Sout = out.keep_pos.size(1);
+  const int64_t plane = out.keep_pos.numel();  // pos_out is [P, R, S'] (or [R, S']), contiguous
   int64_t* keep = out.keep_pos.mutable_data_ptr<int64_t>();
-  const int64_t Sout = out.keep_pos.size(1), ms = vis_mask.stride(1);
-  at::parallel_for(0, static_cast<int64_t>(segments.size()), 1, [&](int64_t i0, int64_t i1) {
-    std::vector<uint64_t> scratch;
-    std::vector<int64_t> selected;
-    for (int64_t i = i0; i < i1; ++i) {
-      const Segment& seg = segments[i];
-      selected.resize(seg.k);
-      select_segment(scores, vis_mask, seg, scratch, selected.data());
-      // Merge the text tokens with the selected visual tokens, in position order.
-      const bool* m = vis_mask.const_data_ptr<bool>() + seg.row * vis_mask.stride(0);
-      int64_t* dst = keep + seg.row * Sout + seg.out_begin;
-      int64_t next = 0;
-      for (int64_t s = seg.begin; s < seg.begin + seg.len; ++s) {
-        if (!m[s * ms]) {
-          *dst++ = s;
-        } else if (next < seg.k && selected[next] == s) {
-          *dst++ = s;
-          ++next;
-        }
+  bool* mask_out = out.mask_out.mutable_data_ptr<bool>();
+  const int64_t ms = vis_mask.stride(1);
+  const auto run = [&](auto* pos_out, const auto* pos) {
+    // One segment per task: its selection is a pass over its scores (nth_element) and a scan.
+    parallel_for(0, static_cast<int64_t>(segments.size()), 1, [&](int64_t i0, int64_t i1) {
+      std::vector<uint64_t> scratch;
+      for (int64_t i = i0; i < i1; ++i) {
+        const Segment& seg = segments[i];
+        const float* sc = scores.const_data_ptr<float>() + seg.row * scores.stride(0);
+        const bool* m = vis_mask.const_data_ptr<bool>() + seg.row * vis_mask.stride(0);
+        const int64_t at = seg.row * Sout + seg.out_begin;
+        compact_one(sc, m, ms, pos + seg.row * pr, P, pp, ps, seg,
+                    kth_key(sc, m, ms, seg, scratch), keep + at, mask_out + at, pos_out + at,
+                    plane);
       }
-    }
-  });
+    });
+  };
   if (position_ids.scalar_type() == at::kLong) {
-    gather_ids<int64_t>(vis_mask, position_ids, out);
+    run(out.pos_out.mutable_data_ptr<int64_t>(), position_ids.const_data_ptr<int64_t>());
   } else {
-    gather_ids<int32_t>(vis_mask, position_ids, out);
+    run(out.pos_out.mutable_data_ptr<int32_t>(), position_ids.const_data_ptr<int32_t>());
   }
 }
 
@@ -384,10 +406,16 @@ void gather_hidden(const at::Tensor& hidden, const at::Tensor& keep_pos, at::Ten
   char* ho = static_cast<char*>(out.mutable_data_ptr());
   prefer_huge_pages(ho, out.nbytes());
   const RowCopier copier(ho, row_bytes, out.nbytes());
-  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(row_bytes, 1));
-  at::parallel_for(0, R * Sout, grain, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      copier.copy(ho + t * row_bytes, h + (t / Sout) * hr + keep[t] * hs);
+  const bool runs = hs == row_bytes;  // consecutive tokens are consecutive rows in memory
+  const int64_t grain = std::max<int64_t>(1, kParallelBytes / std::max<int64_t>(2 * row_bytes, 1));
+  parallel_for(0, R * Sout, grain, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1;) {
+      // A run: tokens of one row at consecutive positions.
+      const int64_t row_end = std::min(t1, (t / Sout + 1) * Sout);
+      int64_t n = 1;
+      while (runs && t + n < row_end && keep[t + n] == keep[t] + n) ++n;
+      copier.copy(ho + t * row_bytes, h + (t / Sout) * hr + keep[t] * hs, n);
+      t += n;
     }
     copier.finish();
   });

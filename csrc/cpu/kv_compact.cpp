@@ -8,7 +8,6 @@
 // In place, rows of keep_pos must be strictly increasing, so keep_pos[b, j] >= j: processing
 // j in increasing order within one (tensor, b, h) never reads an entry it has overwritten.
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include "../checks.h"
@@ -47,8 +46,8 @@ void gather_rows(const at::Tensor& src, const at::Tensor& keep, at::Tensor& dst)
   const int64_t* kp = keep.const_data_ptr<int64_t>();
   // dst is a fresh contiguous tensor (seen through a view): every row starts at a multiple of row_bytes
   const RowCopier copier(d, row_bytes, dst.numel() * e);
-  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(row_bytes, 1));
-  at::parallel_for(0, B * n * H, grain, [&](int64_t i0, int64_t i1) {
+  const int64_t grain = std::max<int64_t>(1, kParallelBytes / std::max<int64_t>(2 * row_bytes, 1));
+  parallel_for(0, B * n * H, grain, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t h = i % H, bj = i / H, b = bj / n, j = bj % n;
       const char* from = s + (b * src.stride(0) + kp[bj] * src.stride(1) + h * src.stride(2)) * e;
@@ -68,7 +67,7 @@ std::vector<at::Tensor> kv_compact_cpu(at::TensorList caches, const at::Tensor& 
   for (const at::Tensor& cache : caches) {
     std::vector<int64_t> shape = cache.sizes().vec();
     shape[seq_dim] = keep.size(1);
-    at::Tensor out = at::empty(shape, cache.options());
+    at::Tensor out = empty_output(shape, cache.options());
     prefer_huge_pages(out.data_ptr(), out.nbytes());
     at::Tensor out_view = kv_bshd_view(out, seq_dim);
     gather_rows(kv_bshd_view(cache, seq_dim), keep, out_view);
@@ -87,8 +86,9 @@ void kv_compact_inplace_cpu(at::TensorList caches, const at::Tensor& keep_pos, i
     const at::Tensor v = kv_bshd_view(cache, seq_dim);
     const int64_t H = v.size(2), e = v.element_size(), row_bytes = v.size(3) * e;
     char* base = static_cast<char*>(v.data_ptr());
-    // One (b, h) pair per task; within it, j ascends (see the file comment).
-    at::parallel_for(0, B * H, 1, [&](int64_t i0, int64_t i1) {
+    // (b, h) pairs per task; within one, j ascends (see the file comment).
+    const int64_t grain = std::max<int64_t>(1, kParallelBytes / std::max<int64_t>(2 * n * row_bytes, 1));
+    parallel_for(0, B * H, grain, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t b = i / H, h = i % H;
         char* row = base + (b * v.stride(0) + h * v.stride(2)) * e;

@@ -20,9 +20,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> select_drop_cpu(const at::Tensor&
   const int64_t s_out = check_select_drop(scores, vis_mask, position_ids, num_visual, k);
   const std::vector<Segment> segments =
       padded_segments("v2drop.select_drop", vis_mask, num_visual, k);
-  const at::Tensor pos3 = position_planes(position_ids, false);
-  SelectOutputs o = empty_select_outputs(pos3, vis_mask, s_out);
-  compact_segments(scores, vis_mask, pos3, segments, o);
+  SelectOutputs o = empty_select_outputs(position_ids, vis_mask, s_out);  // ids as given, no view
+  compact_segments(scores, vis_mask, position_ids, segments, o);
   return select_result(o, position_ids, false);
 }
 

@@ -16,7 +16,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> select_drop_varlen_cp
     const at::Tensor& cu_seqlens, at::IntArrayRef num_visual, at::IntArrayRef k) {
   const int64_t t_out =
       check_select_drop_varlen(scores, vis_mask, position_ids, cu_seqlens, num_visual, k);
-  at::Tensor cu_out = at::empty_like(cu_seqlens, at::MemoryFormat::Contiguous);
+  at::Tensor cu_out = empty_output({cu_seqlens.size(0)}, cu_seqlens.options());
   const std::vector<Segment> segments = packed_segments(
       "v2drop.select_drop_varlen", cu_seqlens, vis_mask, num_visual, k, cu_out);
   const at::Tensor mask2 = token_rows(vis_mask, true);

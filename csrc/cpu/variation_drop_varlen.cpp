@@ -22,16 +22,18 @@ variation_drop_varlen_cpu(const at::Tensor& hidden, const at::Tensor& prev,
                           at::IntArrayRef k) {
   const int64_t t_out = check_variation_drop_varlen(hidden, prev, vis_mask, position_ids,
                                                     cu_seqlens, num_visual, k);
-  at::Tensor cu_out = at::empty_like(cu_seqlens, at::MemoryFormat::Contiguous);
+  at::Tensor cu_out = empty_output({cu_seqlens.size(0)}, cu_seqlens.options());
   const std::vector<Segment> segments = packed_segments(
       "v2drop.variation_drop_varlen", cu_seqlens, vis_mask, num_visual, k, cu_out);
   const at::Tensor hidden3 = token_rows(hidden, true), mask2 = token_rows(vis_mask, true);
   const at::Tensor pos3 = position_planes(position_ids, true);
   DropOutputs o = empty_drop_outputs(hidden3, pos3, mask2, t_out);
+  // The result's views are made first, while the tensors' metadata is still in the caches.
+  auto result = drop_varlen_result(o, position_ids, cu_out);
   variation_scores(hidden3, token_rows(prev, true), mask2, o.scores);
   compact_segments(o.scores, mask2, pos3, segments, o.sel);
   gather_hidden(hidden3, o.sel.keep_pos, o.hidden_out);
-  return drop_varlen_result(o, position_ids, cu_out);
+  return result;
 }
 
 }  // namespace
