@@ -225,8 +225,8 @@ uint64_t kth_key(const float* sc, const bool* m, int64_t ms, const Segment& seg,
 }
 
 // The survivors of one segment, in position order: its text tokens and the visual tokens whose
-// rank key reaches `threshold`. Writes keep (positions within the row), the mask and the position
-// ids ([P] planes of `plane` elements, strides pp / ps from the row's first id) of each.
+// rank key reaches `threshold`. Writes each one's position within the row (keep), mask value and
+// position ids: P planes, read at pos[q * pp + s * ps] and written `plane` elements apart.
 template <typename index_t>
 void compact_one(const float* sc, const bool* m, int64_t ms, const index_t* pos, int64_t P,
                  int64_t pp, int64_t ps, const Segment& seg, uint64_t threshold, int64_t* keep,
