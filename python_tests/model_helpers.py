@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from v2drop_kernels.models import V2Drop
+from v2drop_kernels.models import FastV, PyramidDrop, V2Drop
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -141,3 +141,57 @@ def assert_v2drop_keeps_the_reference_choice(policy: "Recorder", out, visual: li
     for rule in policy.keep:
         left = [kept_count(rule, v) for v in left]
     assert out.trace.visual_per_layer[-1] == left
+
+
+# the small pruning schedules the tiny 6-layer models are pruned with, by policy name
+SMALL_POLICIES = {
+    "v2drop": lambda: V2Drop(layers=(2, 4), keep=(0.5, 0.25)),
+    "pdrop": lambda: PyramidDrop(layers=(2, 4), ratio=0.5),
+    "fastv": lambda: FastV(k=2, r=0.5),
+}
+
+
+def tile_pixels(counts: list[int], sizes, tile: int, seed: int = 0) -> dict:
+    """What an anyres processor gives for images of ``sizes`` using ``counts`` tiles each:
+    ``pixel_values [N, max tiles, 3, tile, tile]`` (zero tiles past an image's own) and
+    ``image_sizes [N, 2]``."""
+    gen = torch.Generator().manual_seed(seed)
+    pixels = torch.zeros(len(sizes), max(counts), 3, tile, tile)
+    for i, n in enumerate(counts):
+        pixels[i, :n] = torch.randn(n, 3, tile, tile, generator=gen)
+    return {"pixel_values": pixels, "image_sizes": torch.tensor(sizes)}
+
+
+def assert_generate_matches_transformers(hf, ours, prompts, visual, layouts=("auto",), new=8):
+    """The package's greedy tokens equal transformers' generate in every layout of ``layouts``; for
+    a single prompt, its prefill logits too (to 1e-4)."""
+    expected, _ = hf_generate(hf, prompts, visual, new)
+    for layout in layouts:
+        assert ours.generate(prompts, **visual, max_new_tokens=new, layout=layout).tokens.tolist() == expected.tolist(), layout
+    if len(prompts) == 1:
+        with torch.no_grad():
+            logits = hf(input_ids=prompts[0][None], **visual).logits[0]
+        torch.testing.assert_close(ours(prompts, **visual)[0][0], logits, atol=1e-4, rtol=0)
+
+
+def save_three_layouts(hf, folder: Path) -> tuple[dict, dict, dict]:
+    """A LLaVA-family transformers model saved three ways under ``folder``: ``a`` as
+    ``save_pretrained`` writes it (llava-hf's layout: ``language_model.model.*``), ``b`` in the
+    ``model.*`` layout of transformers 4.52+, ``c`` with the hub checkpoints' vision-tower names
+    (``vision_tower.vision_model.*``). Returns the three state dicts."""
+    from safetensors.torch import load_file, save_file
+
+    hf.save_pretrained(folder / "a")
+    state = load_file(str(folder / "a" / "model.safetensors"))
+    to_transformers_5 = (("language_model.model.", "model.language_model."), ("language_model.lm_head.", "lm_head."), ("", "model."))
+    renamed = {}
+    for key, value in state.items():
+        old, new = next((old, new) for old, new in to_transformers_5 if key.startswith(old))
+        renamed[new + key[len(old):]] = value
+    hub = {"vision_tower.vision_model." + k[len("vision_tower."):] if k.startswith("vision_tower.") else k: v
+           for k, v in state.items()}
+    for name, weights in (("b", renamed), ("c", hub)):
+        (folder / name).mkdir()
+        save_file(weights, str(folder / name / "model.safetensors"))
+        (folder / name / "config.json").write_text((folder / "a" / "config.json").read_text())
+    return state, renamed, hub

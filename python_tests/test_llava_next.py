@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model_helpers import (Recorder, assert_transformers_prunes_like, assert_v2drop_keeps_the_reference_choice,
-                           hf_generate)
+from model_helpers import (SMALL_POLICIES, Recorder, assert_generate_matches_transformers, assert_transformers_prunes_like,
+                           assert_v2drop_keeps_the_reference_choice, save_three_layouts, tile_pixels)
 
 pytest.importorskip("transformers")
 from transformers import (CLIPVisionConfig, LlamaConfig, LlavaNextConfig,  # noqa: E402
                           LlavaNextForConditionalGeneration)
 
-from v2drop_kernels.models import (FastV, LlavaNext, PyramidDrop, V2Drop, llava_next_from_transformers,  # noqa: E402
+from v2drop_kernels.models import (LlavaNext, PyramidDrop, V2Drop, llava_next_from_transformers,  # noqa: E402
                                    load_model, random_llava, tiny_llava_next_config)
 from v2drop_kernels.models.llava_next import image_token_count, tile_count  # noqa: E402
 
@@ -45,14 +45,8 @@ def ours(hf):
 
 
 def images(sizes, seed: int = 0) -> dict:
-    """What the HF processor gives: ``pixel_values [N, max tiles, 3, 56, 56]`` (zero tiles past an
-    image's own) and ``image_sizes [N, 2]``."""
-    gen = torch.Generator().manual_seed(seed)
-    counts = [tile_count(build_cfg(), s) for s in sizes]
-    pixels = torch.zeros(len(sizes), max(counts), 3, TILE, TILE)
-    for i, n in enumerate(counts):
-        pixels[i, :n] = torch.randn(n, 3, TILE, TILE, generator=gen)
-    return {"pixel_values": pixels, "image_sizes": torch.tensor(sizes)}
+    """What the HF processor gives for images of ``sizes``: ``pixel_values`` and ``image_sizes``."""
+    return tile_pixels([tile_count(build_cfg(), s) for s in sizes], sizes, TILE, seed)
 
 
 _CFG = []
@@ -100,12 +94,7 @@ def test_image_token_counts_and_features_are_transformers(hf, ours):
 
 @pytest.mark.parametrize("size", SIZES[:6])
 def test_single_image_greedy_tokens_match_transformers(hf, ours, size):
-    prompts, visual = [prompt([1, 5, 6], [size], [7, 8, 9, 10])], images([size], seed=2)
-    expected, _ = hf_generate(hf, prompts, visual, 8)
-    assert ours.generate(prompts, **visual, max_new_tokens=8).tokens.tolist() == expected.tolist()
-    with torch.no_grad():
-        logits = hf(input_ids=prompts[0][None], **visual).logits[0]
-    torch.testing.assert_close(ours(prompts, **visual)[0][0], logits, atol=1e-4, rtol=0)
+    assert_generate_matches_transformers(hf, ours, [prompt([1, 5, 6], [size], [7, 8, 9, 10])], images([size], seed=2))
 
 
 @pytest.mark.parametrize("batch, layouts", [(EQUAL, ("padded", "packed", "auto")), (UNEQUAL, ("packed", "auto"))],
@@ -113,10 +102,7 @@ def test_single_image_greedy_tokens_match_transformers(hf, ours, size):
 def test_batch_greedy_tokens_match_transformers(hf, ours, batch, layouts):
     prompts, sizes = batch
     visual = images(sizes, seed=3)
-    expected, _ = hf_generate(hf, prompts, visual, 8)
-    for layout in layouts:
-        out = ours.generate(prompts, **visual, max_new_tokens=8, layout=layout)
-        assert out.tokens.tolist() == expected.tolist(), layout
+    assert_generate_matches_transformers(hf, ours, prompts, visual, layouts)
     _, tokens = ours(prompts, **visual, layout="auto")
     assert tokens.packed == (batch is UNEQUAL)
     if batch is UNEQUAL:
@@ -124,11 +110,7 @@ def test_batch_greedy_tokens_match_transformers(hf, ours, batch, layouts):
             ours(prompts, **visual, layout="padded")
 
 
-POLICIES = {
-    "v2drop": lambda: V2Drop(layers=(2, 4), keep=(0.5, 0.25)),
-    "pdrop": lambda: PyramidDrop(layers=(2, 4), ratio=0.5),
-    "fastv": lambda: FastV(k=2, r=0.5),
-}
+POLICIES = SMALL_POLICIES
 
 
 @pytest.mark.parametrize("batch", [EQUAL, UNEQUAL], ids=["equal-counts", "different-counts"])
@@ -151,26 +133,11 @@ def test_load_model_reads_both_key_layouts(tmp_path, hf, ours):
     """A saved LlavaNextForConditionalGeneration (llava-hf's layout: language_model.model.*,
     image_newline) loads by its model_type; so do the model.* layout of transformers 4.52+ and the
     hub checkpoints' vision_tower.vision_model.* names."""
-    from safetensors.torch import load_file, save_file
-
-    hf.save_pretrained(tmp_path / "a")
+    state, renamed, hub = save_three_layouts(hf, tmp_path)
     loaded = load_model(tmp_path / "a")
     assert isinstance(loaded, LlavaNext) and loaded.v2drop_schedule == "llava-1.5"
-    state = load_file(str(tmp_path / "a" / "model.safetensors"))
     assert "image_newline" in state and "language_model.lm_head.weight" in state  # the llava-hf layout
-    to_transformers_5 = (("language_model.model.", "model.language_model."), ("language_model.lm_head.", "lm_head."), ("", "model."))
-    renamed = {}
-    for key, value in state.items():
-        old, new = next((old, new) for old, new in to_transformers_5 if key.startswith(old))
-        renamed[new + key[len(old):]] = value
     assert "model.image_newline" in renamed and "model.vision_tower.post_layernorm.weight" in renamed
-    # the published llava-hf checkpoints name the CLIP tower's weights vision_tower.vision_model.*
-    hub = {"vision_tower.vision_model." + k[len("vision_tower."):] if k.startswith("vision_tower.") else k: v
-           for k, v in state.items()}
-    for folder, weights in (("b", renamed), ("c", hub)):
-        (tmp_path / folder).mkdir()
-        save_file(weights, str(tmp_path / folder / "model.safetensors"))
-        (tmp_path / folder / "config.json").write_text((tmp_path / "a" / "config.json").read_text())
     prompts, visual = [prompt([1, 5], [SIZES[2]], [7])], images([SIZES[2]], seed=6)
     with torch.no_grad():
         expected = hf(input_ids=prompts[0][None], **visual).logits[0]

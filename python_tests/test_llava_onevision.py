@@ -7,14 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model_helpers import (Recorder, assert_transformers_prunes_like, assert_v2drop_keeps_the_reference_choice,
-                           hf_generate)
+from model_helpers import (SMALL_POLICIES, Recorder, assert_generate_matches_transformers, assert_transformers_prunes_like,
+                           assert_v2drop_keeps_the_reference_choice, hf_generate, save_three_layouts, tile_pixels)
 
 pytest.importorskip("transformers")
 from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config,  # noqa: E402
                           SiglipVisionConfig)
 
-from v2drop_kernels.models import (FastV, LlavaOnevision, PyramidDrop, V2Drop, llava_onevision_from_transformers,  # noqa: E402
+from v2drop_kernels.models import (LlavaOnevision, V2Drop, llava_onevision_from_transformers,  # noqa: E402
                                    load_model, random_llava, tiny_llava_onevision_config)
 from v2drop_kernels.models.llava_onevision import image_tiles, image_token_count, video_token_count  # noqa: E402
 
@@ -59,14 +59,8 @@ def build_cfg():
 
 
 def images(sizes, seed: int = 0) -> dict:
-    """What the HF processor gives: ``pixel_values [N, max tiles, 3, 28, 28]`` (zero tiles past an
-    image's own) and ``image_sizes [N, 2]``."""
-    gen = torch.Generator().manual_seed(seed)
-    counts = image_tiles(build_cfg(), sizes)
-    pixels = torch.zeros(len(sizes), max(counts), 3, TILE, TILE)
-    for i, n in enumerate(counts):
-        pixels[i, :n] = torch.randn(n, 3, TILE, TILE, generator=gen)
-    return {"pixel_values": pixels, "image_sizes": torch.tensor(sizes)}
+    """What the HF processor gives for images of ``sizes``: ``pixel_values`` and ``image_sizes``."""
+    return tile_pixels(image_tiles(build_cfg(), sizes), sizes, TILE, seed)
 
 
 def videos(n: int, seed: int = 0) -> dict:
@@ -131,11 +125,7 @@ def test_features_and_token_counts_are_transformers(hf, ours):
 def test_single_item_greedy_tokens_match_transformers(hf, ours, item):
     prompts = [prompt([1, 5, 6], [item], [7, 8, 9, 10])]
     visual = videos(1, seed=2) if item == "video" else images([item], seed=2)
-    expected, _ = hf_generate(hf, prompts, visual, 8)
-    assert ours.generate(prompts, **visual, max_new_tokens=8).tokens.tolist() == expected.tolist()
-    with torch.no_grad():
-        logits = hf(input_ids=prompts[0][None], **visual).logits[0]
-    torch.testing.assert_close(ours(prompts, **visual)[0][0], logits, atol=1e-4, rtol=0)
+    assert_generate_matches_transformers(hf, ours, prompts, visual)
 
 
 def test_multi_image_prompt_matches_transformers(hf, ours):
@@ -154,10 +144,7 @@ def test_multi_image_prompt_matches_transformers(hf, ours):
 def test_batch_greedy_tokens_match_transformers(hf, ours, name, layouts):
     batch = BATCHES[name]
     prompts, visual = batch[0], visual_of(batch, seed=3)
-    expected, _ = hf_generate(hf, prompts, visual, 8)
-    for layout in layouts:
-        out = ours.generate(prompts, **visual, max_new_tokens=8, layout=layout)
-        assert out.tokens.tolist() == expected.tolist(), layout
+    assert_generate_matches_transformers(hf, ours, prompts, visual, layouts)
     _, tokens = ours(prompts, **visual, layout="auto")
     assert tokens.packed == (batch is MIXED)
     if batch is MIXED:
@@ -165,11 +152,7 @@ def test_batch_greedy_tokens_match_transformers(hf, ours, name, layouts):
             ours(prompts, **visual, layout="padded")
 
 
-POLICIES = {
-    "v2drop": lambda: V2Drop(layers=(2, 4), keep=(0.5, 0.25)),
-    "pdrop": lambda: PyramidDrop(layers=(2, 4), ratio=0.5),
-    "fastv": lambda: FastV(k=2, r=0.5),
-}
+POLICIES = SMALL_POLICIES
 
 
 @pytest.mark.parametrize("batch", sorted(BATCHES))
@@ -192,26 +175,12 @@ def test_load_model_reads_both_key_layouts(tmp_path, hf, ours):
     """A saved LlavaOnevisionForConditionalGeneration (llava-hf's layout: language_model.model.*,
     image_newline) loads by its model_type; so do the model.* layout of transformers 4.52+ and the
     hub checkpoints' vision_tower.vision_model.* names (SigLIP)."""
-    from safetensors.torch import load_file, save_file
-
-    hf.save_pretrained(tmp_path / "a")
+    state, renamed, hub = save_three_layouts(hf, tmp_path)
     loaded = load_model(tmp_path / "a")
     assert isinstance(loaded, LlavaOnevision) and loaded.v2drop_schedule == "qwen2-vl"
-    state = load_file(str(tmp_path / "a" / "model.safetensors"))
     assert "image_newline" in state and "language_model.lm_head.weight" in state  # the llava-hf layout
-    to_transformers_5 = (("language_model.model.", "model.language_model."), ("language_model.lm_head.", "lm_head."), ("", "model."))
-    renamed = {}
-    for key, value in state.items():
-        old, new = next((old, new) for old, new in to_transformers_5 if key.startswith(old))
-        renamed[new + key[len(old):]] = value
     assert "model.image_newline" in renamed and "model.language_model.layers.0.self_attn.q_proj.bias" in renamed
-    hub = {"vision_tower.vision_model." + k[len("vision_tower."):] if k.startswith("vision_tower.") else k: v
-           for k, v in state.items()}
     assert "vision_tower.vision_model.post_layernorm.weight" in hub
-    for folder, weights in (("b", renamed), ("c", hub)):
-        (tmp_path / folder).mkdir()
-        save_file(weights, str(tmp_path / folder / "model.safetensors"))
-        (tmp_path / folder / "config.json").write_text((tmp_path / "a" / "config.json").read_text())
     prompts = [prompt([1, 5], [SIZES[2]], [7]), prompt([1, 5, 6], ["video"], [7])]
     visual = {**images([SIZES[2]], seed=6), **videos(1, seed=6)}
     with torch.no_grad():
