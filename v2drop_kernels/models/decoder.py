@@ -5,7 +5,8 @@ It runs on any module tree with ``transformers``' Llama names (``layers[i].self_
 :class:`~v2drop_kernels.models.llama.LlamaModel` or ``transformers``' own ``LlamaModel`` (see
 :mod:`v2drop_kernels.integrations.transformers`).
 
-Per prefill layer ``i`` (``need = policy.needs(i)``: what the policy asked to be handed)::
+Per prefill layer ``i`` (``need = policy.needs(i)``: what the policy asked to be handed, which a
+:class:`~v2drop_kernels.models.policies.base.Handover` keeps and hands over)::
 
     drop = policy.before_layer(i, tokens, ctx, prev=input of layer need.input_of,     # V²Drop and
                                scores=last-token attention at layer need.attention_of) # FastV drop here
@@ -40,7 +41,7 @@ from .attention import padded_attention, sdpa, varlen_attention
 from .config import TextConfig
 from .dropping import apply_drop
 from .llama import LayerWeights, Rotary, fuse_projections, layer_weights, post_attention, pre_attention
-from .policies.base import last_query_scores
+from .policies.base import Handover
 from .pruning import PruningContext
 from .tokens import Tokens
 
@@ -122,17 +123,12 @@ class Decoder:
     def _prefill(self, tokens: Tokens, policy, cache, ctx: PruningContext) -> Tokens:
         weights = self.weights()
         policy.check(len(weights))
-        needs = [policy.needs(i) for i in range(len(weights))]
-        inputs_kept = {n.input_of for n in needs if n.input_of is not None}
-        scores_kept = {n.attention_of for n in needs if n.attention_of is not None}
-        handed: dict[tuple[str, int], Tensor] = {}  # ("input" | "scores", layer) -> kept until a hook takes it
+        handover = Handover(policy)
         device = tokens.hidden.device
         rope_of, cos, sin = None, None, None
         for i, w in enumerate(weights):
-            need = needs[i]
             with ctx.hook(device):
-                drop = policy.before_layer(i, tokens, ctx, prev=handed.pop(("input", need.input_of), None),
-                                           scores=handed.pop(("scores", need.attention_of), None))
+                drop = handover.before_layer(i, tokens, ctx)
                 if drop is not None:
                     tokens = apply_drop(tokens, drop, backend=ctx.backend)[0]
             if rope_of is not tokens.position_ids:  # RoPE tables once per token set, not per layer
@@ -140,14 +136,12 @@ class Decoder:
                 cos, sin = self.rotary(tokens.position_ids, tokens.hidden.dtype, planes=tokens.planes)
             q, k, v = self._qkv(self._pre, tokens.hidden, w, cos, sin, tokens.packed)
             with ctx.hook(device):
-                if i in scores_kept:
-                    handed[("scores", i)] = last_query_scores(tokens, q, k, ctx)
-                drop = policy.inside_attention(i, tokens, q, k, ctx) if need.inside_attention else None
+                drop = handover.inside_attention(i, tokens, q, k, ctx)
                 if drop is not None:
                     tokens, (q, k, v) = apply_drop(tokens, drop, q, k, v, backend=ctx.backend)
             ctx.record_layer(tokens.num_visual, tokens.hidden.shape[-2])  # what this layer's attention and cache see
-            if i in inputs_kept:  # e.g. V²Drop before layer i + 1 scores against this layer's input
-                handed[("input", i)] = tokens.hidden
+            if policy.keeps_input(i):  # e.g. V²Drop before layer i + 1 scores against this layer's input
+                handover.keep_input(i, tokens.hidden)
             if tokens.packed:
                 out = varlen_attention(q, k, v, tokens.cu_seqlens, tokens.bounds).flatten(-2)
             else:

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from ...models.dropping import apply_drop
-from ...models.policies.base import last_query_scores
+from ...models.policies.base import Handover
 from ...models.pruning import PruningContext
 from ...models.tokens import Tokens
 from .plan import PruningSchedule, StepPlan
@@ -118,21 +118,17 @@ class PrunedDecoder:
         ctx = PruningContext(all_ranks_mean=self.all_ranks_mean)
         tokens = Tokens(hidden, positions, torch.arange(hidden.shape[0], device=hidden.device), step.vis_mask,
                         list(step.plan.num_visual), cu_seqlens=step.cu_seqlens, lengths=list(step.plan.lengths))
-        handed: dict[tuple[str, int], Tensor] = {}  # what the policy asked for (policy.needs), until handed over
+        handover = Handover(policy)
         for i, layer in enumerate(decoder.layers):
-            need = policy.needs(i)
             if policy.keeps_input(i) or i in policy.layers or policy.needs_qk(i):
                 tokens.hidden = hidden if residual is None else hidden + residual  # the layer's input
                 before = tokens
-                drop = policy.before_layer(i, tokens, ctx, prev=handed.pop(("input", need.input_of), None),
-                                           scores=handed.pop(("scores", need.attention_of), None))
+                drop = handover.before_layer(i, tokens, ctx)
                 if drop is not None:
                     tokens = apply_drop(tokens, drop)[0]
                 if policy.needs_qk(i):
                     q, k = query_key(layer, tokens.hidden, tokens.position_ids)
-                    if any(policy.needs(later).attention_of == i for later in policy.layers):
-                        handed[("scores", i)] = last_query_scores(tokens, q, k, ctx)
-                    drop = policy.inside_attention(i, tokens, q, k, ctx) if need.inside_attention else None
+                    drop = handover.inside_attention(i, tokens, q, k, ctx)
                     if drop is not None:
                         tokens = apply_drop(tokens, drop)[0]
                 if tokens is not before:  # a drop: the survivors go on as the residual stream
@@ -140,7 +136,7 @@ class PrunedDecoder:
                     if self.trace is not None:
                         self.trace.record(i, tokens, step.plan)
                 if policy.keeps_input(i):  # vLLM's fused add-norm may update the layer's input in place (CUDA)
-                    handed[("input", i)] = tokens.hidden.clone() if residual is None else tokens.hidden
+                    handover.keep_input(i, tokens.hidden.clone() if residual is None else tokens.hidden)
             hidden, residual = layer(tokens.position_ids, hidden, residual)
         hidden, _ = decoder.norm(hidden, residual)
         return self._step_rows(hidden, tokens, step)

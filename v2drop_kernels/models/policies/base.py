@@ -78,11 +78,16 @@ class Policy:
         """Whether layer ``layer``'s queries and keys are read: by ``inside_attention`` there, or for
         a later layer's ``scores`` (a caller that must compute them separately, such as the vLLM
         integration, computes them only there)."""
-        return self.needs(layer).inside_attention or any(self.needs(later).attention_of == layer for later in self.layers)
+        return self.needs(layer).inside_attention or self.keeps_attention(layer)
 
     def keeps_input(self, layer: int) -> bool:
         """Whether layer ``layer``'s input is handed to a later layer's ``before_layer`` (``prev``)."""
         return any(self.needs(later).input_of == layer for later in self.layers)
+
+    def keeps_attention(self, layer: int) -> bool:
+        """Whether layer ``layer``'s last-token attention is handed to a later layer's ``before_layer``
+        (``scores``)."""
+        return any(self.needs(later).attention_of == layer for later in self.layers)
 
     @property
     def keep_rules(self) -> tuple[int | float, ...]:
@@ -91,6 +96,34 @@ class Policy:
 
     def describe(self) -> str:
         return self.name
+
+
+class Handover:
+    """What ``policy`` asked for (:meth:`Policy.needs`) during one prefill, kept from the layer that
+    makes it until the hook that takes it: the one piece that every loop over the layers (the
+    package's decoder, the vLLM plugin's) calls the hooks through."""
+
+    def __init__(self, policy: Policy):
+        self.policy = policy
+        self._kept: dict[tuple[str, int], Tensor] = {}
+
+    def before_layer(self, layer: int, tokens: Tokens, ctx: PruningContext) -> Drop | None:
+        """``policy.before_layer``, handed the earlier input and attention it asked for."""
+        need = self.policy.needs(layer)
+        return self.policy.before_layer(layer, tokens, ctx, prev=self._kept.pop(("input", need.input_of), None),
+                                        scores=self._kept.pop(("scores", need.attention_of), None))
+
+    def inside_attention(self, layer: int, tokens: Tokens, q: Tensor, k: Tensor, ctx: PruningContext) -> Drop | None:
+        """With layer ``layer``'s queries and keys: keeps its last-token attention when a later hook
+        asked for it, then ``policy.inside_attention`` where the policy runs it."""
+        if self.policy.keeps_attention(layer):
+            self._kept[("scores", layer)] = last_query_scores(tokens, q, k, ctx)
+        return self.policy.inside_attention(layer, tokens, q, k, ctx) if self.policy.needs(layer).inside_attention else None
+
+    def keep_input(self, layer: int, hidden: Tensor) -> None:
+        """Layer ``layer``'s input (the tokens that reach its attention), when a later hook asked for
+        it (:meth:`Policy.keeps_input`)."""
+        self._kept[("input", layer)] = hidden
 
 
 def parse_layers(name: str, layers: Sequence[int]) -> tuple[int, ...]:
