@@ -33,21 +33,24 @@ def cu_seqlens(lengths: list[int], device) -> Tensor:
     return torch.tensor(offsets, dtype=torch.int32, device=device)
 
 
-def packed_coordinates(lengths: list[int], device) -> tuple[Tensor, Tensor]:
+def packed_coordinates(lengths: list[int], device, width: int | None = None) -> tuple[Tensor, Tensor]:
     """``(row, column)`` of every token of packed rows of ``lengths`` tokens (int64 ``[T]`` each; the
-    column counts from 0 within the row), built from the host counts: nothing is read back."""
+    column counts from 0 within the row, or, with ``width``, is where the token sits in a
+    left-padded row of ``width`` columns), built from the host counts: nothing is read back."""
     total = sum(lengths)
-    rows = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths, dtype=torch.long), output_size=total)
-    starts = torch.tensor([0, *itertools.accumulate(lengths)][:-1], dtype=torch.long)
-    return rows.to(device), (torch.arange(total) - starts[rows]).to(device)
+    counts = torch.tensor(lengths, dtype=torch.long)
+    rows = torch.repeat_interleave(torch.arange(len(lengths)), counts, output_size=total)
+    first = torch.tensor([0, *itertools.accumulate(lengths)][:-1], dtype=torch.long)  # each row's first token
+    if width is not None:
+        first = first - (width - counts)  # a row's tokens are its last columns
+    return rows.to(device), (torch.arange(total) - first[rows]).to(device)
 
 
 def pack_left_padded(tokens: "Tokens", lengths: list[int]) -> "Tokens":
     """Left-padded ``tokens`` (rows ``[B, S]`` whose last ``lengths[b]`` entries are real) in the
     packed layout, by one gather per tensor."""
-    device, width = tokens.hidden.device, tokens.hidden.shape[1]
-    rows, cols = packed_coordinates(lengths, device)
-    cols = cols + torch.tensor([width - n for n in lengths], device=device)[rows]
+    device = tokens.hidden.device
+    rows, cols = packed_coordinates(lengths, device, width=tokens.hidden.shape[1])
     return Tokens(tokens.hidden[rows, cols], tokens.position_ids[..., rows, cols], tokens.orig_pos[rows, cols],
                   tokens.vis_mask[rows, cols], list(tokens.num_visual), cu_seqlens=cu_seqlens(lengths, device),
                   lengths=list(lengths))
@@ -56,10 +59,8 @@ def pack_left_padded(tokens: "Tokens", lengths: list[int]) -> "Tokens":
 def unpack_left_padded(tokens: "Tokens") -> Tensor:
     """Packed ``tokens.hidden [T, D]`` as left-padded rows ``[B, max_len, D]`` (zeros on padding):
     row ``b``'s last entry is its last token."""
-    width = tokens.max_len
-    rows, cols = packed_coordinates(tokens.lengths, tokens.hidden.device)
-    cols = cols + torch.tensor([width - n for n in tokens.lengths], device=tokens.hidden.device)[rows]
-    out = tokens.hidden.new_zeros(tokens.batch, width, tokens.hidden.shape[-1])
+    rows, cols = packed_coordinates(tokens.lengths, tokens.hidden.device, width=tokens.max_len)
+    out = tokens.hidden.new_zeros(tokens.batch, tokens.max_len, tokens.hidden.shape[-1])
     out[rows, cols] = tokens.hidden
     return out
 
