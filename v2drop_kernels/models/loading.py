@@ -126,23 +126,27 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32,
     return LOADERS[model_type](path, dtype, device)
 
 
+def _load_llava_family(path: str | Path, dtype: torch.dtype, device, config: type[LlavaConfig]) -> Llava:
+    """A LLaVA-family model (the class ``config`` reads: :func:`_llava_class`) from a local checkpoint
+    folder; every weight must be found."""
+    cfg = with_generation_eos(config.from_hf(read_config(path)), _generation_config(path).get("eos_token_id"))
+    return _assemble_llava(cfg, _read_weights(Path(path), dtype, device), device, str(path))
+
+
 def load_llava(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Llava:
     """Builds :class:`Llava` from a local checkpoint folder; every weight must be found."""
-    cfg = with_generation_eos(LlavaConfig.from_hf(read_config(path)), _generation_config(path).get("eos_token_id"))
-    return _assemble_llava(cfg, _read_weights(Path(path), dtype, device), device, str(path))
+    return _load_llava_family(path, dtype, device, LlavaConfig)
 
 
 def load_llava_next(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> LlavaNext:
     """Builds :class:`LlavaNext` from a local checkpoint folder; every weight must be found."""
-    cfg = with_generation_eos(LlavaNextConfig.from_hf(read_config(path)), _generation_config(path).get("eos_token_id"))
-    return _assemble_llava(cfg, _read_weights(Path(path), dtype, device), device, str(path))
+    return _load_llava_family(path, dtype, device, LlavaNextConfig)
 
 
 def load_llava_onevision(path: str | Path, dtype: torch.dtype = torch.float32,
                          device: str | torch.device = "cpu") -> LlavaOnevision:
     """Builds :class:`LlavaOnevision` from a local checkpoint folder; every weight must be found."""
-    cfg = with_generation_eos(LlavaOnevisionConfig.from_hf(read_config(path)), _generation_config(path).get("eos_token_id"))
-    return _assemble_llava(cfg, _read_weights(Path(path), dtype, device), device, str(path))
+    return _load_llava_family(path, dtype, device, LlavaOnevisionConfig)
 
 
 def load_qwen_vl(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> QwenVL:
