@@ -63,6 +63,33 @@ def test_generate_prunes_like_the_reference_decoder(models, name):
     assert stock.tolist() == ours.generate(PROMPTS, pix, max_new_tokens=new).tokens.tolist()
 
 
+def test_a_share_of_the_prompt_in_a_batch_of_different_counts(models):
+    """keep "50%", "25%" (of each prompt's visual tokens) on rows of 2 and 1 images, which transformers'
+    generate runs packed: the package model's counts, tokens and kept sets."""
+    hf, ours = models
+    prompts = [prompt([1, 5], 2, [7, 8]), prompt([1, 21, 22], 1, [30, 31])]
+    ids, mask = left_pad(prompts)
+    pix = pixels(3, seed=6)
+    handle = enable_pruning(hf, V2Drop(layers=(2, 4), keep=("50%", "25%")))
+    try:
+        with torch.no_grad():
+            got = hf.generate(input_ids=ids, attention_mask=mask, pixel_values=pix, max_new_tokens=6, do_sample=False,
+                              pad_token_id=0)[:, ids.shape[1]:]
+        columns, trace = handle.layer_columns(), handle.trace
+    finally:
+        handle.disable()
+    expected = ours.generate(prompts, pix, max_new_tokens=6, policy=V2Drop(layers=(2, 4), keep=("50%", "25%")))
+    assert got.tolist() == expected.tokens.tolist()
+    assert trace.visual_per_layer == expected.trace.visual_per_layer
+    visual = expected.trace.visual_per_layer
+    assert visual[0] == [2 * visual[0][1], visual[0][1]] and visual[-1] == [visual[0][0] // 4, visual[0][1] // 4]
+    pad = (mask == 0).sum(1)
+    for cols, positions in zip(columns, expected.layer_positions):
+        prefill = cols[:, : positions.shape[1]]
+        for b in range(2):
+            assert torch.equal((prefill[b] - pad[b])[prefill[b] >= pad[b]], positions[b][positions[b] >= 0])
+
+
 def test_forward_logits_of_the_survivors(models):
     hf, ours = models
     ids, pix = PROMPTS[0], pixels(1, seed=2)

@@ -24,13 +24,13 @@ from .llava_onevision import LlavaOnevision
 from .loading import (llava_from_transformers, llava_next_from_transformers, llava_onevision_from_transformers, load_llava,
                       load_llava_next, load_llava_onevision, load_model, load_qwen_vl, qwen_vl_from_transformers, random_llava,
                       random_qwen_vl, tiny_config, tiny_llava_next_config, tiny_llava_onevision_config, tiny_qwen_config)
-from .policies import POLICIES, FastV, Policy, PyramidDrop, V2Drop, make_policy
+from .policies import POLICIES, FastV, OfPrompt, Policy, PyramidDrop, V2Drop, make_policy
 from .qwen_vl import QwenVL
 from .vlm import VisionLanguageModel
 
 __all__ = [
     "POLICIES", "FastV", "Generation", "Llava", "LlavaConfig", "LlavaNext", "LlavaNextConfig", "LlavaOnevision",
-    "LlavaOnevisionConfig", "Policy", "PyramidDrop", "QwenVL", "QwenVLConfig", "TextConfig", "V2Drop", "VisionLanguageModel",
+    "LlavaOnevisionConfig", "OfPrompt", "Policy", "PyramidDrop", "QwenVL", "QwenVLConfig", "TextConfig", "V2Drop", "VisionLanguageModel",
     "llava_from_transformers", "llava_next_from_transformers", "llava_onevision_from_transformers", "load_llava",
     "load_llava_next", "load_llava_onevision", "load_model", "load_qwen_vl", "make_policy", "qwen_vl_from_transformers",
     "random_llava", "random_qwen_vl", "tiny_config", "tiny_llava_next_config", "tiny_llava_onevision_config",

@@ -2,7 +2,7 @@
 projector and a Qwen2 decoder; images as LLaVA-NeXT's anyres tiles, and videos.
 
     model = load_model("path/to/llava-onevision-qwen2-7b-ov-hf", dtype=torch.bfloat16, device="cuda")
-    out = model.generate(prompts, pixel_values_videos=frames, policy=V2Drop(layers=(3, 16, 22), keep=(0.25, 0.2, 0.0)))
+    out = model.generate(prompts, pixel_values_videos=frames, policy=V2Drop(schedule="llava-ov"))
 
 Inputs are what the HF processor gives:
 
@@ -82,14 +82,11 @@ class LlavaOnevision(LlavaNext):
     ``image_newline``, anyres grids, per-tile features) with a SigLIP tower, a Qwen2 decoder, the
     ``anyres_max_N`` shrink, and videos (their own token).
 
-    Default schedules: V²Drop's LLaVA-OneVision video setting (the paper's −74.2 % latency) drops
-    before layers 3, 16 and 22, keeping 25 % and then 5 % of the video's visual tokens and then one;
-    no named schedule holds it yet (``"qwen2-vl"`` keeps 25 % and 5 % *of what is left*), so pass it
-    as ``V2Drop(layers=(3, 16, 22), keep=(0.25, 0.2, 0.0))`` (ratios of what is left) or
-    ``keep=(round(0.25 * n), round(0.05 * n), 1)`` (counts, as ``bench/e2e.py`` does).
-    ``v2drop_schedule`` is ``"qwen2-vl"``, the same layers on the same Qwen2 decoder family."""
+    Default schedule: V²Drop's LLaVA-OneVision video setting (the paper's −74.2 % latency), before
+    layers 3, 16 and 22 keep 25 % and then 5 % of the prompt's visual tokens and then one
+    (``V2Drop(schedule="llava-ov")``; the paper released no code for it)."""
 
-    v2drop_schedule = "qwen2-vl"  # the paper's video setting has no named schedule yet (see the class docstring)
+    v2drop_schedule = "llava-ov"  # V²Drop's published LLaVA-OneVision video setting (see policies.v2drop)
 
     def __init__(self, cfg: LlavaOnevisionConfig, vision_tower: bool = True):
         super().__init__(cfg, vision_tower=False)  # projector, image_newline, language side

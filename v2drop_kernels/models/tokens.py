@@ -53,7 +53,7 @@ def pack_left_padded(tokens: "Tokens", lengths: list[int]) -> "Tokens":
     rows, cols = packed_coordinates(lengths, device, width=tokens.hidden.shape[1])
     return Tokens(tokens.hidden[rows, cols], tokens.position_ids[..., rows, cols], tokens.orig_pos[rows, cols],
                   tokens.vis_mask[rows, cols], list(tokens.num_visual), cu_seqlens=cu_seqlens(lengths, device),
-                  lengths=list(lengths))
+                  lengths=list(lengths), prompt_visual=list(tokens.prompt_visual))
 
 
 def unpack_left_padded(tokens: "Tokens") -> Tensor:
@@ -102,6 +102,11 @@ class Tokens:
     valid: Tensor | None = None  # padded: bool [B, S], False on left padding; None when there is none
     cu_seqlens: Tensor | None = None  # packed: int32 [B + 1]
     lengths: list[int] | None = None  # packed: tokens per row (host), so that cu_seqlens is never read back
+    prompt_visual: list[int] | None = None  # visual tokens per row in the prompt (host; default: num_visual)
+
+    def __post_init__(self):
+        if self.prompt_visual is None:  # built from a prompt: nothing dropped yet
+            self.prompt_visual = list(self.num_visual)
 
     @property
     def packed(self) -> bool:

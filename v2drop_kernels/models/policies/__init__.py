@@ -1,6 +1,6 @@
 """Pruning policies: none, V²Drop, PyramidDrop, FastV. One file each; see :mod:`.base`."""
 
-from .base import Policy, kept_count, parse_keep, visual_per_stage
+from .base import OfPrompt, Policy, kept_count, parse_keep, visual_per_stage
 from .fastv import FastV
 from .pdrop import PyramidDrop
 from .v2drop import SCHEDULES, V2Drop
@@ -9,7 +9,8 @@ POLICIES = {"none": Policy, "v2drop": V2Drop, "pdrop": PyramidDrop, "fastv": Fas
 
 
 def make_policy(name: str, layers=None, keep=None, schedule: str | None = None) -> Policy:
-    """A policy by name, with optional layers and keep schedule (counts or ratios); ``schedule``
+    """A policy by name, with optional layers and keep schedule (counts, ratios of what is left, or
+    percentages of the prompt's visual tokens such as ``"25%"``); ``schedule``
     names V²Drop's defaults (:data:`~.v2drop.SCHEDULES`; the others ignore it)."""
     if name not in POLICIES:
         raise ValueError(f"unknown policy {name!r}; choose one of {sorted(POLICIES)}")
@@ -25,4 +26,4 @@ def make_policy(name: str, layers=None, keep=None, schedule: str | None = None) 
     return POLICIES[name](**kwargs)
 
 
-__all__ = ["POLICIES", "SCHEDULES", "FastV", "Policy", "PyramidDrop", "V2Drop", "kept_count", "make_policy", "parse_keep", "visual_per_stage"]
+__all__ = ["POLICIES", "SCHEDULES", "FastV", "OfPrompt", "Policy", "PyramidDrop", "V2Drop", "kept_count", "make_policy", "parse_keep", "visual_per_stage"]

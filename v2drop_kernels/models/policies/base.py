@@ -17,7 +17,8 @@ hidden states when the policy's own op already moved them) or ``None``; the call
 (:func:`~v2drop_kernels.models.dropping.apply_drop`). Nothing is parked in shared records.
 
 What a schedule does to a row's visual-token count needs no hook: ``keep_rules`` holds one rule per
-layer of ``layers`` and :func:`visual_per_stage` applies them in turn.
+layer of ``layers`` (:data:`Keep`: a count, a ratio of what is left, or :class:`OfPrompt`, a ratio of
+the prompt's visual tokens) and :func:`visual_per_stage` applies them in turn.
 
 ``ctx`` is the prefill's :class:`~v2drop_kernels.models.pruning.PruningContext`: the ops backend to
 prune with, and the trace each drop is recorded in. One policy object can serve any number of
@@ -40,7 +41,21 @@ from ..dropping import Drop
 from ..pruning import PruningContext
 from ..tokens import Tokens
 
-Keep = Sequence[int | float]
+
+@dataclass(frozen=True)
+class OfPrompt:
+    """A kept-count rule: ``ratio`` of the row's visual tokens *in the prompt* (where a float rule is
+    a ratio of what is left), at least one. Written ``"25%"`` in a keep list (:func:`parse_keep`),
+    so that a flag or a JSON config can give it too."""
+
+    ratio: float
+
+    def __repr__(self) -> str:
+        return f"{self.ratio * 100:g}%"
+
+
+Rule = int | float | OfPrompt
+Keep = Sequence[Rule | str]
 
 
 @dataclass(frozen=True)
@@ -90,7 +105,7 @@ class Policy:
         return any(self.needs(later).attention_of == layer for later in self.layers)
 
     @property
-    def keep_rules(self) -> tuple[int | float, ...]:
+    def keep_rules(self) -> tuple[Rule, ...]:
         """The kept-count rule (:func:`kept_count`) of each layer of ``layers``, in order."""
         return ()
 
@@ -134,37 +149,61 @@ def parse_layers(name: str, layers: Sequence[int]) -> tuple[int, ...]:
     return layers
 
 
-def parse_keep(keep: Keep, stages: int) -> tuple[int | float, ...]:
-    """Checks a keep schedule: per stage an int count (``>= 1``) or a float ratio in ``[0, 1]``."""
-    keep = tuple(keep)
+def parse_keep(keep: Keep, stages: int) -> tuple[Rule, ...]:
+    """Checks a keep schedule: per stage an int count (``>= 1``), a float ratio of what is left in
+    ``[0, 1]``, or a ratio of the prompt's visual tokens (:class:`OfPrompt`, or a string such as
+    ``"25%"``)."""
+    keep = tuple(_rule(value) for value in keep)
     if len(keep) != stages:
         raise ValueError(f"keep has {len(keep)} entries for {stages} pruning layers")
     for value in keep:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"keep entries are int counts or float ratios, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float, OfPrompt)):
+            raise ValueError(f"keep entries are int counts, float ratios or percentages of the prompt's visual "
+                             f"tokens such as '25%', got {value!r}")
         if isinstance(value, int) and value < 1:
             raise ValueError(f"a kept count must be >= 1, got {value}")
-        if isinstance(value, float) and not 0.0 <= value <= 1.0:
-            raise ValueError(f"a kept ratio must lie in [0, 1], got {value}")
+        ratio = value.ratio if isinstance(value, OfPrompt) else value
+        if isinstance(value, (float, OfPrompt)) and not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"a kept ratio must lie in [0, 1], got {value!r}")
     return keep
 
 
-def kept_count(rule: int | float, visual: int) -> int:
-    """Visual tokens a row keeps: a count (capped at what is left) or a ratio of what is left,
-    with a floor of one token; a row without visual tokens keeps none."""
+def _rule(value):
+    """``"25%"`` → ``OfPrompt(0.25)``; anything else unchanged (checked by :func:`parse_keep`)."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            return OfPrompt(float(value.strip()[:-1]) / 100)
+        except ValueError:
+            pass
+    return value
+
+
+def kept_count(rule: Rule, visual: int, prompt: int | None = None) -> int:
+    """Visual tokens a row keeps out of the ``visual`` it has left (``prompt``: those of its prompt,
+    needed by an :class:`OfPrompt` rule): a count, a ratio of what is left or of the prompt, capped
+    at what is left, with a floor of one token; a row without visual tokens keeps none."""
     if visual == 0:
         return 0
+    if isinstance(rule, OfPrompt):
+        if prompt is None:
+            raise ValueError(f"the rule {rule!r} of the prompt's visual tokens needs the prompt's count")
+        return min(visual, max(1, math.floor(rule.ratio * prompt)))
     if isinstance(rule, float):
         return max(1, math.floor(rule * visual))
     return min(rule, visual)
 
 
+def kept_counts(rule: Rule, tokens: Tokens) -> list[int]:
+    """:func:`kept_count` of every row of ``tokens``."""
+    return [kept_count(rule, v, p) for v, p in zip(tokens.num_visual, tokens.prompt_visual)]
+
+
 def visual_per_stage(policy: Policy, visual: int) -> list[int]:
     """The visual tokens a row of ``visual`` keeps after each layer of ``policy.layers`` (one entry
     per layer): each rule of ``policy.keep_rules`` applied to what the previous one left."""
-    out = []
+    out, prompt = [], visual
     for rule in policy.keep_rules:
-        visual = kept_count(rule, visual)
+        visual = kept_count(rule, visual, prompt)
         out.append(visual)
     return out
 

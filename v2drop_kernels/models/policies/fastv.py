@@ -12,17 +12,17 @@ from torch import Tensor
 from ..dropping import Drop, select
 from ..pruning import PruningContext
 from ..tokens import Tokens
-from .base import Needs, Policy, kept_count
+from .base import Needs, Policy, Rule, kept_counts, parse_keep
 
 
 class FastV(Policy):
     name = "fastv"
 
-    def __init__(self, k: int = 2, r: float = 0.5, keep: int | float | None = None):
+    def __init__(self, k: int = 2, r: float = 0.5, keep: Rule | str | None = None):
         if not 0.0 <= r < 1.0:
             raise ValueError(f"fastv: the dropped ratio R must lie in [0, 1), got {r}")
         self.layers = (int(k),)
-        self.rule = keep if keep is not None else 1.0 - float(r)
+        self.rule = parse_keep((keep,), 1)[0] if keep is not None else 1.0 - float(r)
 
     def needs(self, layer: int) -> Needs:
         return Needs(attention_of=layer - 1) if layer == self.layers[0] else Needs()
@@ -32,10 +32,10 @@ class FastV(Policy):
         if layer != self.layers[0] or not any(tokens.num_visual):
             return None
         ctx.record_drop(layer, scores, tokens.orig_pos)
-        return Drop(select(tokens, scores, [kept_count(self.rule, v) for v in tokens.num_visual], ctx.backend))
+        return Drop(select(tokens, scores, kept_counts(self.rule, tokens), ctx.backend))
 
     @property
-    def keep_rules(self) -> tuple[int | float, ...]:
+    def keep_rules(self) -> tuple[Rule, ...]:
         return (self.rule,)
 
     def describe(self) -> str:

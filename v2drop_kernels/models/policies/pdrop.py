@@ -16,7 +16,7 @@ from torch import Tensor
 from ..dropping import Drop, select
 from ..pruning import PruningContext
 from ..tokens import Tokens
-from .base import Keep, Needs, Policy, kept_count, last_query_scores, parse_keep, parse_layers
+from .base import Keep, Needs, Policy, Rule, kept_counts, last_query_scores, parse_keep, parse_layers
 
 
 class PyramidDrop(Policy):
@@ -35,10 +35,10 @@ class PyramidDrop(Policy):
         rule = self.keep[self.layers.index(layer)]
         scores = last_query_scores(tokens, q, k, ctx)
         ctx.record_drop(layer, scores, tokens.orig_pos)
-        return Drop(select(tokens, scores, [kept_count(rule, v) for v in tokens.num_visual], ctx.backend))
+        return Drop(select(tokens, scores, kept_counts(rule, tokens), ctx.backend))
 
     @property
-    def keep_rules(self) -> tuple[int | float, ...]:
+    def keep_rules(self) -> tuple[Rule, ...]:
         return self.keep
 
     def describe(self) -> str:

@@ -5,12 +5,15 @@ the top ``k`` in their original order with their original position ids, drop the
 hidden states and so from every later layer's KV cache. One fused op call per drop
 (:func:`v2drop_kernels.variation_drop`, or its varlen twin for packed batches).
 
-Named schedules (:data:`SCHEDULES`), each keeping a ratio of the visual tokens still left, at least
-one (``max(1, int(left × ratio))``):
+Named schedules (:data:`SCHEDULES`); a ratio keeps that share of the visual tokens still left, a
+percentage that share of the prompt's (:class:`~.base.OfPrompt`), each at least one
+(``max(1, int(n × ratio))``):
 
-- ``"llava-1.5"`` (the default): before layers 3, 17, 22 keep 50%, 50%, 0%;
+- ``"llava-1.5"`` (the default): before layers 3, 17, 22 keep 50%, 50%, 0% of what is left;
 - ``"qwen2-vl"`` (the official Qwen2-VL port, also for Qwen2.5-VL): before layers 3, 16, 22 keep
-  25%, 5%, 0%.
+  25%, 5%, 0% of what is left;
+- ``"llava-ov"`` (the paper's LLaVA-OneVision-7B video setting, for which no code was released):
+  before layers 3, 16, 22 keep 25% and then 5% of the prompt's visual tokens, then one.
 """
 
 from __future__ import annotations
@@ -23,12 +26,13 @@ from ... import ops
 from ..dropping import Drop
 from ..pruning import PruningContext
 from ..tokens import Selection, Tokens
-from .base import Keep, Needs, Policy, kept_count, parse_keep, parse_layers
+from .base import Keep, Needs, OfPrompt, Policy, Rule, kept_counts, parse_keep, parse_layers
 
 
-SCHEDULES: dict[str, tuple[tuple[int, ...], tuple[float, ...]]] = {
+SCHEDULES: dict[str, tuple[tuple[int, ...], tuple[Rule, ...]]] = {
     "llava-1.5": ((3, 17, 22), (0.5, 0.5, 0.0)),
     "qwen2-vl": ((3, 16, 22), (0.25, 0.05, 0.0)),
+    "llava-ov": ((3, 16, 22), (OfPrompt(0.25), OfPrompt(0.05), 0.0)),
 }
 
 
@@ -52,7 +56,7 @@ class V2Drop(Policy):
         if layer not in self.layers or not any(tokens.num_visual):
             return None
         rule = self.keep[self.layers.index(layer)]
-        k = [kept_count(rule, v) for v in tokens.num_visual]
+        k = kept_counts(rule, tokens)
         if tokens.packed:
             out = ops.variation_drop_varlen(tokens.hidden, prev, tokens.vis_mask, tokens.position_ids,
                                             tokens.cu_seqlens, k, num_visual=tokens.num_visual, backend=ctx.backend)
@@ -63,7 +67,7 @@ class V2Drop(Policy):
         return Drop(Selection(out.keep_pos, k, out.cu_seqlens, out.position_ids, out.vis_mask), hidden=out.hidden)
 
     @property
-    def keep_rules(self) -> tuple[int | float, ...]:
+    def keep_rules(self) -> tuple[Rule, ...]:
         return self.keep
 
     def describe(self) -> str:
