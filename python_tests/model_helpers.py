@@ -149,6 +149,74 @@ SMALL_POLICIES = {
     "pdrop": lambda: PyramidDrop(layers=(2, 4), ratio=0.5),
     "fastv": lambda: FastV(k=2, r=0.5),
 }
+# the same schedules as the published rules of the plain-torch oracle (oracle.py): (policy, layers, keep ratios)
+SMALL_POLICY_RULES = {
+    "v2drop": ("v2drop", [2, 4], [0.5, 0.25]),  # before layers 2 and 4: top 50 %, then 25 % of what is left
+    "pdrop": ("pdrop", [2, 4], [0.5, 0.5]),  # inside layers 2 and 4: λ = 0.5 of what is left
+    "fastv": ("fastv", [2], [0.5]),  # layer 1's last-token attention, before layer 2: keep 1 - R
+}
+
+
+def split_visual(prompts: list[torch.Tensor], visual: dict, image_token: int, video_token: int | None = None) -> list[dict]:
+    """The visual inputs of each prompt alone, as its batch-1 call takes them: its images' rows of
+    ``pixel_values`` / ``image_sizes`` and its videos' rows of ``pixel_values_videos``. An item is a
+    run of its placeholder token (the prompts separate items by text, as the model tests build them)."""
+    def runs(p, token):
+        hit = p == token
+        return int((hit & ~torch.cat([hit.new_zeros(1), hit[:-1]])).sum()) if token is not None else 0
+
+    out, image, video = [], 0, 0
+    for p in prompts:
+        n, m, row = runs(p, image_token), runs(p, video_token), {}
+        if n:
+            row.update({k: visual[k][image:image + n] for k in ("pixel_values", "image_sizes") if k in visual})
+        if m:
+            row["pixel_values_videos"] = visual["pixel_values_videos"][video:video + m]
+        out.append(row)
+        image, video = image + n, video + m
+    assert image == len(visual.get("pixel_values", ())) and video == len(visual.get("pixel_values_videos", ()))
+    return out
+
+
+def assert_prunes_like_the_oracle(hf, ours, prompts: list[torch.Tensor], visual: dict, name: str) -> None:
+    """Pruned by ``SMALL_POLICIES[name]`` (``"none"``: unpruned), the package's model keeps in every
+    layer's KV cache exactly the prompt tokens that the plain-torch oracle (oracle.py, batch 1, on
+    ``hf``'s weights, the published rule ``SMALL_POLICY_RULES[name]``) lets that layer's attention
+    see, row by row (each prompt run alone through the oracle); the last prompt token's logits of
+    ``generate``'s prefill and of ``forward`` equal the oracle's (to 1e-4). Unpruned, the oracle's
+    logits also equal transformers' own forward (its embedding step is transformers')."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the tiny matmuls gain nothing from threads, and spin-waiting ones crawl on a loaded box
+    try:
+        _assert_prunes_like_the_oracle(hf, ours, prompts, visual, name)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _assert_prunes_like_the_oracle(hf, ours, prompts, visual, name):
+    from oracle import oracle_prefill
+
+    rule = SMALL_POLICY_RULES[name] if name != "none" else ("none", [], [])
+    make = SMALL_POLICIES[name] if name != "none" else lambda: None
+    if name != "none":
+        assert list(make().layers) == rule[1], (name, make().layers, rule)
+    out = ours.generate(prompts, **visual, max_new_tokens=1, policy=make())
+    logits, tokens = ours(prompts, **visual, policy=make(), layout="auto")
+    forward_last = logits[tokens.last_index()] if tokens.packed else logits[:, -1]
+    cfg = hf.config
+    for b, single in enumerate(split_visual(prompts, visual, cfg.image_token_id, getattr(cfg, "video_token_id", None))):
+        res = oracle_prefill(hf, {"input_ids": prompts[b][None], **single}, *rule)
+        for layer, seen in enumerate(res.seen):
+            row = out.layer_positions[layer][b]
+            assert torch.equal(row[row >= 0], seen), (name, b, layer)
+        if name != "none":
+            assert res.kept[-1].numel() < res.kept[0].numel()  # pruning is on
+        torch.testing.assert_close(out.prefill_logits[b], res.last_logits, atol=1e-4, rtol=0)
+        torch.testing.assert_close(forward_last[b], res.last_logits, atol=1e-4, rtol=0)
+        if name == "none":
+            with torch.no_grad():
+                expected = hf(input_ids=prompts[b][None], **single).logits[0, -1]
+            torch.testing.assert_close(res.last_logits, expected, atol=1e-4, rtol=0)
 
 
 def tile_pixels(counts: list[int], sizes, tile: int, seed: int = 0) -> dict:

@@ -1,13 +1,15 @@
 """LLaVA-NeXT (anyres tiles, image_newline): parity with transformers' LlavaNextForConditionalGeneration,
-pruned generation through enable_pruning, the kept sets against the reference rule, loading."""
+pruned generation through enable_pruning, the kept sets against the reference rule and against an
+independent plain-torch implementation of the published rules (oracle.py), loading."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from model_helpers import (SMALL_POLICIES, Recorder, assert_generate_matches_transformers, assert_transformers_prunes_like,
-                           assert_v2drop_keeps_the_reference_choice, save_three_layouts, tile_pixels)
+from model_helpers import (SMALL_POLICIES, Recorder, assert_generate_matches_transformers, assert_prunes_like_the_oracle,
+                           assert_transformers_prunes_like, assert_v2drop_keeps_the_reference_choice, save_three_layouts,
+                           tile_pixels)
 
 pytest.importorskip("transformers")
 from transformers import (CLIPVisionConfig, LlamaConfig, LlavaNextConfig,  # noqa: E402
@@ -127,6 +129,20 @@ def test_v2drop_keeps_what_the_reference_chooses(ours, batch, layout):
     policy = Recorder(layers=(2, 4), keep=(0.5, 0.25))
     out = ours.generate(prompts, **images(sizes, seed=5), max_new_tokens=3, policy=policy, layout=layout)
     assert_v2drop_keeps_the_reference_choice(policy, out, [int((p == IMAGE).sum()) for p in prompts])
+
+
+# (prompts, image sizes): one image at two aspect ratios (grids 1×2 and 2×1), and the batches of three
+ORACLE_CASES = {"1x2": ([prompt([1, 5, 6], [SIZES[0]], [7, 8, 9, 10])], [SIZES[0]]),
+                "2x1": ([prompt([1, 5, 6], [SIZES[1]], [7, 8, 9, 10])], [SIZES[1]]),
+                "equal-counts": EQUAL, "different-counts": UNEQUAL}  # padded, packed
+
+
+@pytest.mark.parametrize("case", list(ORACLE_CASES))
+@pytest.mark.parametrize("name", ["none", *sorted(POLICIES)])
+def test_kept_sets_equal_the_oracle(hf, ours, name, case):
+    """Every layer's KV cache holds what the oracle's layer sees; last-token logits equal the oracle's."""
+    prompts, sizes = ORACLE_CASES[case]
+    assert_prunes_like_the_oracle(hf, ours, prompts, images(sizes, seed=9), name)
 
 
 def test_load_model_reads_both_key_layouts(tmp_path, hf, ours):

@@ -1,14 +1,16 @@
 """LLaVA-OneVision (SigLIP, Qwen2, anyres_max tiles, videos): parity with transformers'
 LlavaOnevisionForConditionalGeneration, pruned generation through enable_pruning, the kept sets
-against the reference rule, loading."""
+against the reference rule and against an independent plain-torch implementation of the published
+rules (oracle.py), loading."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from model_helpers import (SMALL_POLICIES, Recorder, assert_generate_matches_transformers, assert_transformers_prunes_like,
-                           assert_v2drop_keeps_the_reference_choice, hf_generate, save_three_layouts, tile_pixels)
+from model_helpers import (SMALL_POLICIES, Recorder, assert_generate_matches_transformers, assert_prunes_like_the_oracle,
+                           assert_transformers_prunes_like, assert_v2drop_keeps_the_reference_choice, hf_generate,
+                           save_three_layouts, tile_pixels)
 
 pytest.importorskip("transformers")
 from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config,  # noqa: E402
@@ -171,13 +173,26 @@ def test_v2drop_keeps_what_the_reference_chooses(ours, name, layout):
     assert_v2drop_keeps_the_reference_choice(policy, out, [int(((p == IMAGE) | (p == VIDEO)).sum()) for p in batch[0]])
 
 
+# (prompts, image sizes, videos): an image alone, a video alone, and the batches of three
+ORACLE_CASES = {"image": ([prompt([1, 5, 6], [SIZES[0]], [7, 8, 9, 10])], [SIZES[0]], 0),
+                "video": ([prompt([1, 5, 6], ["video"], [7, 8, 9, 10])], [], 1), **BATCHES}
+
+
+@pytest.mark.parametrize("case", list(ORACLE_CASES))
+@pytest.mark.parametrize("name", ["none", *sorted(POLICIES)])
+def test_kept_sets_equal_the_oracle(hf, ours, name, case):
+    """Every layer's KV cache holds what the oracle's layer sees; last-token logits equal the oracle's."""
+    batch = ORACLE_CASES[case]
+    assert_prunes_like_the_oracle(hf, ours, batch[0], visual_of(batch, seed=9), name)
+
+
 def test_load_model_reads_both_key_layouts(tmp_path, hf, ours):
     """A saved LlavaOnevisionForConditionalGeneration (llava-hf's layout: language_model.model.*,
     image_newline) loads by its model_type; so do the model.* layout of transformers 4.52+ and the
     hub checkpoints' vision_tower.vision_model.* names (SigLIP)."""
     state, renamed, hub = save_three_layouts(hf, tmp_path)
     loaded = load_model(tmp_path / "a")
-    assert isinstance(loaded, LlavaOnevision) and loaded.v2drop_schedule == "qwen2-vl"
+    assert isinstance(loaded, LlavaOnevision) and loaded.v2drop_schedule == "llava-ov"
     assert "image_newline" in state and "language_model.lm_head.weight" in state  # the llava-hf layout
     assert "model.image_newline" in renamed and "model.language_model.layers.0.self_attn.q_proj.bias" in renamed
     assert "vision_tower.vision_model.post_layernorm.weight" in hub
@@ -223,19 +238,22 @@ def test_clear_errors(ours):
 
 def test_random_model_runs_the_default_schedule():
     """random_llava on tiny_llava_onevision_config (28 layers like the 7B): ``v2drop_schedule``
-    ("qwen2-vl": before layers 3, 16, 22 keep 25 %, 5 % of what is left, then one) and the paper's
-    video setting passed as V2Drop(layers=(3, 16, 22), keep=(0.25, 0.2, 0.0)): 25 %, 5 % of the
-    video's tokens, then one."""
+    ("llava-ov", the paper's video setting: before layers 3, 16, 22 keep 25 % and then 5 % of the
+    video's tokens, then one) equals the same written as percentages and as ratios of what is left
+    (0.25, 0.2, 0.0: ⌊⌊n/4⌋/5⌋ = ⌊n/20⌋), and is not "qwen2-vl" (25 %, then 5 % *of what is left*)."""
     model = random_llava(tiny_llava_onevision_config(hidden=64))
     assert isinstance(model, LlavaOnevision) and model.image_newline.abs().sum() > 0
     assert model.vision_tower.config.model_type == "siglip_vision_model"
-    frames = 10
+    frames = 20
     count = video_token_count(model.cfg, frames)
-    assert count == 41  # 4 pooled tokens a frame, one newline
+    assert count == 81  # 4 pooled tokens a frame, one newline
     clip = torch.randn(1, frames, 3, 56, 56, generator=torch.Generator().manual_seed(9))
     prompts = [torch.cat([torch.tensor([1, 5]), torch.full((count,), model.cfg.video_token_id), torch.tensor([7])])]
-    v2 = model.generate(prompts, pixel_values_videos=clip, max_new_tokens=2, policy=V2Drop(schedule=model.v2drop_schedule))
-    assert [v2.trace.visual_per_layer[i] for i in (2, 3, 15, 16, 21, 22)] == [[41], [10], [10], [1], [1], [1]]
-    paper = model.generate(prompts, pixel_values_videos=clip, max_new_tokens=2,
-                           policy=V2Drop(layers=(3, 16, 22), keep=(0.25, 0.2, 0.0)))
-    assert [paper.trace.visual_per_layer[i] for i in (2, 3, 16, 22)] == [[41], [10], [2], [1]]
+    runs = {name: model.generate(prompts, pixel_values_videos=clip, max_new_tokens=2, policy=policy).trace.visual_per_layer
+            for name, policy in (("named", V2Drop(schedule=model.v2drop_schedule)),
+                                 ("percent", V2Drop(layers=(3, 16, 22), keep=("25%", "5%", 0.0))),
+                                 ("left", V2Drop(layers=(3, 16, 22), keep=(0.25, 0.2, 0.0))),
+                                 ("qwen2-vl", V2Drop(schedule="qwen2-vl")))}
+    assert [runs["named"][i] for i in (2, 3, 15, 16, 21, 22)] == [[81], [20], [20], [4], [4], [1]]  # 25 % and 5 % of 81
+    assert runs["percent"] == runs["left"] == runs["named"]
+    assert [runs["qwen2-vl"][i] for i in (3, 16, 22)] == [[20], [1], [1]]

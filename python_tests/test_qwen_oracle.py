@@ -1,13 +1,14 @@
-"""The Qwen2-VL / Qwen2.5-VL pruning oracle (qwen_oracle.py) against transformers' own models."""
+"""The pruning oracle (oracle.py) on Qwen2-VL / Qwen2.5-VL against transformers' own models (the LLaVA family:
+test_llava_next.py, test_llava_onevision.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from oracle import oracle_prefill
 from qwen_helpers import (ARCHS, IMAGE_TOKEN, TEXT_LAYERS, VIDEO_TOKEN, image_inputs, multimodal_inputs, prompt_ids,
                           save_tiny_qwen_vl, select_row, text_inputs, tiny_qwen_vl, video_inputs)
-from qwen_oracle import oracle_prefill
 
 CASES = {
     "image": lambda arch: image_inputs([(8, 8)], arch),  # 16 visual tokens
@@ -87,6 +88,27 @@ def test_none_matches_transformers(model, case):
         assert torch.equal(res.kept[layer], visual_index(inputs))
         assert torch.equal(res.seen[layer], everything)
         assert torch.equal(res.positions[layer], pos)
+
+
+def test_none_matches_transformers_on_llava_1_5(tmp_path):
+    """The LLaVA family (embedding step: transformers' get_image_features written over the image
+    tokens; plain RoPE as three equal planes 0 .. S-1) on LLaVA-1.5's Llama decoder, two images;
+    LLaVA-NeXT and LLaVA-OneVision, pruned too: test_llava_next.py, test_llava_onevision.py."""
+    from transformers import LlavaForConditionalGeneration
+
+    import model_helpers as llava
+
+    hf = LlavaForConditionalGeneration.from_pretrained(llava.save_tiny_llava(tmp_path / "llava", seed=2)).eval()
+    inputs = {"input_ids": llava.prompt([1, 5], 2, [7, 8])[None], "pixel_values": llava.pixels(2, seed=2)}
+    with torch.no_grad():
+        ref = hf(**inputs).logits[0, -1]
+    res = oracle_prefill(hf, inputs, "none", [], [])
+    torch.testing.assert_close(res.last_logits, ref, atol=1e-4, rtol=0)
+    everything = torch.arange(inputs["input_ids"].shape[1])
+    assert len(res.kept) == llava.TEXT_LAYERS
+    for kept, seen, positions in zip(res.kept, res.seen, res.positions):
+        assert torch.equal(kept, (inputs["input_ids"][0] == llava.IMAGE_TOKEN).nonzero().squeeze(1)) and kept.numel() == 98
+        assert torch.equal(seen, everything) and torch.equal(positions, everything.expand(3, -1))
 
 
 @pytest.mark.parametrize("policy,layers,keep", SCHEDULES)

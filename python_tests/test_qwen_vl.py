@@ -2,7 +2,7 @@
 
 Unpruned, both give exactly transformers' tokens (images, videos, batch 1 and 3 with left padding,
 padded and packed layouts). Pruned, the visual tokens each layer keeps, with their M-RoPE planes, equal
-those of an independent plain-torch implementation of the published algorithms (``qwen_oracle.py``),
+those of an independent plain-torch implementation of the published algorithms (``oracle.py``),
 and the KV cache holds only the survivors.
 """
 
@@ -13,9 +13,9 @@ import torch
 
 pytest.importorskip("transformers")
 
+from oracle import oracle_prefill  # noqa: E402
 from qwen_helpers import (ARCHS, IMAGE_TOKEN, VIDEO_TOKEN, multimodal_inputs, save_tiny_qwen_vl, select_row,  # noqa: E402
                           tiny_qwen_vl)
-from qwen_oracle import oracle_prefill  # noqa: E402
 
 from v2drop_kernels.integrations.transformers import enable_pruning  # noqa: E402
 from v2drop_kernels.models import (FastV, Policy, PyramidDrop, QwenVLConfig, V2Drop, load_model,  # noqa: E402

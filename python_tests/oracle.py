@@ -1,8 +1,13 @@
-"""Plain-torch oracle of visual-token pruning (V²Drop, PyramidDrop, FastV) on HF Qwen2-VL / Qwen2.5-VL.
+"""Plain-torch oracle of visual-token pruning (V²Drop, PyramidDrop, FastV) on HF vision-language models.
 
-Batch size 1, prefill only, float32. Only the vision tower, the embedding table and ``get_rope_index``
-come from ``transformers``; the decoder is recomputed here from the layers' weights, so that the
-pruning can be written exactly as published:
+Models: Qwen2-VL / Qwen2.5-VL (M-RoPE) and the LLaVA family (``LlavaForConditionalGeneration``,
+``LlavaNextForConditionalGeneration``, ``LlavaOnevisionForConditionalGeneration``: Llama or Qwen2
+decoders, plain 1-D RoPE, which is M-RoPE with three equal position planes ``0 .. S-1``).
+
+Batch size 1, prefill only, float32. Only the vision side (the model's own ``get_image_features`` /
+``get_video_features``, written over the placeholder tokens as transformers' ``forward`` does), the
+embedding table and Qwen's ``get_rope_index`` come from ``transformers``; the decoder is recomputed here
+from the layers' weights, so that the pruning can be written exactly as published:
 
 * ``v2drop``: before each layer ``l`` in ``layers`` the visual tokens still present are ranked by
   ``||h_l - h_{l-1}||_2`` (inputs of layers ``l`` and ``l-1``, before any norm) and the top
@@ -13,7 +18,8 @@ pruning can be written exactly as published:
 * ``fastv``: ``layers=[K]``, ``keep=[1 - R]``: ranked by the last token's attention in layer ``K - 1``,
   pruned before layer ``K``.
 
-Survivors keep their original order and their original (3 plane) M-RoPE positions; text is never dropped.
+Survivors keep their original order and their original positions (the 3 M-RoPE planes; for plain RoPE
+the prompt index); text is never dropped. Nothing here calls the ``v2drop_kernels`` package.
 """
 
 from __future__ import annotations
@@ -28,10 +34,10 @@ POLICIES = ("none", "v2drop", "pdrop", "fastv")
 
 @dataclass
 class OracleResult:
-    """Per decoder layer: visual prompt indices and M-RoPE positions of what its attention sees."""
+    """Per decoder layer: visual prompt indices and positions of what its attention sees."""
 
     kept: list[torch.Tensor]  # per layer: ascending int64 prompt indices of the visual tokens it sees
-    positions: list[torch.Tensor]  # per layer: [3, n] position ids of all the tokens it sees
+    positions: list[torch.Tensor]  # per layer: [3, n] position ids of all the tokens it sees (plain RoPE: 3 equal)
     seen: list[torch.Tensor]  # per layer: ascending int64 prompt indices of all the tokens it sees
     last_logits: torch.Tensor  # float32 [vocab], logits of the last prompt token
 
@@ -61,6 +67,7 @@ def mrope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, section:
 
     ``plane(j)`` is 0 (temporal) for the first ``section[0]`` frequencies, 1 (height) for the next
     ``section[1]``, then 2 (width); both halves of the head use the same angles (``rotate_half`` layout).
+    Plain RoPE: ``section = [head_dim // 2]`` (every frequency on plane 0; the three planes are equal).
     """
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
     plane = torch.repeat_interleave(torch.arange(len(section)), torch.tensor(section)) % 3
@@ -104,11 +111,11 @@ class _Layer:
         scores = scores.masked_fill(~causal, float("-inf"))
         out = torch.softmax(scores, dim=-1) @ v  # [H, n, d]
         out = out.transpose(0, 1).reshape(n, self.heads * self.head_dim)
-        h = h + out @ self.m.self_attn.o_proj.weight.float().T
+        h = h + _linear(out, self.m.self_attn.o_proj)
         mlp = self.m.mlp
         x = _rms_norm(h, self.m.post_attention_layernorm)
-        gate = torch.nn.functional.silu(x @ mlp.gate_proj.weight.float().T)
-        return h + (gate * (x @ mlp.up_proj.weight.float().T)) @ mlp.down_proj.weight.float().T
+        gate = torch.nn.functional.silu(_linear(x, mlp.gate_proj))
+        return h + _linear(gate * _linear(x, mlp.up_proj), mlp.down_proj)
 
 
 def _top_visual(scores: torch.Tensor, visual: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -123,6 +130,22 @@ def _top_visual(scores: torch.Tensor, visual: torch.Tensor, ratio: float) -> tor
     return keep
 
 
+# Per kind of visual input: the placeholder token's config field, the pixels' argument, the other
+# arguments transformers' ``forward`` hands the encoder when given (Qwen: grids; LLaVA-NeXT / OneVision:
+# ``image_sizes``; OneVision: ``batch_num_images``), and the encoder. The encoder reads
+# ``vision_feature_layer`` / ``vision_feature_select_strategy`` / ``vision_aspect_ratio`` from the config,
+# as in ``forward``; OneVision's video features come pooled, with the newline appended.
+VISUAL_KINDS = (
+    ("image_token_id", "pixel_values", ("image_grid_thw", "image_sizes", "batch_num_images"), "get_image_features"),
+    ("video_token_id", "pixel_values_videos", ("video_grid_thw",), "get_video_features"),
+)
+
+
+def _features(output) -> torch.Tensor:
+    """``pooler_output`` (a tensor per image, or ``[N, n, d]``) as ``[sum n, d]`` float32, in order."""
+    return torch.cat([f.reshape(-1, f.shape[-1]) for f in output.pooler_output], dim=0).float()
+
+
 def embed_and_positions(model, inputs: dict):
     """Prompt embeddings (visual features written in), ``[3, S]`` positions, visual mask, valid columns."""
     ids = inputs["input_ids"]
@@ -132,28 +155,45 @@ def embed_and_positions(model, inputs: dict):
     valid = inputs.get("attention_mask", torch.ones_like(ids))[0].bool()
     cols = valid.nonzero().squeeze(1)
     ids = ids[:, valid]
-    types = inputs.get("mm_token_type_ids")
-    types = types[:, valid] if types is not None else (
-        (ids == cfg.image_token_id).long() + 2 * (ids == cfg.video_token_id).long())
     inner = model.model
     emb = inner.get_input_embeddings()(ids)[0].float().clone()
-    for token, pix, thw, fn in ((cfg.image_token_id, "pixel_values", "image_grid_thw", inner.get_image_features),
-                                (cfg.video_token_id, "pixel_values_videos", "video_grid_thw",
-                                 inner.get_video_features)):
-        if inputs.get(pix) is not None:
-            feats = torch.cat(fn(inputs[pix], inputs[thw]).pooler_output, dim=0).float()
-            where = ids[0] == token
-            assert int(where.sum()) == feats.shape[0], (int(where.sum()), feats.shape)
-            emb[where] = feats
-    if inputs.get("image_grid_thw") is not None or inputs.get("video_grid_thw") is not None:
+    visual = torch.zeros(ids.shape[1], dtype=torch.bool)
+    for field, pix, extra, encoder in VISUAL_KINDS:
+        token = getattr(cfg, field, None)
+        if token is None:
+            continue
+        where = ids[0] == token
+        visual |= where
+        if inputs.get(pix) is None:
+            assert not where.any(), f"{int(where.sum())} placeholders of {field} but no {pix}"
+            continue
+        args = {name: inputs[name] for name in extra if inputs.get(name) is not None}
+        feats = _features(getattr(inner, encoder)(inputs[pix], **args))
+        assert int(where.sum()) == feats.shape[0], (field, int(where.sum()), feats.shape)
+        emb[where] = feats
+    grids = inputs.get("image_grid_thw") is not None or inputs.get("video_grid_thw") is not None
+    if grids and hasattr(inner, "get_rope_index"):  # Qwen2-VL / Qwen2.5-VL M-RoPE
+        types = inputs.get("mm_token_type_ids")
+        types = types[:, valid] if types is not None else (
+            (ids == cfg.image_token_id).long() + 2 * (ids == cfg.video_token_id).long())
         extra = {"second_per_grid_ts": inputs["second_per_grid_ts"]} if "second_per_grid_ts" in inputs else {}
         pos, _ = inner.get_rope_index(ids, mm_token_type_ids=types, image_grid_thw=inputs.get("image_grid_thw"),
                                       video_grid_thw=inputs.get("video_grid_thw"), **extra)
         pos = pos[:, 0]
-    else:
+    else:  # text only, or plain RoPE: the prompt index on all three planes
         pos = torch.arange(ids.shape[1]).expand(3, -1)
-    visual = (ids[0] == cfg.image_token_id) | (ids[0] == cfg.video_token_id)
     return emb, pos.long(), visual, cols
+
+
+def rope_of(tcfg, head_dim: int) -> tuple[float, list[int]]:
+    """``(theta, mrope section)`` of a text config (transformers 5 ``rope_parameters``); plain RoPE:
+    one section of all ``head_dim // 2`` frequencies."""
+    rope = tcfg.rope_parameters
+    if rope.get("rope_type", "default") not in ("default", "mrope"):
+        raise NotImplementedError(f"the oracle knows unscaled RoPE only, not {rope['rope_type']!r}")
+    if rope.get("partial_rotary_factor", 1.0) != 1.0:
+        raise NotImplementedError("the oracle rotates the whole head")
+    return float(rope["rope_theta"]), list(rope.get("mrope_section") or [head_dim // 2])
 
 
 @torch.no_grad()
@@ -175,8 +215,9 @@ def oracle_prefill(model, inputs: dict, policy: str, layers: list[int], keep: li
     tcfg = model.config.text_config
     heads, kv_heads = tcfg.num_attention_heads, tcfg.num_key_value_heads
     head_dim = getattr(tcfg, "head_dim", None) or tcfg.hidden_size // heads
-    theta = tcfg.rope_parameters["rope_theta"]
-    section = list(tcfg.rope_parameters["mrope_section"])
+    theta, section = rope_of(tcfg, head_dim)
+    if getattr(tcfg, "hidden_act", "silu") != "silu" or getattr(tcfg, "use_sliding_window", False):
+        raise NotImplementedError("the oracle runs SwiGLU decoders with full attention")
     lm = model.model.language_model
 
     h, pos, visual, cols = embed_and_positions(model, inputs)
