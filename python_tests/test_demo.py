@@ -180,3 +180,48 @@ def test_demo_loads_a_qwen_folder_and_checks_its_arch(tmp_path, capsys):
     with pytest.raises(SystemExit):  # the model's default V²Drop schedule (layers 3, 16, 22) does not fit 6 layers
         demo.main(["--model", str(folder)])
     assert "outside 1..5" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arch, visual, expected", [
+    # LLaVA-NeXT: the 672 x 448 synthetic image is a base tile and a 2 x 2 grid unpadded to 32 x 48 patches with a
+    # newline after each row (576 + 32 * 49); V²Drop's LLaVA-1.5 schedule
+    ("llava-next", 2144, [2144] * 3 + [1072] * 14 + [536] * 5 + [1] * 10),
+    # LLaVA-OneVision: 729 + a 2 x 2 grid of 27-patch tiles unpadded to 36 x 54 patches (under anyres_max_9: not
+    # shrunk), a newline a row; the paper's video schedule: 25 % and 5 % of the prompt's visual tokens, then one
+    ("llava-ov", 2709, [2709] * 3 + [677] * 13 + [135] * 6 + [1] * 6),
+])
+def test_anyres_demo_runs_the_model_s_schedule(arch, visual, expected, tmp_path):
+    png = tmp_path / "heat.png"
+    summary = demo.main(["--json", "--arch", arch, "--max-new-tokens", "2", "--repeats", "1", "--heatmap", str(png)])
+    pruned, none = summary["runs"]
+    assert pruned["visual_tokens_per_layer"] == expected
+    assert none["visual_tokens_per_layer"] == [visual] * len(expected)
+    assert pruned["kv_cache_bytes"] < 0.5 * none["kv_cache_bytes"]
+    assert png.stat().st_size > 0
+
+
+def test_anyres_demo_counts_the_visual_tokens_of_the_image_given(tmp_path, capsys):
+    """An image file's size picks the grid before any work: a tall 300 x 700 image is a base tile
+    and a 3 x 1 grid, 72 x 24 patches unpadded to 56 x 24, a newline a row (576 + 56 * 25)."""
+    from PIL import Image
+
+    from v2drop_kernels.models import llava_next, tiny_llava_next_config
+
+    Image.new("RGB", (300, 700), (10, 200, 30)).save(tmp_path / "tall.png")
+    cfg = tiny_llava_next_config(tile=336)
+    visual = llava_next.image_token_count(cfg, (700, 300))
+    assert visual == 576 + 56 * 25
+    summary = demo.main(["--json", "--arch", "llava-next", "--image", str(tmp_path / "tall.png"), "--layers", "2",
+                         "--keep", "25%", "--max-new-tokens", "1", "--repeats", "1"])
+    assert summary["runs"][0]["visual_tokens_per_layer"][:3] == [visual, visual, visual // 4]
+    with pytest.raises(SystemExit):
+        demo.main(["--arch", "llava-next", "--image", str(tmp_path / "tall.png"), "--layers", "2", "--keep", str(visual + 1)])
+    assert f"argument --keep: {visual + 1} is more than the prompt's {visual} visual tokens" in capsys.readouterr().err
+
+
+def test_percentages_of_the_prompt_in_keep():
+    from v2drop_kernels.models import OfPrompt
+
+    assert demo.parse_keep("25%,5%,0") == [OfPrompt(0.25), OfPrompt(0.05), 0.0]
+    summary = demo.main(["--json", "--layers", "3,17", "--keep", "50%,10%", "--max-new-tokens", "1", "--repeats", "1"])
+    assert summary["runs"][0]["visual_tokens_per_layer"] == [576] * 3 + [288] * 14 + [57] * 15

@@ -1,6 +1,6 @@
 """Demo: a vision-language model generating with and without visual-token pruning.
 
-    v2drop-demo [--model PATH | --arch llava-1.5|qwen2-vl|qwen2.5-vl] [--image IMG]
+    v2drop-demo [--model PATH | --arch llava-1.5|llava-next|llava-ov|qwen2-vl|qwen2.5-vl] [--image IMG]
                 [--prompt TEXT] [--max-new-tokens N]
                 [--policy none|v2drop|pdrop|fastv] [--layers 3,17,22] [--keep 0.5,0.5,0]
                 [--device cpu|cuda] [--dtype fp32|bf16|fp16] [--repeats N] [--json]
@@ -10,19 +10,27 @@
 
 Without ``--model`` it builds, in process and with nothing downloaded, a small randomly initialised
 model of the shape ``--arch`` names and a synthetic image: LLaVA-1.5 (the default: 32 decoder
-layers of width 128, a 336 px CLIP tower, 576 visual tokens) or Qwen2-VL / Qwen2.5-VL (28 layers
-of width 128 with M-RoPE, a 2-block ViT with 14 px patches merged 2×2: a 672 px image gives 576
-visual tokens). Random weights generate meaningless token ids; the demo shows the mechanics: which
-visual tokens each layer keeps, the time of each phase, the memory. With ``--model`` it loads an
-HF checkpoint folder (LLaVA-1.5 ``llava-hf`` layout, Qwen2-VL or Qwen2.5-VL, told apart by
-``model_type``), and its processor (LLaVA) or tokenizer when the folder has one. Qwen images are
-resized here to 24 × 24 merged patches (672 × 672 px: 576 visual tokens), so the flags can be
-checked before any work.
-V²Drop's default schedule is the model's: LLaVA-1.5's (layers 3, 17, 22 keep 50%, 50%, 0%) or the
-official Qwen2-VL port's (layers 3, 16, 22 keep 25%, 5%, 0%).
+layers of width 128, a 336 px CLIP tower, 576 visual tokens), LLaVA-NeXT (the same with
+LLaVA-1.6's anyres grids: the 672 × 448 synthetic image is a base tile and 2 × 2 tiles, 2,144
+visual tokens), LLaVA-OneVision (28 Qwen2 layers of width 128, a 384 px SigLIP tower, the 7B's
+grids and ``anyres_max_9``: the same image gives 2,709 visual tokens) or Qwen2-VL / Qwen2.5-VL
+(28 layers of width 128 with M-RoPE, a 2-block ViT with 14 px patches merged 2×2: a 672 px image
+gives 576 visual tokens).
+Random weights generate meaningless token ids; the demo shows the mechanics: which visual tokens
+each layer keeps, the time of each phase, the memory. With ``--model`` it loads an HF checkpoint
+folder (LLaVA-1.5 ``llava-hf`` layout, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL or Qwen2.5-VL, told
+apart by ``model_type``), and its processor or tokenizer when the folder has one. LLaVA-NeXT and
+-OneVision images are cut into tiles by ``transformers``' image processor for the model's grids
+(the folder's own when it has one); Qwen images are resized here to 24 × 24 merged patches
+(672 × 672 px: 576 visual tokens), so the flags can be checked before any work.
+V²Drop's default schedule is the model's: LLaVA-1.5's (layers 3, 17, 22 keep 50%, 50%, 0%; also
+LLaVA-NeXT's), the paper's LLaVA-OneVision video setting (layers 3, 16, 22 keep 25% and 5% of the
+prompt's visual tokens, then one) or the official Qwen2-VL port's (layers 3, 16, 22 keep 25%, 5%,
+0% of what is left). ``--heatmap`` draws the image the vision tower saw (LLaVA-NeXT and -OneVision:
+the base tile, the whole image at one tile's size).
 
-``--keep`` lists, per pruning layer, the visual tokens kept: counts (``288,144,1``) or ratios of
-what is left (``0.5,0.5,0``, floor of one token). Every flag is checked before any work starts.
+``--keep`` lists, per pruning layer, the visual tokens kept: counts (``288,144,1``), ratios of
+what is left (``0.5,0.5,0``) or percentages of the prompt's (``25%,5%,0``), floor of one token. Every flag is checked before any work starts.
 Timings: after a warm-up, the policy and the unpruned run alternate ``--repeats`` times; the
 medians are printed with their range, and a speed-up only where the ranges do not overlap.
 """
@@ -41,17 +49,52 @@ import torch
 
 from .backends import available_backends
 from .extras import MissingExtra, require
-from .models import (Llava, LlavaConfig, QwenVL, QwenVLConfig, load_model, make_policy, random_llava, random_qwen_vl,
-                     tiny_config, tiny_qwen_config)
-from .models.policies import kept_count
+from .models import (Llava, LlavaConfig, LlavaNext, LlavaNextConfig, LlavaOnevision, LlavaOnevisionConfig, QwenVL,
+                     QwenVLConfig, load_model, make_policy, random_llava, random_qwen_vl, tiny_config, tiny_llava_next_config,
+                     tiny_llava_onevision_config, tiny_qwen_config)
+from .models import llava_next, llava_onevision
+from .models.policies import OfPrompt, kept_count
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_PROMPT = "USER: <image>\nWhat is the red object in the picture? ASSISTANT:"
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 DEFAULT_LAYERS = {"v2drop": 3, "pdrop": 3, "fastv": 1}  # pruning layers of each policy's default schedule
 PHASES = ("vision", "prefill", "decode")
-ARCHS = {"llava-1.5": "llava", "qwen2-vl": "qwen2_vl", "qwen2.5-vl": "qwen2_5_vl"}  # --arch -> model_type
 QWEN_GRID = 24  # Qwen images are resized to 24 × 24 merged patches (672 px for 14 px patches): 576 visual tokens
+
+
+@dataclass(frozen=True)
+class Arch:
+    """What the demo needs of an architecture: its config and model classes, the small random config
+    of ``--arch``, that model in words, and the synthetic image's size (width, height)."""
+
+    config: type
+    model: type
+    random_config: Callable
+    description: str
+    image: tuple[int, int] = (336, 336)
+
+
+# model_type -> the architecture; --arch -> model_type
+ARCHITECTURES = {
+    "llava": Arch(LlavaConfig, Llava, tiny_config,
+                  "random LLaVA-1.5-shaped model (32 layers x 128 wide, CLIP 336 px / 14: 576 visual tokens)"),
+    "llava_next": Arch(LlavaNextConfig, LlavaNext, lambda: tiny_llava_next_config(tile=336),
+                       "random LLaVA-NeXT-shaped model (32 layers x 128 wide, CLIP 336 px / 14 tiles, LLaVA-1.6's grids)",
+                       (672, 448)),
+    "llava_onevision": Arch(LlavaOnevisionConfig, LlavaOnevision,
+                            lambda: tiny_llava_onevision_config(tile=384, grids=6, max_tiles=9),
+                            "random LLaVA-OneVision-shaped model (28 Qwen2 layers x 128 wide, SigLIP 384 px / 14 tiles, "
+                            "grids up to 6 x 6, anyres_max_9)", (672, 448)),
+    "qwen2_vl": Arch(QwenVLConfig, QwenVL, lambda: tiny_qwen_config("qwen2_vl"),
+                     f"random Qwen2-VL-shaped model (28 layers x 128 wide, M-RoPE; ViT 14 px patches merged 2x2: "
+                     f"a 672 px image gives {QWEN_GRID ** 2} visual tokens)"),
+    "qwen2_5_vl": Arch(QwenVLConfig, QwenVL, lambda: tiny_qwen_config("qwen2_5_vl"),
+                       f"random Qwen2.5-VL-shaped model (28 layers x 128 wide, M-RoPE; ViT 14 px patches merged 2x2: "
+                       f"a 672 px image gives {QWEN_GRID ** 2} visual tokens)"),
+}
+ARCHS = {"llava-1.5": "llava", "llava-next": "llava_next", "llava-ov": "llava_onevision", "qwen2-vl": "qwen2_vl",
+         "qwen2.5-vl": "qwen2_5_vl"}
 
 
 # -- flags --------------------------------------------------------------------------------------------
@@ -63,15 +106,17 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 3,17,22, got {text!r}") from None
 
 
-def parse_keep(text: str) -> list[int | float]:
-    """``288,144,1`` → counts; ``0.5,0.5,0`` → ratios (a value with a '.' is a ratio, as is 0)."""
+def parse_keep(text: str) -> list[int | float | OfPrompt]:
+    """``288,144,1`` → counts; ``0.5,0.5,0`` → ratios of what is left (a value with a '.' is a ratio,
+    as is 0); ``25%,5%`` → shares of the prompt's visual tokens."""
     values = []
     for v in text.split(","):
         v = v.strip()
         try:
-            values.append(float(v) if "." in v or v == "0" else int(v))
+            values.append(OfPrompt(float(v[:-1]) / 100) if v.endswith("%") else float(v) if "." in v or v == "0" else int(v))
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected counts such as 288,144,1 or ratios such as 0.5,0.5,0, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected counts such as 288,144,1, ratios such as 0.5,0.5,0 or percentages "
+                                             f"such as 25%,5%,0, got {text!r}") from None
     return values
 
 
@@ -87,7 +132,7 @@ def _positive(text: str) -> int:
 
 def build_parser(prog: str = "python -m v2drop_kernels.demo") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="HF LLaVA-1.5, Qwen2-VL or Qwen2.5-VL checkpoint folder "
+    parser.add_argument("--model", help="HF LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL or Qwen2.5-VL checkpoint folder "
                                         "(default: a small random model built here)")
     parser.add_argument("--arch", choices=list(ARCHS), default=None,
                         help="shape of the random model (default llava-1.5); with --model, the folder's must match")
@@ -96,7 +141,8 @@ def build_parser(prog: str = "python -m v2drop_kernels.demo") -> argparse.Argume
     parser.add_argument("--max-new-tokens", type=_positive, default=32)
     parser.add_argument("--policy", choices=["none", "v2drop", "pdrop", "fastv"], default="v2drop")
     parser.add_argument("--layers", type=_int_list, help="pruning layers, e.g. 3,17,22 (fastv: K)")
-    parser.add_argument("--keep", type=parse_keep, help="visual tokens kept after each pruning layer: counts 288,144,1 or ratios 0.5,0.5,0")
+    parser.add_argument("--keep", type=parse_keep, help="visual tokens kept after each pruning layer: counts 288,144,1, "
+                                                        "ratios of what is left 0.5,0.5,0 or percentages of the prompt's 25%%,5%%,0")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=list(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--backend", choices=["cpu", "cuda", "triton", "reference"], default=None,
@@ -112,11 +158,13 @@ def build_parser(prog: str = "python -m v2drop_kernels.demo") -> argparse.Argume
 class Plan:
     """What the flags ask for, checked."""
 
+    arch: Arch
     cfg: LlavaConfig | QwenVLConfig
     policy: object
     device: torch.device
     dtype: torch.dtype
     visual: int  # visual tokens of the prompt
+    image_size: tuple[int, int]  # (width, height) of the image given or made
 
 
 def check_flags(parser: argparse.ArgumentParser, args) -> Plan:
@@ -141,22 +189,30 @@ def check_flags(parser: argparse.ArgumentParser, args) -> Plan:
         try:
             raw = json.loads(config.read_text())
             model_type = raw.get("model_type", "llava")
-            if model_type not in ARCHS.values():
-                raise NotImplementedError(f"model_type {model_type!r} is not supported (llava, qwen2_vl, qwen2_5_vl are)")
-            cfg = LlavaConfig.from_hf(raw) if model_type == "llava" else QwenVLConfig.from_hf(raw)
+            if model_type not in ARCHITECTURES:
+                raise NotImplementedError(f"model_type {model_type!r} is not supported ({', '.join(ARCHITECTURES)} are)")
+            cfg = ARCHITECTURES[model_type].config.from_hf(raw)
         except (ValueError, KeyError, NotImplementedError) as e:
             parser.error(f"argument --model: {config}: {e}")
         if args.arch is not None and ARCHS[args.arch] != model_type:
             parser.error(f"argument --arch: {args.arch}, but {args.model} holds a {model_type} model")
     else:
         model_type = ARCHS[args.arch or "llava-1.5"]
-        cfg = tiny_config() if model_type == "llava" else tiny_qwen_config(model_type)
-    if args.image and not os.access(args.image, os.R_OK):
-        parser.error(f"argument --image: cannot read {args.image}")
+        cfg = ARCHITECTURES[model_type].random_config()
+    arch = ARCHITECTURES[model_type]
+    image_size = arch.image
+    if args.image:
+        if not os.access(args.image, os.R_OK):
+            parser.error(f"argument --image: cannot read {args.image}")
+        try:
+            with require("PIL.Image", "the demo's image").open(args.image) as img:  # reads the header only
+                image_size = img.size
+        except OSError as e:
+            parser.error(f"argument --image: {args.image}: {e}")
     images = args.prompt.count("<image>")
     if images != 1:
         parser.error(f"argument --prompt: needs exactly one <image> placeholder, got {images}")
-    visual = cfg.tokens_per_image if isinstance(cfg, LlavaConfig) else QWEN_GRID ** 2
+    visual = image_token_count(cfg, image_size)
     num_layers = cfg.text.num_layers
 
     if args.policy == "none":
@@ -178,34 +234,46 @@ def check_flags(parser: argparse.ArgumentParser, args) -> Plan:
                 if isinstance(rule, int) and rule > left:
                     where = "the prompt's" if i == 0 else f"the visual tokens left at stage {i + 1}:"
                     parser.error(f"argument --keep: {rule} is more than {where} {left} visual tokens")
-                if isinstance(rule, float) and not 0.0 <= rule <= 1.0:
+                ratio = rule.ratio if isinstance(rule, OfPrompt) else rule
+                if isinstance(rule, (float, OfPrompt)) and not 0.0 <= ratio <= 1.0:
                     parser.error(f"argument --keep: a ratio must lie in [0, 1], got {rule}")
                 if isinstance(rule, int) and rule < 1:
                     parser.error(f"argument --keep: a count must be >= 1, got {rule}")
-                left = kept_count(rule, left)
+                left = kept_count(rule, left, visual)
     if args.heatmap:
         folder = os.path.dirname(os.path.abspath(args.heatmap))
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK) or (os.path.exists(args.heatmap) and not os.access(args.heatmap, os.W_OK)):
             parser.error(f"argument --heatmap: cannot write {args.heatmap}")
     try:
-        schedule = Llava.v2drop_schedule if isinstance(cfg, LlavaConfig) else QwenVL.v2drop_schedule
-        policy = make_policy(args.policy, args.layers, args.keep, schedule=schedule)
+        policy = make_policy(args.policy, args.layers, args.keep, schedule=arch.model.v2drop_schedule)
         policy.check(num_layers)
     except ValueError as e:
         parser.error(f"argument --policy: {e}")
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    return Plan(cfg, policy, device, dtype, visual)
+    return Plan(arch, cfg, policy, device, dtype, visual, image_size)
+
+
+def image_token_count(cfg, image_size: tuple[int, int]) -> int:
+    """Visual tokens of the demo's image of ``image_size = (width, height)`` in a model of ``cfg``."""
+    width, height = image_size
+    if isinstance(cfg, LlavaOnevisionConfig):
+        return llava_onevision.image_token_count(cfg, (height, width))
+    if isinstance(cfg, LlavaNextConfig):
+        return llava_next.image_token_count(cfg, (height, width))
+    return cfg.tokens_per_image if isinstance(cfg, LlavaConfig) else QWEN_GRID ** 2
 
 
 # -- inputs -------------------------------------------------------------------------------------------
 
-def synthetic_image(size: int = 336):
-    """A grey gradient with a red disk in the upper left: the 'object' the default prompt asks about."""
+def synthetic_image(size: tuple[int, int] = (336, 336)):
+    """A grey gradient of ``size = (width, height)`` with a red disk in the upper left (the 'object'
+    the default prompt asks about) and a blue bar."""
     Image, ImageDraw = require("PIL.Image", "the demo's image"), require("PIL.ImageDraw", "the demo's image")
-    img = Image.linear_gradient("L").resize((size, size)).convert("RGB")
+    width, height = size
+    img = Image.linear_gradient("L").resize(size).convert("RGB")
     draw = ImageDraw.Draw(img)
-    draw.ellipse((size * 0.15, size * 0.2, size * 0.45, size * 0.5), fill=(220, 30, 30))
-    draw.rectangle((size * 0.6, size * 0.6, size * 0.9, size * 0.75), fill=(40, 90, 200))
+    draw.ellipse((width * 0.15, height * 0.2, width * 0.15 + height * 0.3, height * 0.5), fill=(220, 30, 30))
+    draw.rectangle((width * 0.6, height * 0.6, width * 0.9, height * 0.75), fill=(40, 90, 200))
     return img
 
 
@@ -233,29 +301,45 @@ def qwen_patches(pix: torch.Tensor, patch: int, temporal: int, merge: int) -> tu
     return x.reshape(h * w, c * temporal * patch * patch), torch.tensor([[1, h, w]])
 
 
-def image_span(model: Llava | QwenVL) -> list[int]:
-    """The token ids that stand for the demo's one image in the prompt."""
+def anyres_processor(cfg: LlavaNextConfig):
+    """``transformers``' image processor for the grids and tile size of a LLaVA-NeXT or -OneVision
+    ``cfg`` (its PIL flavour where there is one: it needs no torchvision)."""
+    transformers = require("transformers", "the demo's anyres tiles")
+    tile, grids = cfg.vision["image_size"], [list(p) for p in cfg.image_grid_pinpoints]
+    if isinstance(cfg, LlavaOnevisionConfig):
+        cls = getattr(transformers, "LlavaOnevisionImageProcessorPil", None) or transformers.LlavaOnevisionImageProcessor
+        return cls(image_grid_pinpoints=grids, size={"height": tile, "width": tile})
+    cls = getattr(transformers, "LlavaNextImageProcessorPil", None) or transformers.LlavaNextImageProcessor
+    return cls(image_grid_pinpoints=grids, size={"shortest_edge": tile}, crop_size={"height": tile, "width": tile})
+
+
+def image_span(model, visual: int) -> list[int]:
+    """The token ids that stand for the demo's one image, of ``visual`` visual tokens, in the prompt."""
     cfg = model.cfg
-    if isinstance(model, Llava):
-        return [cfg.image_token_id] * cfg.tokens_per_image
-    return [cfg.vision_start_token_id] + [cfg.image_token_id] * QWEN_GRID ** 2 + [cfg.vision_end_token_id]
+    if isinstance(model, QwenVL):
+        return [cfg.vision_start_token_id] + [cfg.image_token_id] * visual + [cfg.vision_end_token_id]
+    return [cfg.image_token_id] * visual
 
 
-def byte_tokens(text: str, model: Llava | QwenVL) -> torch.Tensor:
-    """Prompt ids without a tokenizer (random model): one id per byte, ``<image>`` → the image's span."""
-    cfg, vocab = model.cfg, model.cfg.text.vocab_size
-    ids = [cfg.text.bos_token_id or 1]
-    for i, part in enumerate(text.split("<image>")):
-        if i:
-            ids += image_span(model)
-        ids += [3 + b % (vocab - 8) for b in part.encode()]
+def prompt_ids(prompt: str, span: list[int], model, tokenizer=None) -> torch.Tensor:
+    """The prompt's ids with ``<image>`` replaced by ``span``: by ``tokenizer``, or (a random model)
+    one id per byte after a BOS."""
+    if tokenizer is not None:
+        parts = [tokenizer(p, add_special_tokens=(i == 0))["input_ids"] for i, p in enumerate(prompt.split("<image>"))]
+    else:
+        vocab = model.cfg.text.vocab_size
+        parts = [[3 + b % (vocab - 8) for b in p.encode()] for p in prompt.split("<image>")]
+        parts[0] = [model.cfg.text.bos_token_id or 1] + parts[0]
+    ids = parts[0]
+    for part in parts[1:]:
+        ids = ids + span + part
     return torch.tensor(ids)
 
 
 @dataclass
 class Inputs:
     ids: torch.Tensor  # prompt ids with the image tokens
-    pixel_values: torch.Tensor  # [1, 3, H, W]: exactly what the model sees
+    pixel_values: torch.Tensor  # [1, 3, H, W]: what the heatmap draws (anyres: the base tile)
     mean: tuple[float, ...]  # the normalisation that made them
     std: tuple[float, ...]
     decode: Callable | None  # ids -> text, when a tokenizer is known
@@ -263,52 +347,55 @@ class Inputs:
     cell: int = 14  # px of the image per visual token (the heatmap's cell)
 
 
-def build_inputs(model: Llava | QwenVL, folder: Path | None, image, prompt: str) -> Inputs:
-    """The folder's processor or tokenizer when there is one, else byte ids and CLIP preprocessing."""
+def _from_folder(folder: Path | None, kind: str, errors: tuple):
+    """``transformers.<kind>.from_pretrained(folder)``, or None when the folder has none."""
+    if folder is None:
+        return None
+    try:
+        return getattr(require("transformers", f"the demo's {kind}"), kind).from_pretrained(folder)
+    except errors:
+        return None
+
+
+def build_inputs(model, folder: Path | None, image, prompt: str, visual: int) -> Inputs:
+    """The folder's processor when there is one; else its tokenizer, or byte ids, with CLIP
+    preprocessing (LLaVA-1.5), ``transformers``' anyres tiles (LLaVA-NeXT, -OneVision) or the Qwen
+    patches. ``visual``: the image's visual tokens (from :func:`image_token_count`)."""
     if isinstance(model, QwenVL):
-        return build_qwen_inputs(model, folder, image, prompt)
-    size = model.cfg.vision["image_size"]
-    if folder is not None:
+        return build_qwen_inputs(model, folder, image, prompt, visual)
+    anyres = isinstance(model, LlavaNext)
+    processor = _from_folder(folder, "AutoProcessor", (OSError, ValueError, TypeError, KeyError, AttributeError))
+    if processor is not None:
         try:
-            processor = require("transformers", "the demo's processor").AutoProcessor.from_pretrained(folder)
             inputs = processor(images=image, text=prompt, return_tensors="pt")
-            ip = processor.image_processor
-            return Inputs(inputs["input_ids"][0], inputs["pixel_values"], tuple(ip.image_mean), tuple(ip.image_std),
-                          processor.tokenizer.decode)
-        except (OSError, ValueError, TypeError, KeyError, AttributeError):
-            pass
-        try:
-            tok = require("transformers", "the demo's tokenizer").AutoTokenizer.from_pretrained(folder)
-            parts = [tok(p, add_special_tokens=(i == 0))["input_ids"] for i, p in enumerate(prompt.split("<image>"))]
-            ids = parts[0]
-            for part in parts[1:]:
-                ids = ids + [model.cfg.image_token_id] * model.cfg.tokens_per_image + part
-            return Inputs(torch.tensor(ids), pixel_values(image, size), CLIP_MEAN, CLIP_STD, tok.decode)
-        except (OSError, ValueError, TypeError, KeyError):
-            pass
-    return Inputs(byte_tokens(prompt, model), pixel_values(image, size), CLIP_MEAN, CLIP_STD, None)
+            ip, ids, decode = processor.image_processor, inputs["input_ids"][0], processor.tokenizer.decode
+        except (ValueError, TypeError, KeyError, AttributeError):
+            processor = None
+    if processor is None:
+        tokenizer = _from_folder(folder, "AutoTokenizer", (OSError, ValueError, TypeError, KeyError))
+        ids, decode = prompt_ids(prompt, image_span(model, visual), model, tokenizer), tokenizer and tokenizer.decode
+        if anyres:
+            ip = anyres_processor(model.cfg)
+            inputs = ip(images=image, return_tensors="pt")
+        else:
+            ip, inputs = None, {"pixel_values": pixel_values(image, model.cfg.vision["image_size"])}
+    mean, std = (tuple(ip.image_mean), tuple(ip.image_std)) if ip is not None else (CLIP_MEAN, CLIP_STD)
+    pix = inputs["pixel_values"]
+    if anyres:  # [1, tiles, 3, H, W] and the image's (height, width)
+        return Inputs(ids, pix[:, 0], mean, std, decode, (pix, inputs["image_sizes"]))
+    return Inputs(ids, pix, mean, std, decode)
 
 
-def build_qwen_inputs(model: QwenVL, folder: Path | None, image, prompt: str) -> Inputs:
+def build_qwen_inputs(model: QwenVL, folder: Path | None, image, prompt: str, visual: int) -> Inputs:
     """Qwen-VL: the image resized to ``QWEN_GRID`` merged patches a side and flattened as the
     processor does; the folder's tokenizer for the text when there is one, else byte ids."""
     vision = model.cfg.vision
     pix = pixel_values(image, QWEN_GRID * vision["patch_size"] * model.cfg.spatial_merge_size)
     patches, grid = qwen_patches(pix, vision["patch_size"], vision.get("temporal_patch_size", 2), model.cfg.spatial_merge_size)
-    ids, decode = None, None
-    if folder is not None:
-        try:
-            tok = require("transformers", "the demo's tokenizer").AutoTokenizer.from_pretrained(folder)
-            parts = [tok(p, add_special_tokens=(i == 0))["input_ids"] for i, p in enumerate(prompt.split("<image>"))]
-            flat = parts[0]
-            for part in parts[1:]:
-                flat = flat + image_span(model) + part
-            ids, decode = torch.tensor(flat), tok.decode
-        except (OSError, ValueError, TypeError, KeyError):
-            pass
-    if ids is None:
-        ids = byte_tokens(prompt, model)
-    return Inputs(ids, pix, CLIP_MEAN, CLIP_STD, decode, (patches, grid), vision["patch_size"] * model.cfg.spatial_merge_size)
+    tokenizer = _from_folder(folder, "AutoTokenizer", (OSError, ValueError, TypeError, KeyError))
+    ids = prompt_ids(prompt, image_span(model, visual), model, tokenizer)
+    return Inputs(ids, pix, CLIP_MEAN, CLIP_STD, tokenizer and tokenizer.decode, (patches, grid),
+                  vision["patch_size"] * model.cfg.spatial_merge_size)
 
 
 # -- output -------------------------------------------------------------------------------------------
@@ -411,17 +498,13 @@ def main(argv=None, prog: str = "python -m v2drop_kernels.demo") -> dict:
     if args.model:
         model = load_model(args.model, dtype=plan.dtype, device=plan.device)
         source = args.model
-    elif isinstance(plan.cfg, LlavaConfig):
-        model = random_llava(plan.cfg, seed=args.seed, dtype=plan.dtype, device=plan.device)
-        source = "random LLaVA-1.5-shaped model (32 layers x 128 wide, CLIP 336 px / 14: 576 visual tokens)"
     else:
-        model = random_qwen_vl(plan.cfg, seed=args.seed, dtype=plan.dtype, device=plan.device)
-        name = {"qwen2_vl": "Qwen2-VL", "qwen2_5_vl": "Qwen2.5-VL"}[plan.cfg.arch]
-        source = (f"random {name}-shaped model (28 layers x 128 wide, M-RoPE; ViT 14 px patches merged 2x2: "
-                  f"a 672 px image gives {QWEN_GRID ** 2} visual tokens)")
+        build = random_qwen_vl if isinstance(plan.cfg, QwenVLConfig) else random_llava
+        model = build(plan.cfg, seed=args.seed, dtype=plan.dtype, device=plan.device)
+        source = plan.arch.description
     Image = require("PIL.Image", "the demo")
-    image = Image.open(args.image) if args.image else synthetic_image()
-    inputs = build_inputs(model, Path(args.model) if args.model else None, image, args.prompt)
+    image = Image.open(args.image) if args.image else synthetic_image(plan.image_size)
+    inputs = build_inputs(model, Path(args.model) if args.model else None, image, args.prompt, plan.visual)
     ids = inputs.ids.to(plan.device)
     vision_args = tuple(a.to(plan.device) for a in (inputs.vision_args or (inputs.pixel_values,)))
     policy, num_layers = plan.policy, plan.cfg.text.num_layers
@@ -467,12 +550,16 @@ def main(argv=None, prog: str = "python -m v2drop_kernels.demo") -> dict:
         out = runs[policy.describe()][-1]
         layer = min(out.trace.scores)
         scores, orig = out.trace.scores[layer]
-        vis_pos = torch.nonzero(ids == model.cfg.image_token_id)[:, 0]  # the image's patches, row-major
+        height, width = inputs.pixel_values.shape[-2:]
+        drawn = (height // inputs.cell) * (width // inputs.cell)  # the first image tokens: the drawn tile's patches, row-major
+        vis_pos = torch.nonzero(ids == model.cfg.image_token_id)[:, 0]
+        tile = " of the base tile" if vis_pos.numel() > drawn else ""
+        vis_pos = vis_pos[:drawn]
         patch_scores = scores[0][torch.isin(orig[0], vis_pos)]
         kept = torch.isin(vis_pos, out.layer_positions[layer][0])
         arrays = heatmap_arrays(inputs.pixel_values, inputs.mean, inputs.std, patch_scores, kept, inputs.cell)
         score_name = "‖x_l − x_(l−1)‖₂" if policy.name == "v2drop" else "last-token attention"
-        title = f"{policy.describe()}: scores before layer {layer}; {int(kept.sum())} of {kept.numel()} patches kept"
+        title = f"{policy.describe()}: scores before layer {layer}; {int(kept.sum())} of {kept.numel()} patches{tile} kept"
         save_heatmap(args.heatmap, arrays, title, score_name)
         say(f"\nheatmap of the scores before layer {layer} -> {args.heatmap}")
 

@@ -310,23 +310,26 @@ def random_llava(cfg: LlavaConfig | None = None, seed: int = 0, dtype: torch.dty
     return _randomise(model, seed).to(device, dtype).fuse_projections().eval()
 
 
-def tiny_llava_next_config(layers: int = 32, hidden: int = 128, vocab: int = 512) -> LlavaNextConfig:
-    """A small LLaVA-NeXT-shaped config: :func:`tiny_config`'s with a 56 px, 14 px patch tower
-    (16 patches a tile) and LLaVA-NeXT's five grids at that scale (1×2, 2×1, 2×2, 3×1, 1×3 tiles)."""
-    base = tiny_config(layers, hidden, image_size=56, patch=14, vocab=vocab)
+def tiny_llava_next_config(layers: int = 32, hidden: int = 128, vocab: int = 512, tile: int = 56) -> LlavaNextConfig:
+    """A small LLaVA-NeXT-shaped config: :func:`tiny_config`'s with a ``tile`` px, 14 px patch tower
+    (16 patches a 56 px tile) and LLaVA-NeXT's five grids at that scale (1×2, 2×1, 2×2, 3×1, 1×3
+    tiles: at ``tile=336``, LLaVA-1.6's own ``image_grid_pinpoints`` and 576 patches a tile)."""
+    base = tiny_config(layers, hidden, image_size=tile, patch=14, vocab=vocab)
     grids = ((1, 2), (2, 1), (2, 2), (3, 1), (1, 3))
     return LlavaNextConfig(**{f.name: getattr(base, f.name) for f in fields(LlavaConfig)},
-                           image_grid_pinpoints=tuple((56 * h, 56 * w) for h, w in grids))
+                           image_grid_pinpoints=tuple((tile * h, tile * w) for h, w in grids))
 
 
-def tiny_llava_onevision_config(layers: int = 28, hidden: int = 128, vocab: int = 512) -> LlavaOnevisionConfig:
+def tiny_llava_onevision_config(layers: int = 28, hidden: int = 128, vocab: int = 512, tile: int = 56,
+                                grids: int = 3, max_tiles: int = 4) -> LlavaOnevisionConfig:
     """A small LLaVA-OneVision-shaped config: 28 Qwen2 layers like the 7B by default, a 2-layer SigLIP
-    tower of 56 px tiles and 14 px patches (16 patches a tile, 4 a pooled video frame), grids of 1
-    to 3 × 1 to 3 tiles, ``anyres_max_4``."""
+    tower of ``tile`` px tiles and 14 px patches (16 patches a 56 px tile, 4 a pooled video frame),
+    grids of 1 to ``grids`` × 1 to ``grids`` tiles, ``anyres_max_<max_tiles>`` (the 7B's: ``tile=384,
+    grids=6, max_tiles=9``: 729 patches a tile, 196 a pooled frame)."""
     return LlavaOnevisionConfig.from_hf({
         "model_type": "llava_onevision", "image_token_index": vocab - 2, "video_token_index": vocab - 1,
-        "vision_aspect_ratio": "anyres_max_4",
-        "image_grid_pinpoints": [[56 * h, 56 * w] for h in range(1, 4) for w in range(1, 4)],
+        "vision_aspect_ratio": f"anyres_max_{max_tiles}",
+        "image_grid_pinpoints": [[tile * h, tile * w] for h in range(1, grids + 1) for w in range(1, grids + 1)],
         "text_config": {
             "model_type": "qwen2", "vocab_size": vocab, "hidden_size": hidden, "intermediate_size": 2 * hidden + hidden // 2,
             "num_hidden_layers": layers, "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-6,
@@ -335,7 +338,7 @@ def tiny_llava_onevision_config(layers: int = 28, hidden: int = 128, vocab: int 
         },
         "vision_config": {
             "model_type": "siglip_vision_model", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "image_size": 56, "patch_size": 14, "vision_use_head": False,
+            "num_attention_heads": 4, "image_size": tile, "patch_size": 14, "vision_use_head": False,
         },
     })
 

@@ -66,9 +66,11 @@ class VisionLanguageModel(GenerativeModel):
 
     # -- forward and generation -------------------------------------------------------------------------
     @torch.inference_mode()
-    def forward(self, prompts: Sequence[Tensor], *visual, policy: Policy | None = None, layout: str = "padded",
+    def forward(self, prompts: Sequence[Tensor], *visual, policy: Policy | None = None, layout: str = "auto",
                 backend: str | None = None, **named_visual) -> tuple[Tensor, Tokens]:
-        """Prefill only: logits of every surviving token (float32) and the final :class:`Tokens`.
+        """Prefill only: logits of every surviving token (float32) and the final :class:`Tokens`, in
+        the prefill's layout (``layout`` as in :meth:`generate`: ``auto`` is padded when every row
+        holds as many visual tokens, else packed; ``tokens.packed`` says which).
         ``visual`` / ``named_visual``: the architecture's visual inputs (its :meth:`inputs`)."""
         tokens = self.inputs(prompts, layout, *visual, **named_visual)
         tokens = self.decoder.prefill(tokens, policy or Policy(), ctx=PruningContext(backend))
