@@ -1,4 +1,4 @@
-"""Tiny random HF Qwen2-VL / Qwen2.5-VL models and processor-style inputs for them (no download)."""
+"""Tiny random HF Qwen2-VL / Qwen2.5-VL / Qwen3-VL models and processor-style inputs for them (no download)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,24 @@ MERGE = 2  # spatial_merge_size: one visual token per MERGE x MERGE patches
 PATCH_DIM = CHANNELS * TEMPORAL_PATCH * PATCH * PATCH  # 96 values per flattened patch
 TOKENS_PER_SECOND = 2  # Qwen2.5-VL: temporal position step = TOKENS_PER_SECOND * second_per_grid_t
 
-ARCHS = ("qwen2-vl", "qwen2.5-vl")
+ARCHS = ("qwen2-vl", "qwen2.5-vl")  # the Qwen2 family (what the Qwen2-VL tests parametrize over)
+
+# Qwen3-VL: q/k RMSNorm over head_dim, interleaved M-RoPE, DeepStack, per-frame video spans.
+QWEN3_ARCH = "qwen3-vl"
+ALL_ARCHS = (*ARCHS, QWEN3_ARCH)
+# Interleaved M-RoPE: frequency j is H for j % 3 == 1, j < 3 * 2; W for j % 3 == 2, j < 3 * 2; else T. So
+# j = 0..7 -> T H W T H W T T: like Qwen3-VL's [24, 20, 20] over 64 frequencies, the tail is temporal.
+QWEN3_MROPE_SECTION = [4, 2, 2]
+QWEN3_ROPE_THETA = 5000.0
+QWEN3_VISION_DEPTH = 3
+DEEPSTACK_INDEXES = [0, 1]  # vision blocks whose merged outputs are added after decoder layers 0 and 1
+DEEPSTACK_LEVELS = len(DEEPSTACK_INDEXES)
+QWEN3_POSITION_EMBEDDINGS = 16  # the vision tower's learned 4 x 4 position grid, resampled to each grid
+
+# Qwen3-VL video prompts: "<{seconds:.1f} seconds>" as text before each frame's span, tokenized here as
+# "<" digits... "." digit " seconds>" with these (plain text) ids.
+TIME_OPEN, TIME_DOT, TIME_CLOSE = 50, 51, 52
+TIME_DIGIT0 = 60  # digit d -> 60 + d
 
 
 def _text_config(layers: int) -> dict:
@@ -44,8 +61,17 @@ def _text_config(layers: int) -> dict:
                 rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA, "mrope_section": MROPE_SECTION})
 
 
+def _qwen3_text_config(layers: int) -> dict:
+    text = _text_config(layers)
+    text.update(head_dim=HEAD_DIM, attention_bias=False,
+                rope_parameters={"rope_type": "default", "rope_theta": QWEN3_ROPE_THETA,
+                                 "mrope_section": QWEN3_MROPE_SECTION, "mrope_interleaved": True})
+    return text
+
+
 def tiny_qwen_config(arch: str, layers: int = TEXT_LAYERS):
-    """The ``transformers`` config of a tiny Qwen2-VL (``"qwen2-vl"``) or Qwen2.5-VL (``"qwen2.5-vl"``)."""
+    """The ``transformers`` config of a tiny Qwen2-VL (``"qwen2-vl"``), Qwen2.5-VL (``"qwen2.5-vl"``) or
+    Qwen3-VL (``"qwen3-vl"``: 3 vision blocks, DeepStack from blocks 0 and 1 into decoder layers 0 and 1)."""
     tokens = dict(image_token_id=IMAGE_TOKEN, video_token_id=VIDEO_TOKEN, vision_start_token_id=VISION_START,
                   vision_end_token_id=VISION_END, tie_word_embeddings=False)
     if arch == "qwen2-vl":
@@ -64,14 +90,25 @@ def tiny_qwen_config(arch: str, layers: int = TEXT_LAYERS):
                       spatial_merge_size=MERGE, window_size=16, fullatt_block_indexes=[1],
                       tokens_per_second=TOKENS_PER_SECOND, initializer_range=0.05)
         return Qwen2_5_VLConfig(text_config=_text_config(layers), vision_config=vision, **tokens)
-    raise ValueError(f"unknown arch {arch!r}, expected one of {ARCHS}")
+    if arch == QWEN3_ARCH:
+        from transformers import Qwen3VLConfig
+
+        vision = dict(depth=QWEN3_VISION_DEPTH, hidden_size=32, intermediate_size=64, num_heads=4,
+                      out_hidden_size=HIDDEN, in_channels=CHANNELS, patch_size=PATCH,
+                      temporal_patch_size=TEMPORAL_PATCH, spatial_merge_size=MERGE,
+                      num_position_embeddings=QWEN3_POSITION_EMBEDDINGS, deepstack_visual_indexes=DEEPSTACK_INDEXES,
+                      initializer_range=0.05)
+        return Qwen3VLConfig(text_config=_qwen3_text_config(layers), vision_config=vision, **tokens)
+    raise ValueError(f"unknown arch {arch!r}, expected one of {ALL_ARCHS}")
 
 
 def tiny_qwen_vl(arch: str, seed: int = 0, layers: int = TEXT_LAYERS, attn_implementation: str | None = None):
-    """A random float32 Qwen2-VL / Qwen2.5-VL ``...ForConditionalGeneration`` in eval mode."""
-    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
+    """A random float32 Qwen2-VL / Qwen2.5-VL / Qwen3-VL ``...ForConditionalGeneration`` in eval mode."""
+    import transformers
 
-    cls = Qwen2VLForConditionalGeneration if arch == "qwen2-vl" else Qwen2_5_VLForConditionalGeneration
+    cls = getattr(transformers, {"qwen2-vl": "Qwen2VLForConditionalGeneration",
+                                 "qwen2.5-vl": "Qwen2_5_VLForConditionalGeneration",
+                                 QWEN3_ARCH: "Qwen3VLForConditionalGeneration"}[arch])
     config = tiny_qwen_config(arch, layers)
     if attn_implementation is not None:
         config._attn_implementation = attn_implementation
@@ -111,6 +148,33 @@ def _default_before(row: int) -> list[int]:
 DEFAULT_AFTER = [40, 41, 42]
 
 
+def frame_times(t: int, fps: float = 2.0) -> list[float]:
+    """Qwen3-VL processor timestamps of a video's ``t`` temporal groups: frames ``0 .. 2t-1`` at ``fps``, each
+    group at the mean time of its first and last frame (``Qwen3VLProcessor._calculate_timestamps``)."""
+    return [(g * TEMPORAL_PATCH + (g + 1) * TEMPORAL_PATCH - 1) / 2 / fps for g in range(t)]
+
+
+def timestamp_ids(seconds: float) -> list[int]:
+    """Text ids of Qwen3-VL's ``f"<{seconds:.1f} seconds>"``: ``<``, the digits, ``.``, the tenth, `` seconds>``."""
+    whole, tenth = f"{seconds:.1f}".split(".")
+    return [TIME_OPEN, *(TIME_DIGIT0 + int(d) for d in whole), TIME_DOT, TIME_DIGIT0 + int(tenth), TIME_CLOSE]
+
+
+def visual_item_ids(grid: tuple[int, ...], arch: str = "qwen2-vl", fps: float = 2.0) -> list[int]:
+    """Prompt ids of one image ``(h, w)`` or video ``(t, h, w)`` (patch grid) as the arch's processor writes it.
+
+    Qwen2-VL / 2.5-VL, and Qwen3-VL images: ``<vision_start> pad * n <vision_end>``. Qwen3-VL videos: per
+    temporal group (frame) ``g``, the timestamp text ``<t_g seconds>`` then ``<vision_start> video_pad * (h w / 4)
+    <vision_end>`` (so ``get_rope_index`` sees each frame as its own span, with ``t = 1``).
+    """
+    if len(grid) == 3 and arch == QWEN3_ARCH:
+        t, h, w = grid
+        frame = [VISION_START] + [VIDEO_TOKEN] * (h * w // (MERGE * MERGE)) + [VISION_END]
+        return [i for s in frame_times(t, fps) for i in timestamp_ids(s) + frame]
+    pad = VIDEO_TOKEN if len(grid) == 3 else IMAGE_TOKEN
+    return [VISION_START] + [pad] * visual_tokens(grid) + [VISION_END]
+
+
 def multimodal_inputs(rows: list[list[tuple[int, ...]]], arch: str = "qwen2-vl",
                       before: list[list[int]] | None = None, after: list[list[int]] | None = None,
                       seed: int = 0, fps: float = 2.0) -> dict[str, torch.Tensor]:
@@ -119,12 +183,15 @@ def multimodal_inputs(rows: list[list[tuple[int, ...]]], arch: str = "qwen2-vl",
     ``rows[b]`` lists the visual items of prompt ``b`` in order: ``(h, w)`` is an image, ``(t, h, w)``
     a video (``t`` temporal groups = ``2t`` frames); sizes are in patches, ``h`` and ``w`` even.
     Prompt ``b`` is ``before[b]``, then per item ``<vision_start> pad*n <vision_end>`` (items separated by
-    one text token), then ``after[b]``. Images go to ``pixel_values`` / ``image_grid_thw``, videos to
-    ``pixel_values_videos`` / ``video_grid_thw`` (plus ``second_per_grid_ts = 2 / fps`` for Qwen2.5-VL),
-    each in prompt order, row-major, like the HF processor.
+    one text token), then ``after[b]``; on ``"qwen3-vl"`` a video is one such span per temporal group, each
+    after its timestamp text (:func:`visual_item_ids`). Images go to ``pixel_values`` / ``image_grid_thw``,
+    videos to ``pixel_values_videos`` / ``video_grid_thw`` (plus ``second_per_grid_ts = 2 / fps`` for
+    Qwen2.5-VL), each in prompt order, row-major, like the HF processor.
     """
+    if arch not in ALL_ARCHS:
+        raise ValueError(f"unknown arch {arch!r}, expected one of {ALL_ARCHS}")
     gen = torch.Generator().manual_seed(seed)
-    prompts, types = [], []
+    prompts = []
     images, image_grids, videos, video_grids = [], [], [], []
     for b, items in enumerate(rows):
         ids = list(before[b]) if before is not None else _default_before(b)
@@ -143,7 +210,7 @@ def multimodal_inputs(rows: list[list[tuple[int, ...]]], arch: str = "qwen2-vl",
                 image = torch.randn(1, CHANNELS, h * PATCH, w * PATCH, generator=gen)
                 images.append(patchify(image.expand(TEMPORAL_PATCH, -1, -1, -1)))
                 image_grids.append([1, h, w])
-            ids += [VISION_START] + [VIDEO_TOKEN if is_video else IMAGE_TOKEN] * visual_tokens(grid) + [VISION_END]
+            ids += visual_item_ids(grid, arch, fps)
         ids += list(after[b]) if after is not None else DEFAULT_AFTER
         prompts.append(torch.tensor(ids))
     input_ids, attention_mask = left_pad(prompts)
@@ -171,7 +238,8 @@ def image_inputs(grids: list, arch: str = "qwen2-vl", before: list[list[int]] | 
 
 def video_inputs(grids: list, arch: str = "qwen2-vl", before: list[list[int]] | None = None,
                  after: list[list[int]] | None = None, seed: int = 0, fps: float = 2.0) -> dict[str, torch.Tensor]:
-    """One prompt per entry of ``grids``: a ``(t, h, w)`` video grid or a list of them."""
+    """One prompt per entry of ``grids``: a ``(t, h, w)`` video grid or a list of them (Qwen3-VL: timestamped
+    per-frame spans)."""
     return multimodal_inputs(_rows(grids), arch, before, after, seed, fps)
 
 
@@ -233,3 +301,83 @@ def select_row(inputs: dict[str, torch.Tensor], row: int) -> dict[str, torch.Ten
         if token == VIDEO_TOKEN and "second_per_grid_ts" in inputs:
             out["second_per_grid_ts"] = inputs["second_per_grid_ts"][first:last]
     return out
+
+
+# -- comparing the package's model with transformers' and with the oracle ---------------------------------
+
+VISION_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+
+
+def ours_args(inputs: dict) -> tuple[list[torch.Tensor], dict]:
+    """Unpadded prompts and the vision inputs, as the package's ``generate`` takes them."""
+    prompts = [ids[mask.bool()] for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"])]
+    return prompts, {k: inputs[k] for k in VISION_KEYS if k in inputs}
+
+
+def hf_generate(hf, inputs: dict, new: int) -> list[list[int]]:
+    with torch.no_grad():
+        out = hf.generate(**inputs, max_new_tokens=new, do_sample=False, pad_token_id=0)
+    return out[:, inputs["input_ids"].shape[1]:].tolist()
+
+
+def pruned_generate(hf, inputs: dict, policy, new: int):
+    """transformers' own generate with ``policy`` enabled: the new tokens and the prefill's trace."""
+    from v2drop_kernels.integrations.transformers import enable_pruning
+
+    handle = enable_pruning(hf, policy)
+    try:
+        return hf_generate(hf, inputs, new), handle.trace
+    finally:
+        handle.disable()
+
+
+def visual_seen(positions: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+    """The visual prompt indices among the entries of one cache row (``-1``: padding or a hole)."""
+    entries = positions[positions >= 0]
+    return entries[(prompt[entries] == IMAGE_TOKEN) | (prompt[entries] == VIDEO_TOKEN)]
+
+
+def assert_transformers_keeps_the_package_tokens(hf, ours, inputs: dict, make) -> None:
+    """Pruned by ``make()``, transformers' generate (through ``enable_pruning``) gives the package
+    model's tokens and per-layer counts, and every layer of its cache holds the KV of the same prompt
+    tokens (column = prompt index + the row's left padding)."""
+    from v2drop_kernels.integrations.transformers import enable_pruning
+
+    handle = enable_pruning(hf, make())
+    try:
+        got = hf_generate(hf, inputs, 3)
+        columns, trace = handle.layer_columns(), handle.trace
+    finally:
+        handle.disable()
+    prompts, vision = ours_args(inputs)
+    expected = ours.generate(prompts, **vision, max_new_tokens=3, policy=make())
+    assert got == expected.tokens.tolist()
+    assert trace.visual_per_layer == expected.trace.visual_per_layer
+    pad = (inputs["attention_mask"] == 0).sum(1)
+    kept_somewhere = False
+    for layer, (cols, positions) in enumerate(zip(columns, expected.layer_positions)):
+        for b in range(len(prompts)):
+            got = cols[b][cols[b] >= pad[b]] - pad[b]
+            got = got[got < prompts[b].numel()]  # prompt entries only (the decode steps' columns come after)
+            want = positions[b][positions[b] >= 0]
+            assert torch.equal(got, want), (layer, b)
+            kept_somewhere |= want.numel() < prompts[b].numel()
+    assert kept_somewhere  # pruning is on
+
+
+def assert_kept_like_the_oracle(hf, ours, inputs: dict, make, oracle_args) -> None:
+    """Pruned by ``make()``, every layer of the package model's KV cache holds, row by row, exactly
+    the tokens the oracle (``oracle_args``: its policy, layers, keep) lets that layer see, and the
+    last prompt token's logits equal the oracle's (1e-4)."""
+    from oracle import oracle_prefill
+
+    prompts, vision = ours_args(inputs)
+    out = ours.generate(prompts, **vision, max_new_tokens=1, policy=make())
+    for row, prompt in enumerate(prompts):
+        oracle = oracle_prefill(hf, select_row(inputs, row), *oracle_args)
+        for layer, (entries, kept, seen) in enumerate(zip(out.layer_positions, oracle.kept, oracle.seen)):
+            assert torch.equal(entries[row][entries[row] >= 0], seen), (row, layer)  # the KV cache holds the survivors only
+            assert torch.equal(visual_seen(entries[row], prompt), kept), (row, layer)
+        torch.testing.assert_close(out.prefill_logits[row], oracle.last_logits, atol=1e-4, rtol=0)
+    if len(prompts) == 1:
+        assert out.cache_lengths == [len(s) for s in oracle.seen]

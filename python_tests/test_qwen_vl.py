@@ -1,4 +1,5 @@
-"""Qwen2-VL / Qwen2.5-VL: the package's model and transformers' own generate, pruned, on tiny random models.
+"""Qwen2-VL / Qwen2.5-VL / Qwen3-VL: the package's model and transformers' own generate, pruned, on tiny
+random models (Qwen3-VL's DeepStack-specific schedules: test_qwen3_vl.py).
 
 Unpruned, both give exactly transformers' tokens (images, videos, batch 1 and 3 with left padding,
 padded and packed layouts). Pruned, the visual tokens each layer keeps, with their M-RoPE planes, equal
@@ -14,14 +15,14 @@ import torch
 pytest.importorskip("transformers")
 
 from oracle import oracle_prefill  # noqa: E402
-from qwen_helpers import (ARCHS, IMAGE_TOKEN, VIDEO_TOKEN, multimodal_inputs, save_tiny_qwen_vl, select_row,  # noqa: E402
-                          tiny_qwen_vl)
+from qwen_helpers import (ALL_ARCHS, IMAGE_TOKEN, VIDEO_TOKEN, assert_kept_like_the_oracle,  # noqa: E402
+                          assert_transformers_keeps_the_package_tokens, hf_generate, multimodal_inputs, ours_args,
+                          pruned_generate, save_tiny_qwen_vl, tiny_qwen_vl, visual_seen)
 
 from v2drop_kernels.integrations.transformers import enable_pruning  # noqa: E402
 from v2drop_kernels.models import (FastV, Policy, PyramidDrop, QwenVLConfig, V2Drop, load_model,  # noqa: E402
                                    qwen_vl_from_transformers)
 
-VISION_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 CASES = {  # visual items per row: (h, w) an image, (t, h, w) a video, in patches
     "image": [[(8, 8)]],
     "video": [[(2, 8, 8)]],
@@ -41,7 +42,7 @@ POLICIES = {
 }
 
 
-@pytest.fixture(scope="module", params=ARCHS)
+@pytest.fixture(scope="module", params=ALL_ARCHS)
 def models(request):
     hf = tiny_qwen_vl(request.param, seed=3)
     return request.param, hf, qwen_vl_from_transformers(hf)
@@ -49,27 +50,6 @@ def models(request):
 
 def inputs_of(arch: str, case: str, seed: int = 0) -> dict:
     return multimodal_inputs(CASES[case], arch=arch, seed=seed)
-
-
-def ours_args(inputs: dict) -> tuple[list[torch.Tensor], dict]:
-    """Unpadded prompts and the vision inputs, as the package's ``generate`` takes them."""
-    prompts = [ids[mask.bool()] for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"])]
-    return prompts, {k: inputs[k] for k in VISION_KEYS if k in inputs}
-
-
-def hf_generate(hf, inputs: dict, new: int) -> list[list[int]]:
-    with torch.no_grad():
-        out = hf.generate(**inputs, max_new_tokens=new, do_sample=False, pad_token_id=0)
-    return out[:, inputs["input_ids"].shape[1]:].tolist()
-
-
-def pruned_generate(hf, inputs: dict, policy, new: int):
-    """transformers' own generate with ``policy`` enabled: the new tokens and the prefill's trace."""
-    handle = enable_pruning(hf, policy)
-    try:
-        return hf_generate(hf, inputs, new), handle.trace
-    finally:
-        handle.disable()
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -105,26 +85,7 @@ def test_pruned_generate_keeps_the_package_decoders_tokens(models, name, case):
     """Not only the same new tokens and counts: every layer of transformers' cache holds the KV of the
     same prompt tokens as the package decoder's (column = prompt index + the row's left padding)."""
     arch, hf, ours = models
-    inputs = inputs_of(arch, case, seed=2)
-    make, _ = POLICIES[name]
-    handle = enable_pruning(hf, make())
-    try:
-        hf_generate(hf, inputs, 3)
-        columns = handle.layer_columns()
-    finally:
-        handle.disable()
-    prompts, vision = ours_args(inputs)
-    expected = ours.generate(prompts, **vision, max_new_tokens=3, policy=make())
-    pad = (inputs["attention_mask"] == 0).sum(1)
-    kept_somewhere = False
-    for layer, (cols, positions) in enumerate(zip(columns, expected.layer_positions)):
-        for b in range(len(prompts)):
-            got = cols[b][cols[b] >= pad[b]] - pad[b]
-            got = got[got < prompts[b].numel()]  # prompt entries only (the decode steps' columns come after)
-            want = positions[b][positions[b] >= 0]
-            assert torch.equal(got, want), (layer, b)
-            kept_somewhere |= want.numel() < prompts[b].numel()
-    assert kept_somewhere  # pruning is on
+    assert_transformers_keeps_the_package_tokens(hf, ours, inputs_of(arch, case, seed=2), POLICIES[name][0])
 
 
 @pytest.mark.parametrize("case", ["batch3-images", "batch3-same"])
@@ -163,28 +124,11 @@ def test_video_seconds_per_grid_step(models):
     assert got == ours.generate(prompts, **vision, max_new_tokens=6, policy=V2Drop(layers=(2, 4), keep=(0.3, 0.0))).tokens.tolist()
 
 
-def _visual_seen(positions: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
-    """The visual prompt indices among the entries of one cache row (``-1``: padding or a hole)."""
-    entries = positions[positions >= 0]
-    return entries[(prompt[entries] == IMAGE_TOKEN) | (prompt[entries] == VIDEO_TOKEN)]
-
-
 @pytest.mark.parametrize("case", ["image", "video", "image+video", "batch3-images"])
 @pytest.mark.parametrize("name", sorted(POLICIES))
 def test_kept_tokens_and_planes_equal_the_oracle(models, name, case):
     arch, hf, ours = models
-    inputs = inputs_of(arch, case, seed=3)
-    make, oracle_args = POLICIES[name]
-    prompts, vision = ours_args(inputs)
-    out = ours.generate(prompts, **vision, max_new_tokens=1, policy=make())
-    for row, prompt in enumerate(prompts):
-        oracle = oracle_prefill(hf, select_row(inputs, row), *oracle_args)
-        for layer, (entries, kept, seen) in enumerate(zip(out.layer_positions, oracle.kept, oracle.seen)):
-            assert torch.equal(entries[row][entries[row] >= 0], seen), (row, layer)  # the KV cache holds the survivors only
-            assert torch.equal(_visual_seen(entries[row], prompt), kept), (row, layer)
-        torch.testing.assert_close(out.prefill_logits[row], oracle.last_logits, atol=1e-4, rtol=0)
-    if len(prompts) == 1:
-        assert out.cache_lengths == [len(s) for s in oracle.seen]
+    assert_kept_like_the_oracle(hf, ours, inputs_of(arch, case, seed=3), *POLICIES[name])
 
 
 def test_survivors_keep_their_three_position_planes(models):
@@ -193,8 +137,8 @@ def test_survivors_keep_their_three_position_planes(models):
     prompts, vision = ours_args(inputs)
     oracle = oracle_prefill(hf, inputs, "v2drop", [2, 4], [0.25, 0.0])
     # the tokens a layer sees, with their planes: the oracle's positions equal the full planes at the kept indices
-    full = ours.tokens(prompts, "padded", video_features=ours.visual_features(vision["pixel_values_videos"],
-                                                                             vision["video_grid_thw"]),
+    features, deepstack = ours.encode(vision["pixel_values_videos"], vision["video_grid_thw"])
+    full = ours.tokens(prompts, "padded", video_features=features, video_deepstack=deepstack,
                        video_grid_thw=vision["video_grid_thw"], second_per_grid_ts=vision.get("second_per_grid_ts"))
     assert full.planes and full.position_ids.shape[0] == 3
     for seen, planes in zip(oracle.seen, oracle.positions):
@@ -212,7 +156,7 @@ def test_the_official_qwen2_vl_schedule_on_a_28_layer_model():
     oracle = oracle_prefill(hf, inputs, "v2drop", [3, 16, 22], [0.25, 0.05, 0.0])
     assert [v[0] for v in out.trace.visual_per_layer] == [64] * 3 + [16] * 13 + [1] * 12  # max(1, int(16 × 0.05)) = 1
     for entries, kept in zip(out.layer_positions, oracle.kept):
-        assert torch.equal(_visual_seen(entries[0], prompts[0]), kept)
+        assert torch.equal(visual_seen(entries[0], prompts[0]), kept)
 
 
 def test_loads_a_checkpoint_folder(tmp_path):
@@ -287,8 +231,8 @@ def test_unsupported_architectures_are_refused():
                                          num_attention_heads=2)).eval()
     with pytest.raises(NotImplementedError, match="pruning is implemented for .* not LlamaForCausalLM"):
         enable_pruning(llama, V2Drop(layers=(1,), keep=(0.5,)))
-    with pytest.raises(NotImplementedError, match="only 'qwen2_vl' and 'qwen2_5_vl'"):
-        QwenVLConfig.from_hf({"model_type": "qwen3_vl", "vision_config": {}})
+    with pytest.raises(NotImplementedError, match="only 'qwen2_vl', 'qwen2_5_vl' and 'qwen3_vl'"):
+        QwenVLConfig.from_hf({"model_type": "qwen3_vl_moe", "vision_config": {}})  # the MoE variants are not implemented
     with pytest.raises(NotImplementedError, match="sliding-window"):
         QwenVLConfig.from_hf({"model_type": "qwen2_vl", "vision_config": {}, "text_config": {
             "model_type": "qwen2_vl_text", "vocab_size": 8, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1,

@@ -7,7 +7,8 @@
 Supported: ``LlavaForConditionalGeneration`` and ``LlavaNextForConditionalGeneration`` (Llama
 decoder), ``LlavaOnevisionForConditionalGeneration`` (Qwen2 decoder; images and videos),
 ``Qwen2VLForConditionalGeneration`` and ``Qwen2_5_VLForConditionalGeneration`` (images and
-videos; M-RoPE position ids).
+videos; M-RoPE position ids), ``Qwen3VLForConditionalGeneration`` (images and videos; DeepStack: the
+features transformers hands its language model are added to the surviving visual tokens here).
 
 How: the language model's ``forward`` is replaced (on this instance only) by the package's decoder
 loop (:class:`~v2drop_kernels.models.decoder.Decoder`) running on the model's own modules and
@@ -52,6 +53,7 @@ _SUPPORTED = {
     "llava_onevision": (("qwen2",), ("image_token_id", "video_token_id")),
     "qwen2_vl": (("qwen2_vl_text", "qwen2_vl"), ("image_token_id", "video_token_id")),
     "qwen2_5_vl": (("qwen2_5_vl_text", "qwen2_5_vl"), ("image_token_id", "video_token_id")),
+    "qwen3_vl": (("qwen3_vl_text",), ("image_token_id", "video_token_id")),
 }
 
 
@@ -143,9 +145,12 @@ class PruningHandle:
             position_ids = position_ids.expand(3, b, -1)
         return position_ids.expand(3, b, -1)
 
-    def _prefill_tokens(self, hidden: Tensor, position_ids: Tensor, attention_mask: Tensor | None) -> tuple[Tokens, Tensor]:
+    def _prefill_tokens(self, hidden: Tensor, position_ids: Tensor, attention_mask: Tensor | None,
+                        deepstack: list[Tensor] | None = None, deepstack_mask: Tensor | None = None) -> tuple[Tokens, Tensor]:
         """The prefill's :class:`Tokens` (padded, or packed when rows differ in visual tokens) and
-        each row's left padding."""
+        each row's left padding. ``deepstack``: Qwen3-VL's DeepStack features as its language model
+        gets them (one ``[visual tokens, hidden]`` per level, the visual tokens in row-major order, which
+        ``deepstack_mask`` marks)."""
         b, s, _ = hidden.shape
         input_ids = _PROMPT_IDS.get()
         if input_ids is None or input_ids.shape != (b, s):
@@ -159,11 +164,18 @@ class PruningHandle:
         pad = s - real.sum(1)
         index = real.long().cumsum(1) - 1  # index in the row's own prompt; -1 on padding
         valid = None if attention_mask is None or bool(real.all()) else real
-        tokens = Tokens(hidden, position_ids, index, vis, counts, valid=valid)
+        stack = rows = None
+        if deepstack is not None:  # row r of level l belongs to the r-th visual token, row-major
+            stack = torch.stack(list(deepstack))
+            rows = (vis.flatten().long().cumsum(0) - 1).clamp_min(0).view(b, s)
+            if deepstack_mask is None or not torch.equal(deepstack_mask.to(vis.device).bool(), vis):
+                raise RuntimeError("v2drop pruning: the DeepStack features are not those of this prompt's visual tokens")
+        tokens = Tokens(hidden, position_ids, index, vis, counts, valid=valid, deepstack=stack, visual_row=rows)
         return (tokens if len(set(counts)) == 1 else pack_left_padded(tokens, lengths)), pad
 
     def _lm_forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                    inputs_embeds=None, use_cache=None, cache=None, **kwargs):
+                    inputs_embeds=None, use_cache=None, cache=None, visual_pos_masks=None, deepstack_visual_embeds=None,
+                    **kwargs):
         from transformers.modeling_outputs import BaseModelOutputWithPast
 
         if cache is not None:  # transformers >= 5.24's name
@@ -183,7 +195,8 @@ class PruningHandle:
             raise RuntimeError(f"v2drop pruning: an attention mask of {attention_mask.shape[1]} columns for {past} cached "
                                f"+ {s} new tokens (was the cache passed under a name this integration does not know?)")
         if past == 0:  # prefill: prune here
-            tokens, pad = self._prefill_tokens(inputs_embeds, position_ids, attention_mask)
+            tokens, pad = self._prefill_tokens(inputs_embeds, position_ids, attention_mask, deepstack_visual_embeds,
+                                               visual_pos_masks)
             adapter = _CacheAdapter(past_key_values, len(self.lm.layers), pad, s)
             past_key_values._v2drop_adapter = self._last = adapter  # the decode steps find it on their cache
             ctx = PruningContext(self.backend)
@@ -215,7 +228,8 @@ def enable_pruning(model, policy: Policy, backend: str | None = None) -> Pruning
     """Makes ``model`` prune visual tokens with ``policy`` in every forward and ``generate`` call:
     a ``transformers`` ``LlavaForConditionalGeneration`` or ``LlavaNextForConditionalGeneration``
     with a Llama decoder, ``LlavaOnevisionForConditionalGeneration`` with a Qwen2 decoder,
-    ``Qwen2VLForConditionalGeneration`` or ``Qwen2_5_VLForConditionalGeneration``.
+    ``Qwen2VLForConditionalGeneration``, ``Qwen2_5_VLForConditionalGeneration`` or
+    ``Qwen3VLForConditionalGeneration``.
 
     ``backend`` picks the ops' backend (``None``: the fastest for the model's device). Calling it
     again replaces the policy. Returns a handle whose ``disable()`` restores the stock forward.

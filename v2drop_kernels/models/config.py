@@ -23,7 +23,9 @@ class TextConfig:
     """A Llama-style decoder: RMSNorm, RoPE, grouped-query attention, SwiGLU. Qwen2 differs only by
     biases on q/k/v (``qkv_bias``, none on o) and, in Qwen2-VL, by multimodal RoPE: ``mrope_section``
     splits the ``head_dim / 2`` rotary frequencies into temporal, height and width sections, each
-    turned by its own plane of ``[3, ...]`` position ids."""
+    turned by its own plane of ``[3, ...]`` position ids. Qwen3-VL's decoder has no biases, an
+    RMSNorm over each head's queries and keys before RoPE (``qk_norm``) and interleaved M-RoPE
+    (``mrope_interleaved``: frequencies T, H, W, T, H, W, ... within the sections' counts)."""
 
     vocab_size: int
     hidden_size: int
@@ -38,6 +40,8 @@ class TextConfig:
     qkv_bias: bool = False  # biases on the q, k and v projections
     o_bias: bool = False  # bias on the output projection
     mrope_section: tuple[int, ...] | None = None  # multimodal RoPE (Qwen2-VL); None: one position plane
+    mrope_interleaved: bool = False  # Qwen3-VL: the planes' frequencies interleaved, not in contiguous sections
+    qk_norm: bool = False  # Qwen3: RMSNorm over head_dim on queries and keys (q_norm, k_norm) before RoPE
     mlp_bias: bool = False
     tie_word_embeddings: bool = False
     bos_token_id: int | None = 1
@@ -46,13 +50,15 @@ class TextConfig:
 
     @classmethod
     def from_hf(cls, cfg: dict[str, Any]) -> "TextConfig":
-        """From an HF text config: ``llama``, ``qwen2`` (q/k/v biases, plain RoPE) or a Qwen2-VL /
-        Qwen2.5-VL text model (q/k/v biases, M-RoPE)."""
+        """From an HF text config: ``llama``, ``qwen2`` (q/k/v biases, plain RoPE), a Qwen2-VL /
+        Qwen2.5-VL text model (q/k/v biases, M-RoPE) or Qwen3-VL's (q/k norms, interleaved M-RoPE)."""
         model_type = cfg.get("model_type", "llama")
-        qwen = model_type in _QWEN_TEXT_TYPES  # M-RoPE
+        qwen3 = model_type in _QWEN3_TEXT_TYPES
+        qwen = qwen3 or model_type in _QWEN_TEXT_TYPES  # M-RoPE
         qwen2 = model_type == "qwen2"
         if not qwen and not qwen2 and model_type != "llama":
-            raise NotImplementedError(f"text model {model_type!r}: Llama, Qwen2 and Qwen2-VL / Qwen2.5-VL decoders are implemented")
+            raise NotImplementedError(f"text model {model_type!r}: Llama, Qwen2, Qwen2-VL / Qwen2.5-VL and Qwen3-VL "
+                                      "decoders are implemented")
         if cfg.get("hidden_act", "silu") != "silu":
             raise NotImplementedError(f"text_config.hidden_act={cfg['hidden_act']!r}: only SwiGLU ('silu') is implemented")
         if cfg.get("use_sliding_window"):
@@ -67,7 +73,7 @@ class TextConfig:
         head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
         mrope = None
         if qwen:  # transformers' default section when the config names none
-            mrope = tuple(int(n) for n in rope.get("mrope_section", (16, 24, 24)))
+            mrope = tuple(int(n) for n in rope.get("mrope_section", (24, 20, 20) if qwen3 else (16, 24, 24)))
             if sum(mrope) != head_dim // 2:
                 raise ValueError(f"mrope_section {list(mrope)} must add up to head_dim / 2 = {head_dim // 2}")
         bias = cfg.get("attention_bias", False)
@@ -82,9 +88,11 @@ class TextConfig:
             rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
             rope_theta=rope.get("rope_theta", cfg.get("rope_theta", 1e6 if qwen else 10000.0)),
             rope_linear_factor=float(rope.get("factor", 1.0)) if rope_type == "linear" else 1.0,
-            qkv_bias=True if qwen or qwen2 else bias,
-            o_bias=False if qwen or qwen2 else bias,
+            qkv_bias=bias if qwen3 else True if qwen or qwen2 else bias,
+            o_bias=bias if qwen3 else False if qwen or qwen2 else bias,
             mrope_section=mrope,
+            mrope_interleaved=qwen3,  # transformers' Qwen3-VL always interleaves (its configs say mrope_interleaved)
+            qk_norm=qwen3,
             mlp_bias=cfg.get("mlp_bias", False),
             tie_word_embeddings=cfg.get("tie_word_embeddings", False),
             bos_token_id=cfg.get("bos_token_id", 1),
@@ -94,6 +102,7 @@ class TextConfig:
 
 
 _QWEN_TEXT_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen2_vl_text", "qwen2_5_vl_text")
+_QWEN3_TEXT_TYPES = ("qwen3_vl", "qwen3_vl_text")
 
 
 @dataclass(frozen=True)
@@ -215,7 +224,7 @@ class QwenVLConfig:
     with M-RoPE. Images and videos are spans of ``image_token_id`` / ``video_token_id`` tokens,
     ``t·h·w / merge²`` per item of ``grid_thw``."""
 
-    arch: str  # "qwen2_vl" or "qwen2_5_vl"
+    arch: str  # "qwen2_vl", "qwen2_5_vl" or "qwen3_vl"
     text: TextConfig
     vision: dict[str, Any] = field(repr=False)  # HF vision config as a dict
     image_token_id: int = 151655
@@ -232,11 +241,17 @@ class QwenVLConfig:
         """Qwen2.5-VL: temporal position ids advance ``tokens_per_second · seconds`` per grid step."""
         return float(self.vision.get("tokens_per_second", 4))
 
+    @property
+    def deepstack_levels(self) -> int:
+        """Qwen3-VL: the decoder layers (the first ones) after which DeepStack adds visual features."""
+        return len(self.vision.get("deepstack_visual_indexes") or ()) if self.arch == "qwen3_vl" else 0
+
     @classmethod
     def from_hf(cls, cfg: dict[str, Any]) -> "QwenVLConfig":
         arch = cfg.get("model_type")
-        if arch not in ("qwen2_vl", "qwen2_5_vl"):
-            raise NotImplementedError(f"model_type {arch!r}: only 'qwen2_vl' and 'qwen2_5_vl' load as Qwen-VL models")
+        if arch not in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
+            raise NotImplementedError(f"model_type {arch!r}: only 'qwen2_vl', 'qwen2_5_vl' and 'qwen3_vl' load as Qwen-VL "
+                                      "models")
         if "text_config" in cfg and cfg["text_config"]:  # transformers 5: nested
             text = dict(cfg["text_config"])
         else:  # the published checkpoints: the text model's keys at the top level

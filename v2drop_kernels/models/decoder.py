@@ -149,6 +149,8 @@ class Decoder:
             if cache is not None:
                 cache.store(i, k, v, tokens)
             tokens.hidden = self._post(tokens.hidden, out, w)
+            if tokens.deepstack is not None and i < tokens.deepstack.shape[0]:
+                tokens = _add_deepstack(tokens, i)
         tokens.hidden = self.model.norm(tokens.hidden)
         return tokens
 
@@ -185,3 +187,14 @@ class Decoder:
                 out = attend(i, q, k, v).transpose(1, 2).flatten(-2)
                 hidden = self._post_step(hidden, out, w)
         return self.model.norm(hidden)
+
+
+def _add_deepstack(tokens: Tokens, level: int) -> Tokens:
+    """DeepStack (Qwen3-VL): after layer ``level``, each visual token still present gains its own row
+    of ``tokens.deepstack[level]`` (text tokens nothing); the features are let go after the last
+    level. One gather of ``[tokens, D]`` rows; a new hidden tensor (a kept layer input is not touched)."""
+    rows = tokens.deepstack[level].index_select(0, tokens.visual_row.flatten()).view_as(tokens.hidden)
+    tokens.hidden = torch.where(tokens.vis_mask.unsqueeze(-1), tokens.hidden + rows.to(tokens.hidden.dtype), tokens.hidden)
+    if level == tokens.deepstack.shape[0] - 1:
+        tokens.deepstack = tokens.visual_row = None
+    return tokens

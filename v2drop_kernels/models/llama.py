@@ -1,7 +1,8 @@
 """Llama decoder modules: RMSNorm, RoPE, grouped-query attention projections, SwiGLU.
 
 The same modules hold a Qwen2 decoder (Qwen2-VL, Qwen2.5-VL): it differs by its q/k/v biases and,
-for the VL models, by multimodal RoPE (:class:`Rotary` with ``mrope_section``).
+for the VL models, by multimodal RoPE (:class:`Rotary` with ``mrope_section``); and Qwen3-VL's: no
+biases, per-head q/k norms (``self_attn.q_norm``, ``k_norm``), interleaved multimodal RoPE.
 
 Module and parameter names follow ``transformers``' ``LlamaModel`` (``layers.N.self_attn.q_proj``,
 ``layers.N.mlp.gate_proj``, ``layers.N.input_layernorm``, ...), so an HF state dict loads by name
@@ -39,8 +40,10 @@ class Rotary(nn.Module):
 
     Multimodal RoPE (``cfg.mrope_section``, Qwen2-VL): position ids come as three planes
     ``[3, ...]`` (temporal, height, width) and frequency ``j`` turns by the plane of the section
-    ``j`` falls in (sections taken in turn: temporal, height, width). Text tokens have three equal
-    planes, which is plain RoPE.
+    ``j`` falls in (sections taken in turn: temporal, height, width). Interleaved
+    (``cfg.mrope_interleaved``, Qwen3-VL): frequency ``j`` turns by height when ``j ≡ 1 (mod 3)`` and
+    ``j < 3 · section[1]``, by width when ``j ≡ 2 (mod 3)`` and ``j < 3 · section[2]``, else by time.
+    Text tokens have three equal planes, which is plain RoPE.
     """
 
     def __init__(self, cfg: TextConfig):
@@ -50,23 +53,34 @@ class Rotary(nn.Module):
         inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float, device="cpu") / dim))
         # A plain attribute, not a buffer: ``model.to(torch.bfloat16)`` must not round the frequencies.
         self.inv_freq = inv_freq / cfg.rope_linear_factor
-        self.mrope_section = cfg.mrope_section
-        self._on_device: dict[torch.device, Tensor] = {}
+        self.plane_of = None if cfg.mrope_section is None else mrope_planes(cfg.mrope_section, cfg.mrope_interleaved)
+        self._on_device: dict[torch.device, tuple[Tensor, Tensor | None]] = {}
 
     def forward(self, position_ids: Tensor, dtype: torch.dtype, planes: bool = False) -> tuple[Tensor, Tensor]:
         """``cos, sin`` of shape ``position_ids.shape + (head_dim,)``, computed in float32; with
         ``planes`` (M-RoPE ids ``[3, ...]``) of shape ``position_ids.shape[1:] + (head_dim,)``."""
-        inv_freq = self._on_device.get(position_ids.device)
-        if inv_freq is None:
-            inv_freq = self._on_device[position_ids.device] = self.inv_freq.to(position_ids.device)
+        tables = self._on_device.get(position_ids.device)
+        if tables is None:
+            plane_of = None if self.plane_of is None else self.plane_of.to(position_ids.device)
+            tables = self._on_device[position_ids.device] = (self.inv_freq.to(position_ids.device), plane_of)
+        inv_freq, plane_of = tables
         freqs = position_ids[..., None].float() * inv_freq
         if planes:
-            if self.mrope_section is None:
+            if plane_of is None:
                 raise ValueError(f"position ids of shape {tuple(position_ids.shape)} have planes, but this model has no mrope_section")
-            sections = freqs.split(list(self.mrope_section), dim=-1)
-            freqs = torch.cat([section[i % 3] for i, section in enumerate(sections)], dim=-1)
+            freqs = freqs.gather(0, plane_of.expand(1, *freqs.shape[1:]))[0]  # frequency j from plane plane_of[j]
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def mrope_planes(section: Sequence[int], interleaved: bool) -> Tensor:
+    """int64 ``[head_dim / 2]``: the plane (0 time, 1 height, 2 width) whose position id turns each
+    rotary frequency, for M-RoPE sections ``section`` (contiguous, or interleaved as Qwen3-VL)."""
+    if not interleaved:
+        planes = [p for p, n in enumerate(section) for _ in range(n)]
+    else:
+        planes = [p if p and j < 3 * section[p] else 0 for j in range(sum(section)) for p in [j % 3]]
+    return torch.tensor(planes, dtype=torch.long, device="cpu")  # on the CPU even under torch.device("meta")
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -84,6 +98,9 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(d, cfg.num_kv_heads * hd, bias=bias)
         self.v_proj = nn.Linear(d, cfg.num_kv_heads * hd, bias=bias)
         self.o_proj = nn.Linear(cfg.num_heads * hd, d, bias=cfg.o_bias)
+        if cfg.qk_norm:  # Qwen3: an RMSNorm over each head's queries and keys, before RoPE
+            self.q_norm = RMSNorm(hd, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(hd, cfg.rms_norm_eps)
 
 
 class MLP(nn.Module):
@@ -127,7 +144,8 @@ Linear = tuple[Tensor, Tensor | None]  # (weight [out, in], bias [out] or None)
 class LayerWeights(NamedTuple):
     """One decoder layer's weights. ``qkv`` and ``gate_up`` are projection groups whose outputs are
     concatenated: one fused linear (``[Hq·Dh + 2·Hkv·Dh, D]``, ``[2F, D]``) or the three / two
-    separate ones of a model that must not be touched (transformers' own, in the integration)."""
+    separate ones of a model that must not be touched (transformers' own, in the integration).
+    ``q_norm``, ``k_norm``: the per-head query and key norms (Qwen3), or None."""
 
     input_norm: Tensor
     qkv: tuple[Linear, ...]
@@ -136,6 +154,8 @@ class LayerWeights(NamedTuple):
     gate_up: tuple[Linear, ...]
     down: Linear
     eps: float
+    q_norm: Tensor | None = None
+    k_norm: Tensor | None = None
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
@@ -151,11 +171,14 @@ def _project(x: Tensor, groups: Sequence[Linear]) -> Tensor:
 
 
 def pre_attention(x: Tensor, w: LayerWeights, cos: Tensor, sin: Tensor, heads: int, kv_heads: int, head_dim: int):
-    """Input norm, q/k/v projections, RoPE: ``q [..., Hq, Dh]``, ``k, v [..., Hkv, Dh]`` for tokens
-    ``x [..., D]`` whose RoPE tables ``cos, sin [..., Dh]`` are given."""
+    """Input norm, q/k/v projections (and the per-head q/k norms where the layer has them), RoPE:
+    ``q [..., Hq, Dh]``, ``k, v [..., Hkv, Dh]`` for tokens ``x [..., D]`` whose RoPE tables
+    ``cos, sin [..., Dh]`` are given."""
     qkv = _project(rms_norm(x, w.input_norm, w.eps), w.qkv)
     q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
     q, k, v = q.unflatten(-1, (heads, head_dim)), k.unflatten(-1, (kv_heads, head_dim)), v.unflatten(-1, (kv_heads, head_dim))
+    if w.q_norm is not None:
+        q, k = rms_norm(q, w.q_norm, w.eps), rms_norm(k, w.k_norm, w.eps)
     cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # broadcast over heads
     return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
@@ -229,4 +252,6 @@ def layer_weights(layer: nn.Module, eps: float) -> LayerWeights:
         gate_up=(fused_gate_up,) if fused_gate_up else tuple(_linear(m) for m in gate_up),
         down=_linear(mlp.down_proj),
         eps=eps,
+        q_norm=attn.q_norm.weight if hasattr(attn, "q_norm") else None,
+        k_norm=attn.k_norm.weight if hasattr(attn, "k_norm") else None,
     )

@@ -26,6 +26,7 @@ from .config import LlavaConfig, LlavaNextConfig, LlavaOnevisionConfig, QwenVLCo
 from .llava import Llava
 from .llava_next import LlavaNext
 from .llava_onevision import LlavaOnevision
+from .qwen3_vl import Qwen3VL
 from .qwen_vl import QwenVL, build_vision_tower
 
 _QWEN_PREFIXES = (  # checkpoint prefix -> this model's prefix, first match wins
@@ -118,11 +119,12 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32,
                device: str | torch.device = "cpu") -> Llava | LlavaNext | LlavaOnevision | QwenVL:
     """The model of a local checkpoint folder, by its ``model_type`` (:data:`LOADERS`): ``llava``
     (or none) → :class:`Llava`, ``llava_next`` → :class:`LlavaNext`, ``llava_onevision`` →
-    :class:`LlavaOnevision`, ``qwen2_vl`` / ``qwen2_5_vl`` → :class:`QwenVL`."""
+    :class:`LlavaOnevision`, ``qwen2_vl`` / ``qwen2_5_vl`` → :class:`QwenVL`, ``qwen3_vl`` →
+    :class:`Qwen3VL`."""
     model_type = read_config(path).get("model_type")
     if model_type not in LOADERS:
         raise NotImplementedError(f"{path}: model_type {model_type!r} is not supported (llava, llava_next, llava_onevision, "
-                                  "qwen2_vl and qwen2_5_vl are)")
+                                  "qwen2_vl, qwen2_5_vl and qwen3_vl are)")
     return LOADERS[model_type](path, dtype, device)
 
 
@@ -150,14 +152,16 @@ def load_llava_onevision(path: str | Path, dtype: torch.dtype = torch.float32,
 
 
 def load_qwen_vl(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> QwenVL:
-    """Builds :class:`QwenVL` (Qwen2-VL or Qwen2.5-VL) from a local checkpoint folder."""
+    """Builds :class:`QwenVL` (Qwen2-VL or Qwen2.5-VL) or :class:`Qwen3VL` from a local checkpoint folder."""
     cfg = with_generation_eos(QwenVLConfig.from_hf(read_config(path)), _generation_config(path).get("eos_token_id"))
     return _assemble_qwen_vl(cfg, _read_weights(Path(path), dtype, device), device, str(path))
 
 
 # The registry: a checkpoint's model_type -> its loader (adding an architecture adds its line here).
 LOADERS = {None: load_llava, "llava": load_llava, "llava_next": load_llava_next, "qwen2_vl": load_qwen_vl,
-           "qwen2_5_vl": load_qwen_vl, "llava_onevision": load_llava_onevision}
+           "qwen2_5_vl": load_qwen_vl, "qwen3_vl": load_qwen_vl, "llava_onevision": load_llava_onevision}
+# the Qwen-VL family: arch -> model class
+_QWEN_CLASSES = {"qwen2_vl": QwenVL, "qwen2_5_vl": QwenVL, "qwen3_vl": Qwen3VL}
 
 
 def llava_from_transformers(hf_model) -> Llava:
@@ -189,7 +193,8 @@ def llava_onevision_from_transformers(hf_model) -> LlavaOnevision:
 
 def qwen_vl_from_transformers(hf_model) -> QwenVL:
     """:class:`QwenVL` on the weights of an in-memory ``Qwen2VLForConditionalGeneration`` or
-    ``Qwen2_5_VLForConditionalGeneration`` (the same tensors, not copies)."""
+    ``Qwen2_5_VLForConditionalGeneration``, :class:`Qwen3VL` on a ``Qwen3VLForConditionalGeneration``'s
+    (the same tensors, not copies)."""
     cfg = with_generation_eos(QwenVLConfig.from_hf(hf_model.config.to_dict()), _hf_generation_eos(hf_model))
     device = next(hf_model.parameters()).device
     return _assemble_qwen_vl(cfg, hf_model.state_dict(), device, type(hf_model).__name__)
@@ -225,7 +230,7 @@ def _assemble_llava(cfg: LlavaConfig, checkpoint: dict[str, torch.Tensor], devic
 
 def _assemble_qwen_vl(cfg: QwenVLConfig, checkpoint: dict[str, torch.Tensor], device, source: str) -> QwenVL:
     with torch.device("meta"):
-        model = QwenVL(cfg)
+        model = _QWEN_CLASSES[cfg.arch](cfg)
     _load_by_name(model, checkpoint, _QWEN_PREFIXES, cfg.text.tie_word_embeddings, source)
     # The tower's non-persistent buffers (rotary frequencies) are not in checkpoints: take them from
     # a tower of no blocks built on the CPU.
@@ -271,34 +276,43 @@ def tiny_config(layers: int = 32, hidden: int = 128, image_size: int = 336, patc
 
 
 def tiny_qwen_config(arch: str = "qwen2_vl", layers: int = 28, hidden: int = 128, vocab: int = 512) -> QwenVLConfig:
-    """A small Qwen2-VL / Qwen2.5-VL-shaped config: 28 layers like the 7B models by default, M-RoPE
-    sections in the 7B's proportions, a 2-block vision tower with 14 px patches and 2×2 merging."""
+    """A small Qwen2-VL / Qwen2.5-VL / Qwen3-VL-shaped config: 28 layers like the 7B models by
+    default, M-RoPE sections in the 7B's (Qwen3-VL: 8B's) proportions, a vision tower with 14 px
+    (Qwen3-VL: 16 px) patches and 2×2 merging: 2 blocks, Qwen3-VL 3 with a DeepStack merger on each,
+    so that DeepStack adds features after decoder layers 0, 1, 2 (the 8B: 3 levels too)."""
     heads = 4
     vision = {"depth": 2, "hidden_size": hidden, "num_heads": 4, "patch_size": 14, "spatial_merge_size": 2,
               "temporal_patch_size": 2, "in_channels": 3}
+    freqs = hidden // heads // 2
+    spatial = freqs * (20 if arch == "qwen3_vl" else 24) // 64  # the 7B's (16, 24, 24) of 64, Qwen3-VL-8B's (24, 20, 20)
+    text = {"mrope_section": [freqs - 2 * spatial, spatial, spatial], "rope_theta": 1e6}
     if arch == "qwen2_vl":
         vision.update(embed_dim=64, mlp_ratio=2)
     elif arch == "qwen2_5_vl":
         vision.update(hidden_size=64, out_hidden_size=hidden, intermediate_size=128, window_size=56,
                       fullatt_block_indexes=[1], tokens_per_second=2)
+    elif arch == "qwen3_vl":
+        vision.update(depth=3, hidden_size=64, out_hidden_size=hidden, intermediate_size=128, patch_size=16,
+                      num_position_embeddings=2304, deepstack_visual_indexes=[0, 1, 2])
+        text.update(rope_theta=5e6, mrope_interleaved=True)
     else:
-        raise ValueError(f"arch must be 'qwen2_vl' or 'qwen2_5_vl', got {arch!r}")
+        raise ValueError(f"arch must be 'qwen2_vl', 'qwen2_5_vl' or 'qwen3_vl', got {arch!r}")
     return QwenVLConfig.from_hf({
         "model_type": arch, "image_token_id": vocab - 3, "video_token_id": vocab - 2, "vision_start_token_id": vocab - 5,
         "vision_end_token_id": vocab - 4,
         "text_config": {
             "model_type": arch + "_text", "vocab_size": vocab, "hidden_size": hidden, "intermediate_size": 2 * hidden + hidden // 2,
             "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": 2, "rms_norm_eps": 1e-6,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]},
-            "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
+            "rope_parameters": {"rope_type": "default", **text}, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
         },
         "vision_config": vision,
     })
 
 
 def random_qwen_vl(cfg: QwenVLConfig | None = None, seed: int = 0, dtype: torch.dtype = torch.float32, device="cpu") -> QwenVL:
-    """A randomly initialised :class:`QwenVL` (``std = 0.02`` linears)."""
-    return _randomise(QwenVL(cfg or tiny_qwen_config()), seed).to(device, dtype).fuse_projections().eval()
+    """A randomly initialised :class:`QwenVL` or :class:`Qwen3VL` (by ``cfg.arch``; ``std = 0.02`` linears)."""
+    cfg = cfg or tiny_qwen_config()
+    return _randomise(_QWEN_CLASSES[cfg.arch](cfg), seed).to(device, dtype).fuse_projections().eval()
 
 
 def random_llava(cfg: LlavaConfig | None = None, seed: int = 0, dtype: torch.dtype = torch.float32, device="cpu") -> Llava:

@@ -38,6 +38,7 @@ _VISION = {
     "qwen2_vl": ("transformers.models.qwen2_vl.modeling_qwen2_vl", "Qwen2VisionTransformerPretrainedModel", "Qwen2VLVisionConfig"),
     "qwen2_5_vl": ("transformers.models.qwen2_5_vl.modeling_qwen2_5_vl", "Qwen2_5_VisionTransformerPretrainedModel",
                    "Qwen2_5_VLVisionConfig"),
+    "qwen3_vl": ("transformers.models.qwen3_vl.modeling_qwen3_vl", "Qwen3VLVisionModel", "Qwen3VLVisionConfig"),
 }
 
 
@@ -106,25 +107,37 @@ class QwenVL(VisionLanguageModel):
     def visual_features(self, pixel_values: Tensor, grid_thw: Tensor) -> Tensor:
         """Flattened patches ``[patches, C·T·P·P]`` of the images (or videos) of ``grid_thw`` →
         ``[tokens, hidden]``, one token per ``merge × merge`` patches, in the decoder's dtype."""
+        return self.encode(pixel_values, grid_thw)[0]
+
+    def encode(self, pixel_values: Tensor, grid_thw: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The vision tower on flattened patches: ``(features [tokens, hidden], DeepStack features
+        [levels, tokens, hidden] or None)``, in the decoder's dtype (Qwen2-VL and Qwen2.5-VL have no
+        DeepStack)."""
         if self.visual is None:
             raise RuntimeError("this model was built without a vision tower: pass image_features / video_features")
         dtype = self.lm_head.weight.dtype
         out = self.visual(pixel_values.to(self.visual.dtype), grid_thw=grid_thw)
-        return getattr(out, "pooler_output", out).to(dtype)
+        deep = getattr(out, "deepstack_features", None)
+        return getattr(out, "pooler_output", out).to(dtype), (torch.stack(list(deep)).to(dtype) if deep else None)
+
+    def _video_grids(self, video_grid_thw, second_per_grid_ts) -> tuple[list, list[float] | None]:
+        """The grids of the prompts' video spans, in order, and each span's temporal step (None: 1):
+        one span per video, stepping by Qwen2.5-VL's ``tokens_per_second · seconds per grid step``."""
+        grids = [] if video_grid_thw is None else torch.as_tensor(video_grid_thw).tolist()
+        if self.cfg.arch != "qwen2_5_vl":
+            if second_per_grid_ts is not None:
+                raise ValueError(f"second_per_grid_ts is a Qwen2.5-VL input; {self.cfg.arch}'s temporal ids step by 1")
+            return grids, None
+        seconds = [1.0] * len(grids) if second_per_grid_ts is None else torch.as_tensor(second_per_grid_ts).tolist()
+        if len(seconds) != len(grids):
+            raise ValueError(f"second_per_grid_ts has {len(seconds)} entries for {len(grids)} videos")
+        return grids, [self.cfg.tokens_per_second * s for s in seconds]
 
     def _planes(self, prompts: list[Tensor], image_grid_thw, video_grid_thw, second_per_grid_ts) -> list[Tensor]:
         """Each prompt's ``[3, n]`` M-RoPE position ids (host), checking spans against the grids."""
         cfg = self.cfg
-        grids = {IMAGE: [] if image_grid_thw is None else torch.as_tensor(image_grid_thw).tolist(),
-                 VIDEO: [] if video_grid_thw is None else torch.as_tensor(video_grid_thw).tolist()}
-        intervals = None
-        if cfg.arch == "qwen2_5_vl":
-            seconds = [1.0] * len(grids[VIDEO]) if second_per_grid_ts is None else torch.as_tensor(second_per_grid_ts).tolist()
-            if len(seconds) != len(grids[VIDEO]):
-                raise ValueError(f"second_per_grid_ts has {len(seconds)} entries for {len(grids[VIDEO])} videos")
-            intervals = [cfg.tokens_per_second * s for s in seconds]
-        elif second_per_grid_ts is not None:
-            raise ValueError("second_per_grid_ts is a Qwen2.5-VL input; Qwen2-VL's temporal ids step by 1")
+        videos, intervals = self._video_grids(video_grid_thw, second_per_grid_ts)
+        grids = {IMAGE: [] if image_grid_thw is None else torch.as_tensor(image_grid_thw).tolist(), VIDEO: videos}
         out = []
         for ids in prompts:
             types = torch.zeros_like(ids)
@@ -133,35 +146,50 @@ class QwenVL(VisionLanguageModel):
             out.append(rope_planes(types.tolist(), grids, cfg.spatial_merge_size, intervals))
         for kind, name in ((IMAGE, "image"), (VIDEO, "video")):
             if grids[kind]:
-                raise ValueError(f"{name}_grid_thw has {len(grids[kind])} more rows than the prompts have {name} spans")
+                raise ValueError(f"{name}_grid_thw has {len(grids[kind])} more {'rows' if kind == IMAGE else 'spans'} than "
+                                 f"the prompts have {name} spans")
         return out
 
     def tokens(self, prompts: Sequence[Tensor], layout: str, *, image_features: Tensor | None = None,
                image_grid_thw: Tensor | None = None, video_features: Tensor | None = None,
-               video_grid_thw: Tensor | None = None, second_per_grid_ts: Tensor | None = None) -> Tokens:
+               video_grid_thw: Tensor | None = None, second_per_grid_ts: Tensor | None = None,
+               image_deepstack: Tensor | None = None, video_deepstack: Tensor | None = None) -> Tokens:
         """The prefill input: ``padded`` (left padding, same number of visual tokens per row),
         ``packed``, or ``auto`` (padded when every row holds as many visual tokens); positions: the
-        M-RoPE planes of each prompt."""
+        M-RoPE planes of each prompt. ``image_deepstack`` / ``video_deepstack``: the features'
+        DeepStack levels ``[levels, tokens, hidden]`` (Qwen3-VL, which needs them)."""
         host = self._host_prompts(prompts)
         planes = self._planes(host, image_grid_thw, video_grid_thw, second_per_grid_ts)
-        return self._prefill_tokens(host, layout, [image_features, video_features], planes)
+        levels = self.cfg.deepstack_levels
+        for name, feats, deep in (("image", image_features, image_deepstack), ("video", video_features, video_deepstack)):
+            if deep is not None and (not levels or deep.dim() != 3 or deep.shape[0] != levels):
+                raise ValueError(f"{name}_deepstack of shape {tuple(deep.shape)}: this model adds "
+                                 + (f"{levels} DeepStack levels ([{levels}, tokens, hidden])" if levels else "no DeepStack features"))
+            if levels and feats is not None and deep is None:
+                raise ValueError(f"{name}_features need {name}_deepstack: {self.cfg.arch} adds DeepStack features to the "
+                                 f"visual tokens after its first {levels} layers")
+        return self._prefill_tokens(host, layout, [image_features, video_features], planes,
+                                    deepstack=[image_deepstack, video_deepstack] if levels else None)
 
     def inputs(self, prompts: Sequence[Tensor], layout: str, pixel_values: Tensor | None = None,
                image_grid_thw: Tensor | None = None, pixel_values_videos: Tensor | None = None,
                video_grid_thw: Tensor | None = None, second_per_grid_ts: Tensor | None = None,
-               image_features: Tensor | None = None, video_features: Tensor | None = None) -> Tokens:
+               image_features: Tensor | None = None, video_features: Tensor | None = None,
+               image_deepstack: Tensor | None = None, video_deepstack: Tensor | None = None) -> Tokens:
         """The prefill tokens of ``prompts`` from what the HF processor gives (the flattened patches
         and grids of the images and videos, Qwen2.5-VL's ``second_per_grid_ts``), through the vision
         tower, or from precomputed ``image_features`` / ``video_features`` (merger outputs
-        ``[tokens, hidden]``) with their grids still given."""
+        ``[tokens, hidden]``; Qwen3-VL: with their ``*_deepstack``) with their grids still given."""
         if pixel_values is not None:
             if image_grid_thw is None:
                 raise ValueError("pixel_values needs image_grid_thw")
-            image_features = self.visual_features(pixel_values, torch.as_tensor(image_grid_thw, device=pixel_values.device))
+            image_features, image_deepstack = self.encode(pixel_values, torch.as_tensor(image_grid_thw, device=pixel_values.device))
         if pixel_values_videos is not None:
             if video_grid_thw is None:
                 raise ValueError("pixel_values_videos needs video_grid_thw")
-            video_features = self.visual_features(pixel_values_videos,
-                                                  torch.as_tensor(video_grid_thw, device=pixel_values_videos.device))
+            video_features, video_deepstack = self.encode(pixel_values_videos,
+                                                          torch.as_tensor(video_grid_thw, device=pixel_values_videos.device))
         return self.tokens(prompts, layout, image_features=image_features, image_grid_thw=image_grid_thw,
-                           video_features=video_features, video_grid_thw=video_grid_thw, second_per_grid_ts=second_per_grid_ts)
+                           video_features=video_features, video_grid_thw=video_grid_thw,
+                           second_per_grid_ts=second_per_grid_ts, image_deepstack=image_deepstack,
+                           video_deepstack=video_deepstack)

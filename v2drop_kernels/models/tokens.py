@@ -53,7 +53,8 @@ def pack_left_padded(tokens: "Tokens", lengths: list[int]) -> "Tokens":
     rows, cols = packed_coordinates(lengths, device, width=tokens.hidden.shape[1])
     return Tokens(tokens.hidden[rows, cols], tokens.position_ids[..., rows, cols], tokens.orig_pos[rows, cols],
                   tokens.vis_mask[rows, cols], list(tokens.num_visual), cu_seqlens=cu_seqlens(lengths, device),
-                  lengths=list(lengths), prompt_visual=list(tokens.prompt_visual))
+                  lengths=list(lengths), prompt_visual=list(tokens.prompt_visual), deepstack=tokens.deepstack,
+                  visual_row=None if tokens.visual_row is None else tokens.visual_row[rows, cols])
 
 
 def unpack_left_padded(tokens: "Tokens") -> Tensor:
@@ -103,6 +104,10 @@ class Tokens:
     cu_seqlens: Tensor | None = None  # packed: int32 [B + 1]
     lengths: list[int] | None = None  # packed: tokens per row (host), so that cu_seqlens is never read back
     prompt_visual: list[int] | None = None  # visual tokens per row in the prompt (host; default: num_visual)
+    # Qwen3-VL's DeepStack: features added to the visual tokens after layers 0 .. L-1, [L, N, D] (N: the
+    # batch's visual tokens in prompt order), and each token's row of them (int64 like orig_pos; 0 on text)
+    deepstack: Tensor | None = None
+    visual_row: Tensor | None = None
 
     def __post_init__(self):
         if self.prompt_visual is None:  # built from a prompt: nothing dropped yet
@@ -169,6 +174,7 @@ class Tokens:
             vis_mask=take(self.vis_mask) if sel.vis_mask is None else sel.vis_mask,
             orig_pos=take(self.orig_pos),
             valid=None if self.valid is None else take(self.valid),
+            visual_row=None if self.visual_row is None else take(self.visual_row),
             num_visual=list(sel.num_visual),
             cu_seqlens=sel.cu_seqlens,
             lengths=lengths,

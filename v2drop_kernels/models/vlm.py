@@ -99,12 +99,13 @@ class VisionLanguageModel(GenerativeModel):
         return host
 
     def _prefill_tokens(self, host: list[Tensor], layout: str, features: Sequence[Tensor | None],
-                        positions: list[Tensor] | None = None) -> Tokens:
+                        positions: list[Tensor] | None = None, deepstack: Sequence[Tensor | None] | None = None) -> Tokens:
         """The prefill :class:`Tokens` of the prompts ``host`` (:meth:`_host_prompts`): ``padded``
         (left padding at position 0, the same visual count per row), ``packed``, or ``auto``.
         ``features``: one entry per :meth:`visual_inputs` kind (``[tokens, hidden]`` or more leading
         dims, in prompt order across the batch; ``None`` when absent); ``positions``: per prompt,
-        host ``[n]`` or ``[3, n]`` position ids (``None``: ``0 .. n-1``)."""
+        host ``[n]`` or ``[3, n]`` position ids (``None``: ``0 .. n-1``); ``deepstack``: per kind,
+        its DeepStack features ``[levels, tokens, hidden]`` (Qwen3-VL) or ``None``."""
         device = self.lm_head.weight.device
         kinds = self.visual_inputs()
         lengths = [p.numel() for p in host]
@@ -112,11 +113,21 @@ class VisionLanguageModel(GenerativeModel):
         what = f"{kinds[0].name} tokens" if len(kinds) == 1 else "visual tokens"
         layout = resolve_layout(layout, visual, what)
         positions = positions if positions is not None else [torch.arange(n) for n in lengths]
+        stack = None
+        if deepstack is not None and any(d is not None for d in deepstack):
+            for kind, feats, deep in zip(kinds, features, deepstack):
+                if feats is not None and deep is None:
+                    raise ValueError(f"{kind.name} features without their DeepStack features: this model adds them after "
+                                     f"its first layers (pass {kind.name}_deepstack, or the pixels)")
+            stack = torch.cat([d for d in deepstack if d is not None], 1)
+        else:
+            deepstack = None
         if layout == "packed":
-            hidden, vis = self._embed(torch.cat(host).to(device), features)
+            hidden, vis, feature_rows = self._embed(torch.cat(host).to(device), features, deepstack)
             index = torch.cat([torch.arange(n) for n in lengths]).to(device)
             pos = torch.cat(positions, dim=-1).to(device)
-            return Tokens(hidden, pos, index, vis, visual, cu_seqlens=cu_seqlens(lengths, device), lengths=lengths)
+            return Tokens(hidden, pos, index, vis, visual, cu_seqlens=cu_seqlens(lengths, device), lengths=lengths,
+                          deepstack=stack, visual_row=feature_rows)
         width, rows = max(lengths), len(host)
         ids = torch.full((rows, width), self.cfg.text.pad_token_id or 0, dtype=torch.long)
         pos = torch.zeros(*positions[0].shape[:-1], rows, width, dtype=torch.long)  # left padding at position 0
@@ -125,16 +136,21 @@ class VisionLanguageModel(GenerativeModel):
             ids[row, width - p.numel():] = p
             pos[..., row, width - p.numel():] = plane
             index[row, width - p.numel():] = torch.arange(p.numel())
-        hidden, vis = self._embed(ids.to(device), features)
+        hidden, vis, feature_rows = self._embed(ids.to(device), features, deepstack)
         valid = None if min(lengths) == width else (index >= 0).to(device)
-        return Tokens(hidden, pos.to(device), index.to(device), vis, visual, valid=valid)
+        return Tokens(hidden, pos.to(device), index.to(device), vis, visual, valid=valid, deepstack=stack,
+                      visual_row=feature_rows)
 
-    def _embed(self, ids: Tensor, features: Sequence[Tensor | None]) -> tuple[Tensor, Tensor]:
-        """Token embeddings with each kind's features written over its tokens (in order), and the
-        visual mask."""
+    def _embed(self, ids: Tensor, features: Sequence[Tensor | None],
+               deepstack: Sequence[Tensor | None] | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Token embeddings with each kind's features written over its tokens (in order), the visual
+        mask, and, with ``deepstack``, each token's row of the kinds' DeepStack features concatenated
+        (0 on text tokens; else None)."""
         hidden = self.language_model.embed_tokens(ids)
         vis = torch.zeros_like(ids, dtype=torch.bool)
-        for kind, feats in zip(self.visual_inputs(), features):
+        rows = None if deepstack is None else torch.zeros_like(ids)
+        offset = 0
+        for i, (kind, feats) in enumerate(zip(self.visual_inputs(), features)):
             mask = ids == kind.token_id
             if feats is None:
                 if bool(mask.any()):
@@ -146,5 +162,8 @@ class VisionLanguageModel(GenerativeModel):
                     raise ValueError(f"the prompts hold {count} {kind.name} tokens but the {kind.name} inputs give "
                                      f"{flat.shape[0]} features")
                 hidden = hidden.masked_scatter(mask.unsqueeze(-1), flat.to(hidden.dtype))
+                if rows is not None and deepstack[i] is not None:
+                    rows = rows.masked_scatter(mask, torch.arange(offset, offset + count, device=ids.device))
+                    offset += count
             vis = vis | mask
-        return hidden, vis
+        return hidden, vis, rows
