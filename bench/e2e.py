@@ -1,18 +1,58 @@
 """End-to-end benchmark: latency, throughput and memory of 7B-sized vision-language models with and
 without pruning, beside transformers on the same weights, in one run.
 
-    python bench/e2e.py                 # GPU: LLaVA-1.5-7B, LLaVA-OneVision-7B, Qwen2.5-VL-7B shapes, every workload
-    python bench/e2e.py --cpu           # CPU mode: small models and workloads (exercises the script; no claim)
+    python bench/e2e.py                 # GPU: LLaVA-1.5-7B, LLaVA-NeXT-7B, LLaVA-OV-7B, Qwen2.5-VL-7B, Qwen3-VL-8B
+    python bench/e2e.py --cpu           # CPU mode: tiny twins and small workloads (exercises the script; no claim)
     python bench/e2e.py --models qwen2.5-vl-7b --workloads image,video32 --batches 1 --publish
 
-Per model shape (random weights: latency does not depend on their values), workload (image 576
-visual tokens, high-resolution 5×576, video 32×196 and 64×196), and batch (1, 8), one
-``transformers`` model is built (SDPA attention, a one-layer vision tower that yields the workload's
-visual tokens) and this package's model runs on the same tensors: ``LlavaForConditionalGeneration``
-with a CLIP tower (:func:`~v2drop_kernels.models.llava_from_transformers`; the workload's images or
-frames are separate images), or ``Qwen2_5_VLForConditionalGeneration``
-(:func:`~v2drop_kernels.models.qwen_vl_from_transformers`; the workload is one image of as many
-merged patches, high-resolution included, or one video of 32 / 64 grid steps of 14 × 14 tokens).
+Per model, workload and batch (1, 8), one ``transformers`` model is built (random weights: latency
+does not depend on their values; SDPA attention; a one-layer vision tower of tiny width, as the
+latency of the tower is not what is measured, but of the real image and patch sizes, so that the
+visual-token counts are the real ones) and this package's model runs on the same tensors:
+
+- ``llava-1.5-7b``: ``LlavaForConditionalGeneration`` (:func:`~v2drop_kernels.models.llava_from_transformers`),
+  a Llama decoder of Vicuna-7B widths (32 layers, hidden 4096, MLP 11008, 32 heads, 32 KV heads,
+  vocabulary 32064: llava-1.5-7b's), a CLIP tower; a workload's images or frames are separate images
+  (336 px for 576 tokens, 196 px for 196).
+- ``llava-next-7b``: ``LlavaNextForConditionalGeneration`` (:func:`~v2drop_kernels.models.llava_next_from_transformers`),
+  the same decoder (llava-v1.6-vicuna-7b / open-llava-next-vicuna-7b), a CLIP tower of 336 px tiles
+  and 14 px patches (576 a tile), llava-v1.6's ``image_grid_pinpoints`` (336×672, 672×336, 672×672,
+  1008×336, 336×1008).
+- ``llava-ov-7b``: ``LlavaOnevisionForConditionalGeneration`` (:func:`~v2drop_kernels.models.llava_onevision_from_transformers`),
+  a Qwen2 decoder of Qwen2-7B widths (28 layers, 3584, 18944, 28 heads, 4 KV heads, vocabulary
+  152064, q/k/v biases, RoPE θ = 10⁶: llava-onevision-qwen2-7b's), a SigLIP tower of 384 px tiles
+  and 14 px patches (27 × 27 a tile; a video frame pooled to 14 × 14 = 196), grids of 1 to 6 × 1 to
+  6 tiles, ``anyres_max_9``.
+- ``qwen2.5-vl-7b``: ``Qwen2_5_VLForConditionalGeneration`` (:func:`~v2drop_kernels.models.qwen_vl_from_transformers`),
+  the same Qwen2-7B widths with M-RoPE, a ViT of 14 px patches merged 2 × 2.
+- ``qwen3-vl-8b``: ``Qwen3VLForConditionalGeneration`` (the same loader), a Qwen3 decoder of
+  Qwen3-VL-8B-Instruct's ``text_config`` widths (36 layers, 4096, MLP 12288, 32 heads, 8 KV heads,
+  head_dim 128, vocabulary 151936, q/k norms, interleaved M-RoPE (24, 20, 20), θ = 5·10⁶), a ViT of
+  16 px patches merged 2 × 2 with three DeepStack levels (the 8B's count; added after decoder
+  layers 0, 1, 2 here, as there).
+
+Workloads (visual tokens of a prompt):
+
+- ``image``: LLaVA-1.5 one 336 px image (576); Qwen2.5-VL and Qwen3-VL one image of 48 × 48
+  patches (576);
+- ``highres``: LLaVA-1.5 five images of 576 (2,880: an anyres image's five tiles, as separate
+  images); Qwen2.5-VL and Qwen3-VL one image of 96 × 120 patches (2,880);
+- ``anyres``: LLaVA-NeXT one 672 × 672 image, for which anyres picks the 2 × 2 grid: the base
+  tile's 576 and the unpadded grid's 48 rows of 48 and a newline (2,928, PyramidDrop's LLaVA-NeXT
+  setting of ≈ 5 × 576); LLaVA-OneVision one 768 × 768 image, its 2 × 2 grid (729 + 54 × 55 = 3,699);
+- ``video32``, ``video64``: LLaVA-1.5 32 / 64 frames as separate images of 196 (6,272 / 12,544);
+  LLaVA-OneVision one video of 32 / 64 frames through ``pixel_values_videos``, 196 a frame and a
+  newline (6,273 / 12,545); Qwen2.5-VL one video of 32 / 64 grid steps of 14 × 14 tokens; Qwen3-VL
+  the same, each grid step its own span after a six-token timestamp, as its processor writes it.
+
+CPU mode (``--cpu``): tiny twins of the same five architectures (``tiny-llava-1.5``,
+``tiny-llava-next``, ``tiny-llava-ov``, ``tiny-qwen2.5-vl``, ``tiny-qwen3-vl``: the layer counts of
+the full models, widths 112 to 128, vocabulary 512), batches 1 and 2, workloads ``image`` (576) and
+``video8`` (8 × 196) for LLaVA-1.5, Qwen2.5-VL and Qwen3-VL, and anyres at a third of the tile
+size: LLaVA-NeXT 112 px tiles, a 224 × 224 image (64 + 16 × 17 = 336); LLaVA-OneVision 128 px
+tiles (9 × 9 patches), a 256 × 256 image (81 + 18 × 19 = 423) and ``video8`` (8 frames of 5 × 5
+pooled tokens and a newline: 201).
+
 Rows, by ``policy`` and ``decoder``:
 
 - this decoder (``decoder`` = ``fast``: compiled dense maths, and the decode step in a CUDA graph
@@ -34,10 +74,14 @@ GPU and wall clock on CPU; reductions are against ``none`` of the same decoder (
 against transformers). A figure that cannot be (not positive, not finite) stops the run.
 Results: a table on stdout; bench/out/e2e_<device>.{json,md,png} (bench/results/ with --publish).
 
-Schedules: LLaVA images use V²Drop's LLaVA-1.5 schedule (before layers 3, 17, 22 keep 50%, 50%, 0%
-of what is left); LLaVA videos the published video schedule (layers 3, 16, 22 keeping 25% and 5% of
-the visual tokens, then one); Qwen2.5-VL the official Qwen2-VL port's (layers 3, 16, 22 keep 25%,
-5%, 0% of what is left). PyramidDrop: boundaries 8, 16, 24 with λ = 0.5. FastV: K = 2, R = 50%.
+Schedules: LLaVA-1.5 images and LLaVA-NeXT use V²Drop's LLaVA-1.5 schedule (before layers 3, 17,
+22 keep 50%, 50%, 0% of what is left; V²Drop publishes no LLaVA-NeXT schedule); LLaVA-1.5 videos
+and every LLaVA-OneVision workload the published LLaVA-OneVision video setting (layers 3, 16, 22
+keeping 25% and 5% of the prompt's visual tokens, then one; no image setting is published for it);
+Qwen2.5-VL the official Qwen2-VL port's (layers 3, 16, 22 keep 25%, 5%, 0% of what is left), and
+Qwen3-VL too (no schedule is published for it).
+PyramidDrop: boundaries 8, 16, 24 with λ = 0.5 (PyramidDrop's LLaVA-1.5 and LLaVA-NeXT setting).
+FastV: K = 2, R = 50%.
 """
 
 from __future__ import annotations
@@ -48,6 +92,7 @@ import os
 import statistics
 import sys
 import time
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -55,89 +100,303 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import copy_bandwidth_gbs, cpu_name, git_commit, markdown_table, today, write_results  # noqa: E402
 
 from v2drop_kernels.models import (FastV, Policy, PyramidDrop, V2Drop, llava_from_transformers,  # noqa: E402
-                                   qwen_vl_from_transformers)
+                                   llava_next_from_transformers, llava_onevision_from_transformers, qwen_vl_from_transformers)
 
 # name: (family, (layers, hidden, mlp, heads, kv heads, vocab))
 MODELS = {
-    "llava-1.5-7b": ("llava", (32, 4096, 11008, 32, 32, 32064)),
-    "llava-ov-7b": ("llava", (28, 3584, 18944, 28, 4, 152064)),  # Qwen2-7B shape (its q/k/v biases left out)
-    "qwen2.5-vl-7b": ("qwen2.5-vl", (28, 3584, 18944, 28, 4, 152064)),  # q/k/v biases and M-RoPE
+    "llava-1.5-7b": ("llava", (32, 4096, 11008, 32, 32, 32064)),  # Vicuna-7B
+    "llava-next-7b": ("llava-next", (32, 4096, 11008, 32, 32, 32064)),  # Vicuna-7B, as llava-v1.6-vicuna-7b
+    "llava-ov-7b": ("llava-ov", (28, 3584, 18944, 28, 4, 152064)),  # Qwen2-7B: q/k/v biases, RoPE θ 1e6
+    "qwen2.5-vl-7b": ("qwen2.5-vl", (28, 3584, 18944, 28, 4, 152064)),  # Qwen2-7B widths: q/k/v biases and M-RoPE
+    "qwen3-vl-8b": ("qwen3-vl", (36, 4096, 12288, 32, 8, 151936)),  # Qwen3-8B widths (Qwen3-VL-8B-Instruct's text_config)
 }
 CPU_MODELS = {
     "tiny-llava-1.5": ("llava", (32, 128, 344, 4, 4, 512)),
-    "tiny-llava-ov": ("llava", (28, 112, 592, 4, 1, 512)),
+    "tiny-llava-next": ("llava-next", (32, 128, 344, 4, 4, 512)),
+    "tiny-llava-ov": ("llava-ov", (28, 112, 592, 4, 1, 512)),
     "tiny-qwen2.5-vl": ("qwen2.5-vl", (28, 128, 592, 4, 2, 512)),
+    "tiny-qwen3-vl": ("qwen3-vl", (36, 128, 384, 4, 2, 512)),
 }
-# name: (images or frames, visual tokens each)
-WORKLOADS = {"image": (1, 576), "highres": (5, 576), "video32": (32, 196), "video64": (64, 196)}
-# Qwen2.5-VL: the same visual tokens as one image or one video, grid (t, h, w) in 14 px patches, merged 2×2
-QWEN_GRIDS = {"image": (1, 48, 48), "highres": (1, 96, 120), "video32": (32, 28, 28), "video64": (64, 28, 28),
-              "video8": (8, 28, 28)}
-CPU_WORKLOADS = {"image": (1, 576), "video8": (8, 196)}
 TEXT_BEFORE, TEXT_AFTER = 35, 20  # system prompt, question
+TIMESTAMP = 6  # text tokens of a Qwen3-VL frame's timestamp ("<1.5 seconds>")
 # the rows of one (model, workload, batch), selectable with --policies
 ROWS = ("none", "v2drop", "v2drop-eager-ops", "pdrop", "fastv", "eager", "transformers", "transformers+v2drop")
 PUBLISHED = {"v2drop_image_latency": 31.5, "v2drop_video_latency": 74.2}  # reductions the paper reports
 
 
-def build(family: str, shape, tokens_per_image: int, device: str, dtype: torch.dtype):
-    """transformers' model of ``shape`` (random weights, SDPA, a one-layer vision tower) and this
-    package's model on the same tensors."""
-    if family == "qwen2.5-vl":
-        return build_qwen(shape, device, dtype)
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+# -- workloads: what a prompt's visual part is, per kind of input -----------------------------------------
+class Images(NamedTuple):
+    """``count`` separate images (or a video's frames as images) of ``tokens`` each: LLaVA-1.5's CLIP
+    tower at √tokens × 14 px (``tower``: one model per tokens-per-image)."""
+
+    count: int
+    tokens: int
+
+    @property
+    def tower(self) -> int:
+        return self.tokens
+
+    def inputs(self, hf, ours, batch: int, gen, device: str):
+        pixels = randn(gen, device, hf.dtype, batch * self.count, 3, *[hf.config.vision_config.image_size] * 2)
+        return full(hf.config.image_token_id, self.count * self.tokens), {"pixel_values": pixels}
+
+
+class Anyres(NamedTuple):
+    """One image of ``size = (height, width)`` px cut into anyres tiles of ``tile`` px (the tower's
+    image size): LLaVA-NeXT and LLaVA-OneVision, ``pixel_values [B, tiles, 3, tile, tile]`` and
+    ``image_sizes``; the token count is the package's (its tests hold it to transformers')."""
+
+    tile: int
+    size: tuple[int, int]
+
+    @property
+    def tower(self) -> int:
+        return self.tile
+
+    def inputs(self, hf, ours, batch: int, gen, device: str):
+        from v2drop_kernels.models import llava_next, llava_onevision
+
+        counts = llava_onevision if hf.config.model_type == "llava_onevision" else llava_next  # its token count
+        tiles, tokens = counts.tile_count(ours.cfg, self.size), counts.image_token_count(ours.cfg, self.size)
+        pixels = randn(gen, device, hf.dtype, batch, tiles, 3, self.tile, self.tile)
+        sizes = torch.tensor([self.size] * batch, device=device)
+        return full(hf.config.image_token_id, tokens), {"pixel_values": pixels, "image_sizes": sizes}
+
+
+class Video(NamedTuple):
+    """One video of ``frames`` frames of ``tile`` px: LLaVA-OneVision's ``pixel_values_videos
+    [B, frames, 3, tile, tile]`` (each frame's patches pooled 2 × 2, one newline after the video)."""
+
+    tile: int
+    frames: int
+
+    @property
+    def tower(self) -> int:
+        return self.tile
+
+    def inputs(self, hf, ours, batch: int, gen, device: str):
+        from v2drop_kernels.models.llava_onevision import video_token_count
+
+        pixels = randn(gen, device, hf.dtype, batch, self.frames, 3, self.tile, self.tile)
+        return full(hf.config.video_token_id, video_token_count(ours.cfg, self.frames)), {"pixel_values_videos": pixels}
+
+
+class QwenGrid(NamedTuple):
+    """One Qwen-VL image or video of grid ``(t, h, w)`` in patches (14 px, Qwen3-VL 16 px), merged
+    2 × 2 (one model for every grid); a Qwen3-VL video is one span per grid step, each after a
+    timestamp (``TIMESTAMP`` text tokens), as its processor writes it."""
+
+    t: int
+    h: int
+    w: int
+    video: bool = False
+    tower = None
+
+    def inputs(self, hf, ours, batch: int, gen, device: str):
+        cfg, n, patch = hf.config, self.t * self.h * self.w, hf.config.vision_config.patch_size
+        patches = randn(gen, device, hf.dtype, batch * n, 3 * 2 * patch * patch)
+        grid = torch.tensor([[self.t, self.h, self.w]] * batch, device=device)
+        token = cfg.video_token_id if self.video else cfg.image_token_id
+        spans = self.t if self.video and cfg.model_type == "qwen3_vl" else 1
+        span = torch.cat([full(cfg.vision_start_token_id, 1), full(token, n // 4 // spans), full(cfg.vision_end_token_id, 1)])
+        if spans > 1:  # timestamp text before each frame's span
+            span = torch.cat([torch.cat([torch.randint(3, cfg.text_config.vocab_size - 8, (TIMESTAMP,), generator=gen), span])
+                              for _ in range(spans)])
+        return span, ({"pixel_values_videos": patches, "video_grid_thw": grid} if self.video else
+                      {"pixel_values": patches, "image_grid_thw": grid})
+
+    def hf_extra(self, hf, row: torch.Tensor, batch: int) -> dict:
+        """transformers' Qwen-VL also takes each token's modality (1 image, 2 video)."""
+        token = hf.config.video_token_id if self.video else hf.config.image_token_id
+        types = torch.zeros(batch, row.numel(), dtype=torch.int32)
+        types[:, row.eq(token)] = 2 if self.video else 1
+        return {"mm_token_type_ids": types}
+
+
+def randn(gen, device: str, dtype: torch.dtype, *shape: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=gen).to(device, dtype)
+
+
+def full(token: int, n: int) -> torch.Tensor:
+    return torch.full((n,), token)
+
+
+# -- model families: how each is built, its workloads (GPU, CPU) and its V²Drop schedule ----------------------
+def _text_llama(shape):
+    from transformers import LlamaConfig
 
     layers, hidden, mlp, heads, kv_heads, vocab = shape
-    side = math.isqrt(tokens_per_image) * 14
-    cfg = LlavaConfig(
-        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                       image_size=side, patch_size=14),
-        text_config=LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=mlp, num_hidden_layers=layers,
-                                num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=32768,
-                                eos_token_id=None, pad_token_id=0, initializer_range=0.02),
-        image_token_id=vocab - 1, vision_feature_layer=-1,
-    )
+    return LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=mlp, num_hidden_layers=layers,
+                       num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=32768,
+                       eos_token_id=None, pad_token_id=0, initializer_range=0.02)
+
+
+def _clip(side: int):
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                            image_size=side, patch_size=14)
+
+
+def _instantiate(model_class, cfg, device: str, dtype: torch.dtype):
+    """transformers' ``model_class`` of ``cfg``: random weights, SDPA, no end-of-sequence token."""
     cfg._attn_implementation = "sdpa"
     with torch.device(device):
-        hf = LlavaForConditionalGeneration(cfg).to(dtype).eval()
+        hf = model_class(cfg).to(dtype).eval()
     hf.generation_config.eos_token_id = None
+    return hf
+
+
+def build_llava(shape, tokens_per_image: int, device: str, dtype: torch.dtype):
+    """LLaVA-1.5: a CLIP tower whose image gives ``tokens_per_image`` patches."""
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    cfg = LlavaConfig(vision_config=_clip(math.isqrt(tokens_per_image) * 14), text_config=_text_llama(shape),
+                      image_token_id=shape[-1] - 1, vision_feature_layer=-1)
+    hf = _instantiate(LlavaForConditionalGeneration, cfg, device, dtype)
     return hf, llava_from_transformers(hf)
 
 
-def build_qwen(shape, device: str, dtype: torch.dtype):
-    """transformers' Qwen2.5-VL of ``shape`` (a one-block ViT of width 64, 14 px patches merged 2×2)
-    and this package's :class:`~v2drop_kernels.models.QwenVL` on the same tensors."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+LLAVA_V16_GRIDS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))  # (height, width) px of 336 px tiles
+
+
+def build_llava_next(shape, tile: int, device: str, dtype: torch.dtype):
+    """LLaVA-NeXT: a CLIP tower of ``tile`` px tiles, llava-v1.6's grids scaled to that tile."""
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
+
+    grids = [[h * tile // 336, w * tile // 336] for h, w in LLAVA_V16_GRIDS]
+    cfg = LlavaNextConfig(vision_config=_clip(tile), text_config=_text_llama(shape), image_token_index=shape[-1] - 1,
+                          vision_feature_layer=-1, image_grid_pinpoints=grids)
+    hf = _instantiate(LlavaNextForConditionalGeneration, cfg, device, dtype)
+    return hf, llava_next_from_transformers(hf)
+
+
+def build_llava_ov(shape, tile: int, device: str, dtype: torch.dtype):
+    """LLaVA-OneVision: a SigLIP tower of ``tile`` px tiles, a Qwen2 decoder (q/k/v biases), grids of
+    1 to 6 × 1 to 6 tiles, ``anyres_max_9`` (llava-onevision-qwen2-7b's)."""
+    from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config,
+                              SiglipVisionConfig)
 
     layers, hidden, mlp, heads, kv_heads, vocab = shape
-    head_dim = hidden // heads
-    section = [head_dim // 8, 3 * head_dim // 16, head_dim // 2 - head_dim // 8 - 3 * head_dim // 16]  # 7B: 16, 24, 24
+    text = Qwen2Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=mlp, num_hidden_layers=layers,
+                       num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=32768,
+                       rope_parameters={"rope_type": "default", "rope_theta": 1e6}, eos_token_id=None, pad_token_id=0,
+                       initializer_range=0.02)
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                image_size=tile, patch_size=14, vision_use_head=False)
+    cfg = LlavaOnevisionConfig(vision_config=vision, text_config=text, image_token_index=vocab - 2, video_token_index=vocab - 1,
+                               image_grid_pinpoints=[[tile * h, tile * w] for h in range(1, 7) for w in range(1, 7)],
+                               vision_aspect_ratio="anyres_max_9")
+    hf = _instantiate(LlavaOnevisionForConditionalGeneration, cfg, device, dtype)
+    return hf, llava_onevision_from_transformers(hf)
+
+
+def build_qwen(shape, _tower, device: str, dtype: torch.dtype):
+    """Qwen2.5-VL (a one-block ViT of width 64, 14 px patches merged 2×2)."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
     cfg = Qwen2_5_VLConfig(
-        text_config={"vocab_size": vocab, "hidden_size": hidden, "intermediate_size": mlp, "num_hidden_layers": layers,
-                     "num_attention_heads": heads, "num_key_value_heads": kv_heads, "max_position_embeddings": 32768,
-                     "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": section},
-                     "eos_token_id": None, "pad_token_id": 0, "initializer_range": 0.02},
-        vision_config={"depth": 1, "hidden_size": 64, "out_hidden_size": hidden, "intermediate_size": 128, "num_heads": 2,
+        text_config=_text_qwen(shape, (16, 24, 24), 1e6),
+        vision_config={"depth": 1, "hidden_size": 64, "out_hidden_size": shape[1], "intermediate_size": 128, "num_heads": 2,
                        "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112,
                        "fullatt_block_indexes": [0], "tokens_per_second": 2},
-        image_token_id=vocab - 3, video_token_id=vocab - 2, vision_start_token_id=vocab - 5, vision_end_token_id=vocab - 4,
+        **_qwen_tokens(shape[-1]),
     )
-    cfg._attn_implementation = "sdpa"
-    with torch.device(device):
-        hf = Qwen2_5_VLForConditionalGeneration(cfg).to(dtype).eval()
-    hf.generation_config.eos_token_id = None
+    hf = _instantiate(Qwen2_5_VLForConditionalGeneration, cfg, device, dtype)
     return hf, qwen_vl_from_transformers(hf)
+
+
+def build_qwen3(shape, _tower, device: str, dtype: torch.dtype):
+    """Qwen3-VL: a Qwen3 decoder (q/k norms, interleaved M-RoPE of the 8B's (24, 20, 20) proportions,
+    θ = 5·10⁶, head_dim 128 at full width) and a three-block ViT of width 64, 16 px patches merged
+    2×2, a DeepStack merger on every block: features added after decoder layers 0, 1, 2, as the 8B's
+    three DeepStack levels are."""
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    text = _text_qwen(shape, (24, 20, 20), 5e6) | {"head_dim": shape[1] // shape[3]}
+    text["rope_parameters"]["mrope_interleaved"] = True
+    cfg = Qwen3VLConfig(
+        text_config=text,
+        vision_config={"depth": 3, "hidden_size": 64, "out_hidden_size": shape[1], "intermediate_size": 128, "num_heads": 2,
+                       "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2, "num_position_embeddings": 2304,
+                       "deepstack_visual_indexes": [0, 1, 2]},
+        tie_word_embeddings=False, **_qwen_tokens(shape[-1]),
+    )
+    hf = _instantiate(Qwen3VLForConditionalGeneration, cfg, device, dtype)
+    return hf, qwen_vl_from_transformers(hf)
+
+
+def _text_qwen(shape, proportions: tuple[int, int, int], theta: float) -> dict:
+    """A Qwen-VL text config of ``shape`` whose M-RoPE sections keep ``proportions`` (of 64)."""
+    layers, hidden, mlp, heads, kv_heads, vocab = shape
+    freqs = hidden // heads // 2
+    spatial = freqs * proportions[1] // 64
+    return {"vocab_size": vocab, "hidden_size": hidden, "intermediate_size": mlp, "num_hidden_layers": layers,
+            "num_attention_heads": heads, "num_key_value_heads": kv_heads, "max_position_embeddings": 32768,
+            "rope_parameters": {"rope_type": "default", "rope_theta": theta, "mrope_section": [freqs - 2 * spatial, spatial, spatial]},
+            "eos_token_id": None, "pad_token_id": 0, "initializer_range": 0.02}
+
+
+def _qwen_tokens(vocab: int) -> dict:
+    return {"image_token_id": vocab - 3, "video_token_id": vocab - 2, "vision_start_token_id": vocab - 5,
+            "vision_end_token_id": vocab - 4}
+
+
+def llava15_schedule(workload: str, num_visual: int) -> V2Drop:
+    """V²Drop's LLaVA-1.5 schedule: before layers 3, 17, 22 keep 50%, 50%, 0% of what is left."""
+    return V2Drop(layers=(3, 17, 22), keep=(0.5, 0.5, 0.0))
+
+
+def video_schedule(workload: str, num_visual: int) -> V2Drop:
+    """V²Drop's published LLaVA-OneVision video setting (``"llava-ov"``): before layers 3, 16, 22
+    keep 25% and 5% of the prompt's visual tokens, then one."""
+    return V2Drop(schedule="llava-ov")
+
+
+def llava_schedule(workload: str, num_visual: int) -> V2Drop:
+    """LLaVA-1.5: images the LLaVA-1.5 schedule, videos (frames as images) the published video setting."""
+    return (video_schedule if workload.startswith("video") else llava15_schedule)(workload, num_visual)
+
+
+class Family(NamedTuple):
+    """How one architecture is benchmarked: ``build(shape, tower, device, dtype)`` → (transformers'
+    model, this package's on the same tensors), one model per ``tower`` its workloads need; the
+    workloads (name → :class:`Images` / :class:`Anyres` / :class:`Video` / :class:`QwenGrid`) on a
+    GPU and on CPU; ``v2drop(workload, visual tokens of a prompt)`` → its V²Drop schedule."""
+
+    build: Callable
+    workloads: dict
+    cpu_workloads: dict
+    v2drop: Callable[[str, int], V2Drop]
+
+
+FAMILIES = {
+    "llava": Family(build_llava,
+                    {"image": Images(1, 576), "highres": Images(5, 576), "video32": Images(32, 196), "video64": Images(64, 196)},
+                    {"image": Images(1, 576), "video8": Images(8, 196)},
+                    llava_schedule),
+    "llava-next": Family(build_llava_next, {"anyres": Anyres(336, (672, 672))}, {"anyres": Anyres(112, (224, 224))},
+                         llava15_schedule),
+    "llava-ov": Family(build_llava_ov,
+                       {"anyres": Anyres(384, (768, 768)), "video32": Video(384, 32), "video64": Video(384, 64)},
+                       {"anyres": Anyres(128, (256, 256)), "video8": Video(128, 8)},
+                       video_schedule),
+    "qwen2.5-vl": Family(build_qwen,
+                         {"image": QwenGrid(1, 48, 48), "highres": QwenGrid(1, 96, 120),
+                          "video32": QwenGrid(32, 28, 28, video=True), "video64": QwenGrid(64, 28, 28, video=True)},
+                         {"image": QwenGrid(1, 48, 48), "video8": QwenGrid(8, 28, 28, video=True)},
+                         lambda w, n: V2Drop(schedule="qwen2-vl")),
+    "qwen3-vl": Family(build_qwen3,
+                       {"image": QwenGrid(1, 48, 48), "highres": QwenGrid(1, 96, 120),
+                        "video32": QwenGrid(32, 28, 28, video=True), "video64": QwenGrid(64, 28, 28, video=True)},
+                       {"image": QwenGrid(1, 48, 48), "video8": QwenGrid(8, 28, 28, video=True)},
+                       lambda w, n: V2Drop(schedule="qwen2-vl")),  # no published Qwen3-VL schedule
+}
 
 
 def policies(workload: str, num_visual: int, family: str = "llava") -> dict[str, tuple[Policy, str | None]]:
     """Policy name → (policy, ops backend); ``None`` is the fastest backend for the device."""
-    if family == "qwen2.5-vl":
-        v2 = lambda: V2Drop(schedule="qwen2-vl")  # noqa: E731
-    elif workload.startswith("video"):
-        counts = (max(1, round(0.25 * num_visual)), max(1, round(0.05 * num_visual)), 1)
-        v2 = lambda: V2Drop(layers=(3, 16, 22), keep=counts)  # noqa: E731
-    else:
-        v2 = lambda: V2Drop(layers=(3, 17, 22), keep=(0.5, 0.5, 0.0))  # noqa: E731
+    v2 = lambda: FAMILIES[family].v2drop(workload, num_visual)  # noqa: E731
     return {
         "none": (Policy(), None),
         "v2drop": (v2(), None),
@@ -188,39 +447,25 @@ def check_figure(row: dict, key: str) -> None:
 
 class Workload:
     """Prompts (text, the visual tokens, text) and vision inputs for one workload and batch:
-    ``vision_args`` for this package's ``generate``, ``hf_kwargs`` for transformers'."""
+    ``visual`` (under transformers' names) for this package's ``generate``, ``hf_kwargs`` for
+    transformers' (``visual`` and what only transformers takes)."""
 
-    def __init__(self, hf, family: str, workload: str, images: int, per_image: int, batch: int, device: str):
-        cfg = hf.config
+    def __init__(self, hf, ours, spec, batch: int, device: str):
         gen = torch.Generator().manual_seed(0)
-        text = lambda n: torch.randint(3, cfg.text_config.vocab_size - 8, (n,), generator=gen)  # noqa: E731
-        if family == "qwen2.5-vl":
-            t, h, w = QWEN_GRIDS[workload]
-            video = workload.startswith("video")
-            token = cfg.video_token_id if video else cfg.image_token_id
-            span = torch.tensor([cfg.vision_start_token_id, *[token] * (t * h * w // 4), cfg.vision_end_token_id])
-            row = torch.cat([text(TEXT_BEFORE), span, text(TEXT_AFTER)])
-            patches = torch.randn(batch * t * h * w, 3 * 2 * 14 * 14, generator=gen).to(device, hf.dtype)
-            grid = torch.tensor([[t, h, w]] * batch, device=device)
-            self.vision_args = (None, None, patches, grid) if video else (patches, grid)
-            types = torch.zeros(batch, row.numel(), dtype=torch.int32)
-            types[:, row.eq(token)] = 2 if video else 1
-            self.hf_kwargs = ({"pixel_values_videos": patches, "video_grid_thw": grid} if video else
-                              {"pixel_values": patches, "image_grid_thw": grid}) | {"mm_token_type_ids": types.to(device)}
-            self.num_visual = t * h * w // 4
-        else:
-            row = torch.cat([text(TEXT_BEFORE), torch.full((images * per_image,), cfg.image_token_id), text(TEXT_AFTER)])
-            side = cfg.vision_config.image_size
-            pixels = torch.randn(batch * images, 3, side, side, generator=gen).to(device, hf.dtype)
-            self.vision_args, self.hf_kwargs = (pixels,), {"pixel_values": pixels}
-            self.num_visual = images * per_image
+        text = lambda n: torch.randint(3, hf.config.text_config.vocab_size - 8, (n,), generator=gen)  # noqa: E731
+        span, self.visual = spec.inputs(hf, ours, batch, gen, device)  # the prompt's visual part, the vision inputs
+        row = torch.cat([text(TEXT_BEFORE), span, text(TEXT_AFTER)])
+        extra = spec.hf_extra(hf, row, batch) if hasattr(spec, "hf_extra") else {}
+        self.hf_kwargs = self.visual | {k: v.to(device) for k, v in extra.items()}
+        visual_ids = [getattr(hf.config, name, None) for name in ("image_token_id", "video_token_id")]
+        self.num_visual = sum(int(row.eq(i).sum()) for i in visual_ids if i is not None)
         self.prompts = [row] * batch
         self.ids = torch.stack(self.prompts).to(device)
 
 
 def measure_ours(model, work: Workload, policy: Policy, backend, args, timer, graph: bool) -> dict:
     def run(new: int, **kw):
-        return model.generate(work.prompts, *work.vision_args, max_new_tokens=new, policy=policy, backend=backend,
+        return model.generate(work.prompts, **work.visual, max_new_tokens=new, policy=policy, backend=backend,
                               cuda_graph=graph, **kw)
 
     def timed_runs(new: int) -> tuple[list[float], list, list]:
@@ -377,7 +622,8 @@ def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cpu", action="store_true", help="small models and workloads on CPU (exercises the script)")
     parser.add_argument("--models", help="comma list of " + ", ".join([*MODELS, *CPU_MODELS]))
-    parser.add_argument("--workloads", help="comma list of " + ", ".join([*WORKLOADS, *CPU_WORKLOADS]))
+    parser.add_argument("--workloads", help="comma list of " + ", ".join(dict.fromkeys(
+        w for f in FAMILIES.values() for w in [*f.workloads, *f.cpu_workloads])) + " (each model runs those of its family)")
     parser.add_argument("--batches", default=None, help="comma list (default 1,8; CPU mode 1,2)")
     parser.add_argument("--policies", default=None, help="comma list of rows (default: all): " + ", ".join(ROWS)
                                                          + " (eager: the eager-decoder rows)")
@@ -404,13 +650,21 @@ def main(argv=None) -> list[dict]:
         return {k: pool[k] for k in text.split(",")} if isinstance(pool, dict) else set(text.split(","))
 
     models = pick("models", args.models, CPU_MODELS if args.cpu else MODELS)
-    workloads = pick("workloads", args.workloads, CPU_WORKLOADS if args.cpu else WORKLOADS)
+
+    def family_workloads(family: str) -> dict:
+        return FAMILIES[family].cpu_workloads if args.cpu else FAMILIES[family].workloads
+
+    # each model runs the selected workloads its family has
+    names = pick("workloads", args.workloads, {w: None for family, _ in models.values() for w in family_workloads(family)})
+    runs = {m: {w: spec for w, spec in family_workloads(family).items() if w in names} for m, (family, _) in models.items()}
+    if not any(runs.values()):
+        parser.error(f"no selected model has any of the workloads {', '.join(names)}")
     batches = [int(b) for b in (args.batches or ("1,2" if args.cpu else "1,8")).split(",")]
     wanted = pick("policies", args.policies, set(ROWS))
     if args.plan:
-        for model_name in models:
-            for workload in workloads:
-                print(f"{model_name} {workload} batches {batches}: {', '.join(r for r in ROWS if r in wanted)}")
+        for model_name, workloads in runs.items():
+            for workload, spec in workloads.items():
+                print(f"{model_name} {workload} batches {batches}: {', '.join(r for r in ROWS if r in wanted)}  [{spec}]")
         return []
     device = "cpu" if args.cpu else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
@@ -424,17 +678,18 @@ def main(argv=None) -> list[dict]:
 
     rows = []
     for model_name, (family, shape) in models.items():
-        # LLaVA: one model per tokens-per-image (its CLIP tower's image size); Qwen: one for every workload
-        sizes = [None] if family == "qwen2.5-vl" else sorted({per for _, per in workloads.values()})
-        for per_image in sizes:
+        # one model per vision tower the workloads need (LLaVA-1.5: per tokens-per-image; LLaVA-NeXT and
+        # -OneVision: per tile size; Qwen: one for every workload)
+        workloads = runs[model_name]
+        for tower in dict.fromkeys(spec.tower for spec in workloads.values()):
             torch.compiler.reset()  # the previous model's compiled graphs are of no further use
-            hf, ours = build(family, shape, per_image, device, dtype)
+            hf, ours = FAMILIES[family].build(shape, tower, device, dtype)
             floor_ms = weight_bytes(ours) / (bandwidth * 1e9) * 1e3
-            for workload, (images, per) in workloads.items():
-                if per_image is not None and per != per_image:
+            for workload, spec in workloads.items():
+                if spec.tower != tower:
                     continue
                 for batch in batches:
-                    work = Workload(hf, family, workload, images, per, batch, device)
+                    work = Workload(hf, ours, spec, batch, device)
                     head = {"model": model_name, "workload": workload, "batch": batch, "prompt tokens": work.ids.shape[1]}
                     measured: list[dict] = []
 

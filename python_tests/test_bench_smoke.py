@@ -105,22 +105,24 @@ def test_e2e_benchmark_cpu_mode_writes_its_results(tmp_path):
     assert "| tiny-llava-1.5 | image | 1 | v2drop | fast |" in e2e.summarize(str(tmp_path / "e2e_cpu.json"))
 
 
-def test_e2e_benchmark_cpu_mode_runs_the_qwen_shape(tmp_path):
-    """The Qwen2.5-VL rows: transformers' Qwen2.5-VL and this package's model on its weights, an
-    image and a video workload, the official Qwen2-VL V²Drop schedule in both."""
+@pytest.mark.parametrize("model, layers", [("tiny-qwen2.5-vl", 28), ("tiny-qwen3-vl", 36)])
+def test_e2e_benchmark_cpu_mode_runs_the_qwen_shapes(tmp_path, model, layers):
+    """The Qwen2.5-VL and Qwen3-VL rows: transformers' model and this package's on its weights, an
+    image and a video workload (Qwen3-VL: a span per frame, DeepStack), the official Qwen2-VL V²Drop
+    schedule in both."""
     pytest.importorskip("matplotlib")
     spec = importlib.util.spec_from_file_location("e2e", E2E)
     e2e = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(e2e)
-    rows = e2e.main(["--cpu", "--models", "tiny-qwen2.5-vl", "--workloads", "image,video8", "--batches", "1",
+    rows = e2e.main(["--cpu", "--models", model, "--workloads", "image,video8", "--batches", "1",
                      "--policies", "none,v2drop,transformers,transformers+v2drop", "--repeats", "1", "--long", "3",
                      "--out", str(tmp_path)])
     by = {(r["workload"], r["policy"]): r for r in rows}
     for workload, visual in (("image", 576), ("video8", 8 * 196)):
-        kept = [visual] * 3 + [visual // 4] * 13 + [max(1, visual // 4 * 5 // 100)] * 6 + [1] * 6
+        kept = [visual] * 3 + [visual // 4] * 13 + [max(1, visual // 4 * 5 // 100)] * 6 + [1] * (layers - 22)
         assert by[workload, "none"]["visual per layer (avg)"] == by[workload, "transformers"]["visual per layer (avg)"] == visual
-        assert by[workload, "v2drop"]["visual per layer (avg)"] == pytest.approx(sum(kept) / 28)
-        assert by[workload, "transformers+v2drop"]["visual per layer (avg)"] == pytest.approx(sum(kept) / 28)
+        assert by[workload, "v2drop"]["visual per layer (avg)"] == pytest.approx(sum(kept) / layers)
+        assert by[workload, "transformers+v2drop"]["visual per layer (avg)"] == pytest.approx(sum(kept) / layers)
 
 
 def test_e2e_summary_refuses_impossible_figures(tmp_path):
@@ -136,3 +138,34 @@ def test_e2e_summary_refuses_impossible_figures(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"meta": meta, "rows": [row]}))
     with pytest.raises(RuntimeError, match="impossible figure TPOT ms=-1.17"):
         e2e.summarize(str(tmp_path / "bad.json"))
+
+
+def test_e2e_benchmark_cpu_mode_runs_llava_next_and_onevision(tmp_path):
+    """The LLaVA-NeXT and LLaVA-OneVision rows: transformers' LlavaNext and LlavaOnevision models
+    and this package's on their weights; an anyres image of a 2 × 2 grid (the base tile, then the
+    grid's rows of patches and a newline each) and a video through pixel_values_videos (5 × 5
+    pooled tokens a frame, one newline); V²Drop's LLaVA-1.5 schedule for NeXT, the paper's
+    LLaVA-OneVision video setting ("llava-ov": 25 % and 5 % of the prompt's visual tokens, then one)
+    for OneVision."""
+    pytest.importorskip("matplotlib")
+    spec = importlib.util.spec_from_file_location("e2e", E2E)
+    e2e = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(e2e)
+    rows = e2e.main(["--cpu", "--models", "tiny-llava-next,tiny-llava-ov", "--batches", "1",
+                     "--policies", "none,v2drop,transformers,transformers+v2drop", "--repeats", "1", "--long", "3",
+                     "--out", str(tmp_path)])
+    by = {(r["model"], r["workload"], r["policy"]): r for r in rows}
+    assert sorted({(m, w) for m, w, _ in by}) == [("tiny-llava-next", "anyres"), ("tiny-llava-ov", "anyres"),
+                                                  ("tiny-llava-ov", "video8")]
+    next_visual = 64 + 16 * 17  # 112 px tiles of 8 × 8 patches, a 224 px image: the 2 × 2 grid
+    kept = {("tiny-llava-next", "anyres"): [next_visual] * 3 + [168] * 14 + [84] * 5 + [1] * 10}
+    for workload, visual in (("anyres", 81 + 18 * 19), ("video8", 8 * 25 + 1)):  # 128 px tiles of 9 × 9 patches
+        kept["tiny-llava-ov", workload] = ([visual] * 3 + [int(0.25 * visual)] * 13 + [int(0.05 * visual)] * 6
+                                           + [1] * 6)
+    for (model, workload), layers in kept.items():
+        visual = layers[0]
+        assert by[model, workload, "none"]["visual per layer (avg)"] == visual
+        assert by[model, workload, "transformers"]["visual per layer (avg)"] == visual
+        assert by[model, workload, "v2drop"]["visual per layer (avg)"] == pytest.approx(sum(layers) / len(layers))
+        assert by[model, workload, "transformers+v2drop"]["visual per layer (avg)"] == pytest.approx(sum(layers) / len(layers))
+        assert by[model, workload, "none"]["prompt tokens"] == e2e.TEXT_BEFORE + visual + e2e.TEXT_AFTER
