@@ -156,7 +156,7 @@ def test_demo_uses_the_tokenizer_of_the_checkpoint_folder(tmp_path):
     assert isinstance(pruned["generated_text"], str) and len(pruned["generated_text"].split()) == 3
 
 
-@pytest.mark.parametrize("arch", ["qwen2-vl", "qwen2.5-vl"])
+@pytest.mark.parametrize("arch", ["qwen2-vl", "qwen2.5-vl", "qwen3-vl"])
 def test_qwen_demo_runs_the_official_qwen2_vl_schedule(arch, tmp_path):
     png = tmp_path / "heat.png"
     summary = demo.main(["--json", "--arch", arch, "--max-new-tokens", "3", "--repeats", "1", "--heatmap", str(png)])

@@ -1,6 +1,6 @@
 """Demo: a vision-language model generating with and without visual-token pruning.
 
-    v2drop-demo [--model PATH | --arch llava-1.5|llava-next|llava-ov|qwen2-vl|qwen2.5-vl] [--image IMG]
+    v2drop-demo [--model PATH | --arch llava-1.5|llava-next|llava-ov|qwen2-vl|qwen2.5-vl|qwen3-vl] [--image IMG]
                 [--prompt TEXT] [--max-new-tokens N]
                 [--policy none|v2drop|pdrop|fastv] [--layers 3,17,22] [--keep 0.5,0.5,0]
                 [--device cpu|cuda] [--dtype fp32|bf16|fp16] [--repeats N] [--json]
@@ -13,20 +13,21 @@ model of the shape ``--arch`` names and a synthetic image: LLaVA-1.5 (the defaul
 layers of width 128, a 336 px CLIP tower, 576 visual tokens), LLaVA-NeXT (the same with
 LLaVA-1.6's anyres grids: the 672 × 448 synthetic image is a base tile and 2 × 2 tiles, 2,144
 visual tokens), LLaVA-OneVision (28 Qwen2 layers of width 128, a 384 px SigLIP tower, the 7B's
-grids and ``anyres_max_9``: the same image gives 2,709 visual tokens) or Qwen2-VL / Qwen2.5-VL
-(28 layers of width 128 with M-RoPE, a 2-block ViT with 14 px patches merged 2×2: a 672 px image
-gives 576 visual tokens).
+grids and ``anyres_max_9``: the same image gives 2,709 visual tokens), Qwen2-VL / Qwen2.5-VL (28
+layers of width 128 with M-RoPE, a 2-block ViT with 14 px patches merged 2×2: a 672 px image gives
+576 visual tokens) or Qwen3-VL (the same with q/k norms, interleaved M-RoPE and a 3-block ViT of
+16 px patches whose DeepStack features are added after decoder layers 0-2: a 768 px image).
 Random weights generate meaningless token ids; the demo shows the mechanics: which visual tokens
 each layer keeps, the time of each phase, the memory. With ``--model`` it loads an HF checkpoint
-folder (LLaVA-1.5 ``llava-hf`` layout, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL or Qwen2.5-VL, told
-apart by ``model_type``), and its processor or tokenizer when the folder has one. LLaVA-NeXT and
+folder (LLaVA-1.5 ``llava-hf`` layout, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL or
+Qwen3-VL, told apart by ``model_type``), and its processor or tokenizer when the folder has one. LLaVA-NeXT and
 -OneVision images are cut into tiles by ``transformers``' image processor for the model's grids
 (the folder's own when it has one); Qwen images are resized here to 24 × 24 merged patches
-(672 × 672 px: 576 visual tokens), so the flags can be checked before any work.
+(672 × 672 px, Qwen3-VL 768: 576 visual tokens), so the flags can be checked before any work.
 V²Drop's default schedule is the model's: LLaVA-1.5's (layers 3, 17, 22 keep 50%, 50%, 0%; also
 LLaVA-NeXT's), the paper's LLaVA-OneVision video setting (layers 3, 16, 22 keep 25% and 5% of the
 prompt's visual tokens, then one) or the official Qwen2-VL port's (layers 3, 16, 22 keep 25%, 5%,
-0% of what is left). ``--heatmap`` draws the image the vision tower saw (LLaVA-NeXT and -OneVision:
+0% of what is left; also Qwen3-VL's, for which none is published). ``--heatmap`` draws the image the vision tower saw (LLaVA-NeXT and -OneVision:
 the base tile, the whole image at one tile's size).
 
 ``--keep`` lists, per pruning layer, the visual tokens kept: counts (``288,144,1``), ratios of
@@ -49,7 +50,7 @@ import torch
 
 from .backends import available_backends
 from .extras import MissingExtra, require
-from .models import (Llava, LlavaConfig, LlavaNext, LlavaNextConfig, LlavaOnevision, LlavaOnevisionConfig, QwenVL,
+from .models import (Llava, LlavaConfig, LlavaNext, LlavaNextConfig, LlavaOnevision, LlavaOnevisionConfig, Qwen3VL, QwenVL,
                      QwenVLConfig, load_model, make_policy, random_llava, random_qwen_vl, tiny_config, tiny_llava_next_config,
                      tiny_llava_onevision_config, tiny_qwen_config)
 from .models import llava_next, llava_onevision
@@ -92,9 +93,12 @@ ARCHITECTURES = {
     "qwen2_5_vl": Arch(QwenVLConfig, QwenVL, lambda: tiny_qwen_config("qwen2_5_vl"),
                        f"random Qwen2.5-VL-shaped model (28 layers x 128 wide, M-RoPE; ViT 14 px patches merged 2x2: "
                        f"a 672 px image gives {QWEN_GRID ** 2} visual tokens)"),
+    "qwen3_vl": Arch(QwenVLConfig, Qwen3VL, lambda: tiny_qwen_config("qwen3_vl"),
+                     f"random Qwen3-VL-shaped model (28 layers x 128 wide, q/k norms, interleaved M-RoPE, DeepStack after "
+                     f"layers 0-2; ViT 16 px patches merged 2x2: a 768 px image gives {QWEN_GRID ** 2} visual tokens)"),
 }
 ARCHS = {"llava-1.5": "llava", "llava-next": "llava_next", "llava-ov": "llava_onevision", "qwen2-vl": "qwen2_vl",
-         "qwen2.5-vl": "qwen2_5_vl"}
+         "qwen2.5-vl": "qwen2_5_vl", "qwen3-vl": "qwen3_vl"}
 
 
 # -- flags --------------------------------------------------------------------------------------------
@@ -132,7 +136,7 @@ def _positive(text: str) -> int:
 
 def build_parser(prog: str = "python -m v2drop_kernels.demo") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="HF LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL or Qwen2.5-VL checkpoint folder "
+    parser.add_argument("--model", help="HF LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL or Qwen3-VL folder "
                                         "(default: a small random model built here)")
     parser.add_argument("--arch", choices=list(ARCHS), default=None,
                         help="shape of the random model (default llava-1.5); with --model, the folder's must match")
