@@ -87,6 +87,31 @@ def test_last_query_attention_is_the_softmax_row():
     assert torch.all(got[1, :2] == 0)
 
 
+@pytest.mark.parametrize("heads, kv_heads", [(4, 4), (6, 2)])
+def test_packed_last_query_scores_are_each_rows_own(heads, kv_heads):
+    """The packed scores (PyramidDrop, FastV) come from one call over the batch: each row's equal its
+    own last query's attention over its own keys, as if the row ran alone."""
+    from v2drop_kernels.models.policies.base import _last_query_scores
+    from v2drop_kernels.models.tokens import Tokens, cu_seqlens
+
+    lengths = [5, 1, 9, 3]
+    gen = torch.Generator().manual_seed(3)
+    total = sum(lengths)
+    q = torch.randn(total, heads, 8, generator=gen).to(torch.bfloat16)
+    k = torch.randn(total, kv_heads, 8, generator=gen).to(torch.bfloat16)
+    tokens = Tokens(torch.zeros(total, 4), torch.zeros(total, dtype=torch.long), torch.zeros(total, dtype=torch.long),
+                    torch.zeros(total, dtype=torch.bool), [0] * len(lengths), cu_seqlens=cu_seqlens(lengths, "cpu"),
+                    lengths=lengths)
+    got = _last_query_scores(tokens, q, k)
+    start = 0
+    for n in lengths:
+        row = slice(start, start + n)
+        alone = attention.last_query_attention(q[start + n - 1][None, :, None], k[row].transpose(0, 1)[None], None)[0]
+        torch.testing.assert_close(got[row], alone, atol=1e-6, rtol=0)
+        start += n
+    assert got.dtype == torch.float32 and got.shape == (total,)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_varlen_on_cuda_matches_sdpa_per_sequence():
     gen = torch.Generator().manual_seed(4)

@@ -39,7 +39,7 @@ from torch import Tensor
 from ..attention import last_query_attention
 from ..dropping import Drop
 from ..pruning import PruningContext
-from ..tokens import Tokens
+from ..tokens import Tokens, packed_coordinates
 
 
 @dataclass(frozen=True)
@@ -222,11 +222,13 @@ def last_query_scores(tokens: Tokens, q: Tensor, k: Tensor, ctx: PruningContext)
 def _last_query_scores(tokens: Tokens, q: Tensor, k: Tensor) -> Tensor:
     if not tokens.packed:
         return last_query_attention(q[:, :, -1:], k, tokens.valid)
-    scores = torch.zeros(q.shape[0], dtype=torch.float32, device=q.device)
-    bounds = tokens.bounds
-    for start, end in zip(bounds[:-1], bounds[1:]):
-        if end > start:
-            q_last = q[end - 1].unsqueeze(0).unsqueeze(2)  # [1, H, 1, Dh]
-            keys = k[start:end].transpose(0, 1).unsqueeze(0)  # [1, Hkv, L, Dh]
-            scores[start:end] = last_query_attention(q_last, keys, None)[0]
-    return scores
+    # packed: every row's keys laid out as rows of one padded batch (in float32, the precision the
+    # scores are computed in), one call for the batch, the scores read back at the packed positions
+    rows, cols = packed_coordinates(tokens.lengths, q.device)
+    width = tokens.max_len
+    keys = k.new_zeros(tokens.batch, width, *k.shape[1:], dtype=torch.float32)
+    keys[rows, cols] = k.float()
+    valid = torch.zeros(tokens.batch, width, dtype=torch.bool, device=q.device)
+    valid[rows, cols] = True
+    q_last = q.index_select(0, tokens.last_index()).unsqueeze(2)  # [B, H, 1, Dh]
+    return last_query_attention(q_last, keys.transpose(1, 2), valid)[rows, cols]
