@@ -78,7 +78,12 @@ def expected_counts(n: int, policy: str, layers: list[int], keep: list[float]) -
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_none_matches_transformers(model, case):
-    inputs = CASES[case](arch_of(model))
+    assert_unpruned_oracle_is_transformers(model, CASES[case](arch_of(model)))
+
+
+def assert_unpruned_oracle_is_transformers(model, inputs) -> None:
+    """Unpruned, the oracle's last logits are transformers' (1e-4) and every layer sees every token
+    at the positions transformers' rotary embedding receives."""
     with torch.no_grad():
         ref = model(**inputs).logits[0, -1]
     res = oracle_prefill(model, inputs, "none", [], [])
@@ -302,17 +307,7 @@ def test_qwen3_tiny_config(qwen3):
 
 @pytest.mark.parametrize("case", list(QWEN3_CASES))
 def test_qwen3_none_matches_transformers(qwen3, case):
-    inputs = QWEN3_CASES[case]()
-    with torch.no_grad():
-        ref = qwen3(**inputs).logits[0, -1]
-    res = oracle_prefill(qwen3, inputs, "none", [], [])
-    torch.testing.assert_close(res.last_logits, ref, atol=1e-4, rtol=0)
-    pos = full_positions(qwen3, inputs)
-    everything = torch.arange(inputs["input_ids"].shape[1])
-    for layer in range(TEXT_LAYERS):
-        assert torch.equal(res.kept[layer], visual_index(inputs))
-        assert torch.equal(res.seen[layer], everything)
-        assert torch.equal(res.positions[layer], pos)
+    assert_unpruned_oracle_is_transformers(qwen3, QWEN3_CASES[case]())
 
 
 def test_qwen3_the_match_needs_deepstack_and_qk_norm(qwen3):
