@@ -59,8 +59,8 @@ Rows, by ``policy`` and ``decoder``:
   on a GPU): ``none``, ``v2drop`` (fastest ops backend), ``v2drop-eager-ops`` (the reference ops,
   the way the public code prunes), ``pdrop``, ``fastv``;
 - this decoder without compilation or graphs (``decoder`` = ``eager``): ``none``, ``v2drop``;
-- transformers' stock ``generate`` (``transformers``) and the same with
-  ``enable_pruning(V2Drop())`` (``transformers+v2drop``).
+- transformers' stock ``generate`` (``transformers``) and the same with ``enable_pruning`` and the
+  family's V²Drop schedule (``transformers+v2drop``).
 
 Measured: TTFT (a 1-token answer), the latency of an 8-token answer, TPOT (timed per step within
 one long answer: our decode lap over its steps; transformers' between its streamed tokens), the

@@ -87,13 +87,18 @@ def test_last_query_attention_is_the_softmax_row():
     assert torch.all(got[1, :2] == 0)
 
 
+@pytest.mark.parametrize("budget", [None, 100])  # one group of rows; a group per row or two
 @pytest.mark.parametrize("heads, kv_heads", [(4, 4), (6, 2)])
-def test_packed_last_query_scores_are_each_rows_own(heads, kv_heads):
-    """The packed scores (PyramidDrop, FastV) come from one call over the batch: each row's equal its
-    own last query's attention over its own keys, as if the row ran alone."""
+def test_packed_last_query_scores_are_each_rows_own(heads, kv_heads, budget, monkeypatch):
+    """The packed scores (PyramidDrop, FastV) come from one call over the batch (or over groups of
+    rows, past a memory budget): each row's equal its own last query's attention over its own
+    keys, as if the row ran alone."""
+    from v2drop_kernels.models.policies import base
     from v2drop_kernels.models.policies.base import _last_query_scores
     from v2drop_kernels.models.tokens import Tokens, cu_seqlens
 
+    if budget is not None:
+        monkeypatch.setattr(base, "_SCORE_BUDGET", budget)
     lengths = [5, 1, 9, 3]
     gen = torch.Generator().manual_seed(3)
     total = sum(lengths)

@@ -5,6 +5,7 @@ static decode buffers reused from call to call; on a GPU, the CUDA-graph decode 
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import pytest
 import torch
@@ -248,17 +249,15 @@ def test_cuda_graph_decode_matches_eager_and_syncs_only_at_checks(checkpoint, na
 
 # -- Qwen-VL: the same decoder with M-RoPE planes -----------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def qwen():
-    from qwen_helpers import multimodal_inputs, tiny_qwen_vl
+@pytest.fixture(scope="module", params=["qwen2.5-vl", "qwen3-vl"])  # Qwen3-VL: q/k norms, interleaved M-RoPE, DeepStack
+def qwen(request):
+    from qwen_helpers import multimodal_inputs, ours_args, tiny_qwen_vl
 
     from v2drop_kernels.models import qwen_vl_from_transformers
 
-    inputs = multimodal_inputs([[(8, 8)], [(4, 8), (2, 4, 4)]], arch="qwen2.5-vl", seed=8)  # rows of 16 and 8 + 8 visual tokens
-    prompts = [ids[mask.bool()] for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"])]
-    vision = {k: inputs[k] for k in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw",
-                                     "second_per_grid_ts")}
-    return tiny_qwen_vl("qwen2.5-vl", seed=8), qwen_vl_from_transformers, prompts, vision
+    inputs = multimodal_inputs([[(8, 8)], [(4, 8), (2, 4, 4)]], arch=request.param, seed=8)  # rows of 16 and 8 + 8 visual tokens
+    prompts, vision = ours_args(inputs)
+    return tiny_qwen_vl(request.param, seed=8), qwen_vl_from_transformers, prompts, vision
 
 
 @pytest.mark.parametrize("layout", ["padded", "packed"])
@@ -287,19 +286,18 @@ def test_qwen_compiled_decoder_gives_the_eager_tokens_and_kept_sets(qwen):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("name", list(POLICIES))
 def test_qwen_cuda_graph_decode_matches_eager_and_prefill_never_syncs(qwen, name):
-    from qwen_helpers import tiny_qwen_vl
-
-    _, convert, prompts, vision = qwen
-    model = convert(tiny_qwen_vl("qwen2.5-vl", seed=8).cuda())
+    hf, convert, prompts, vision = qwen
+    model = convert(copy.deepcopy(hf).cuda())  # the module's model stays on the CPU
     vision = {k: v.cuda() for k, v in vision.items()}
     eager = model.generate(prompts, **vision, max_new_tokens=12, policy=POLICIES[name](), cuda_graph=False)
     graph = model.generate(prompts, **vision, max_new_tokens=12, policy=POLICIES[name](), cuda_graph=True)
     assert torch.equal(graph.tokens, eager.tokens)
     for layout in ("padded", "packed"):
         with torch.inference_mode():
-            images = model.visual_features(vision["pixel_values"], vision["image_grid_thw"])
-            videos = model.visual_features(vision["pixel_values_videos"], vision["video_grid_thw"])
+            images, image_deepstack = model.encode(vision["pixel_values"], vision["image_grid_thw"])
+            videos, video_deepstack = model.encode(vision["pixel_values_videos"], vision["video_grid_thw"])
             tokens = model.tokens(prompts, layout, image_features=images, image_grid_thw=vision["image_grid_thw"],
                                   video_features=videos, video_grid_thw=vision["video_grid_thw"],
-                                  second_per_grid_ts=vision["second_per_grid_ts"])  # building the inputs may sync
+                                  second_per_grid_ts=vision.get("second_per_grid_ts"), image_deepstack=image_deepstack,
+                                  video_deepstack=video_deepstack)  # building the inputs may sync
         prefill_never_syncs(model, tokens, POLICIES[name]())

@@ -29,6 +29,7 @@ CASES = {  # visual items per row: (h, w) an image, (t, h, w) a video, in patche
     "image+video": [[(4, 4), (2, 4, 4)]],
     "batch3-packed": [[(8, 8)], [(4, 8)], [(8, 4), (2, 4, 4)]],  # different counts per row
     "batch3-padded": [[(4, 8)], [(2, 4, 4)], [(4, 8)]],  # the same count per row
+    "batch3-one-text": [[(8, 4)], [], [(2, 4, 4)]],  # a row without visual tokens (DeepStack adds it nothing)
 }
 # drops before or inside a DeepStack layer (DeepStack adds after layers 0 and 1)
 POLICIES = {
@@ -59,7 +60,7 @@ def test_drops_at_deepstack_layers_keep_what_the_oracle_keeps(models, name, case
     assert_kept_like_the_oracle(hf, ours, multimodal_inputs(CASES[case], arch=QWEN3_ARCH, seed=1), *POLICIES[name])
 
 
-@pytest.mark.parametrize("case", ["image+video", "batch3-packed", "batch3-padded"])
+@pytest.mark.parametrize("case", ["image+video", "batch3-packed", "batch3-padded", "batch3-one-text"])
 @pytest.mark.parametrize("name", sorted(POLICIES))
 def test_transformers_generate_prunes_like_the_package_model(models, name, case):
     hf, ours = models
@@ -121,8 +122,14 @@ def test_precomputed_features_need_their_deepstack(models):
     features, deepstack = ours.encode(vision["pixel_values"], vision["image_grid_thw"])
     with pytest.raises(ValueError, match="image_features need image_deepstack"):
         ours.generate(prompts, image_features=features, image_grid_thw=vision["image_grid_thw"])
-    with pytest.raises(ValueError, match=r"image_deepstack of shape \(1, 16, 64\): this model adds 2 DeepStack levels"):
-        ours.generate(prompts, image_features=features, image_deepstack=deepstack[:1], image_grid_thw=vision["image_grid_thw"])
+    grid = vision["image_grid_thw"]
+    with pytest.raises(ValueError, match=r"image_deepstack of shape \(1, 16, 64\): this model adds \[2, tokens, hidden\]"):
+        ours.generate(prompts, image_features=features, image_deepstack=deepstack[:1], image_grid_thw=grid)
+    with pytest.raises(ValueError, match=r"image_deepstack of shape \(2, 15, 64\): .* each of the image features' 16"):
+        ours.generate(prompts, image_features=features, image_deepstack=deepstack[:, 1:], image_grid_thw=grid)
+    with pytest.raises(ValueError, match=r"video_deepstack of shape \(2, 16, 64\): .*\(none given\)"):  # a stray one
+        ours.generate(prompts, image_features=features, image_deepstack=deepstack, video_deepstack=deepstack,
+                      image_grid_thw=grid)
     with pytest.raises(ValueError, match="second_per_grid_ts is a Qwen2.5-VL input"):
         ours.generate(prompts, **vision, second_per_grid_ts=torch.tensor([1.0]))
 

@@ -55,6 +55,7 @@ from .models import (Llava, LlavaConfig, LlavaNext, LlavaNextConfig, LlavaOnevis
                      tiny_llava_onevision_config, tiny_qwen_config)
 from .models import llava_next, llava_onevision
 from .models.policies import OfPrompt, kept_count
+from .models.policies.base import parse_rule
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_PROMPT = "USER: <image>\nWhat is the red object in the picture? ASSISTANT:"
@@ -117,7 +118,10 @@ def parse_keep(text: str) -> list[int | float | OfPrompt]:
     for v in text.split(","):
         v = v.strip()
         try:
-            values.append(OfPrompt(float(v[:-1]) / 100) if v.endswith("%") else float(v) if "." in v or v == "0" else int(v))
+            rule = parse_rule(v) if v.endswith("%") else float(v) if "." in v or v == "0" else int(v)
+            if isinstance(rule, str):  # not a percentage after all
+                raise ValueError(v)
+            values.append(rule)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected counts such as 288,144,1, ratios such as 0.5,0.5,0 or percentages "
                                              f"such as 25%,5%,0, got {text!r}") from None
@@ -509,6 +513,10 @@ def main(argv=None, prog: str = "python -m v2drop_kernels.demo") -> dict:
     Image = require("PIL.Image", "the demo")
     image = Image.open(args.image) if args.image else synthetic_image(plan.image_size)
     inputs = build_inputs(model, Path(args.model) if args.model else None, image, args.prompt, plan.visual)
+    found = int(torch.isin(inputs.ids, torch.tensor([model.cfg.image_token_id])).sum())
+    if found != plan.visual:  # the flags were checked against plan.visual
+        raise SystemExit(f"{prog}: the processor of {args.model} wrote {found} image tokens for this image; "
+                         f"its config gives {plan.visual}")
     ids = inputs.ids.to(plan.device)
     vision_args = tuple(a.to(plan.device) for a in (inputs.vision_args or (inputs.pixel_values,)))
     policy, num_layers = plan.policy, plan.cfg.text.num_layers

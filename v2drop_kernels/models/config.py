@@ -220,9 +220,10 @@ _ONEVISION_PINPOINTS = tuple((384 * h, 384 * w) for h in range(1, 7) for w in ra
 
 @dataclass(frozen=True)
 class QwenVLConfig:
-    """Qwen2-VL / Qwen2.5-VL: a ViT whose patch merger emits one token per 2×2 patches → Qwen2 decoder
-    with M-RoPE. Images and videos are spans of ``image_token_id`` / ``video_token_id`` tokens,
-    ``t·h·w / merge²`` per item of ``grid_thw``."""
+    """Qwen2-VL / Qwen2.5-VL / Qwen3-VL: a ViT whose patch merger emits one token per 2×2 patches →
+    a Qwen2 decoder with M-RoPE (Qwen3-VL: a Qwen3 decoder, interleaved M-RoPE, DeepStack). Images
+    and videos are spans of ``image_token_id`` / ``video_token_id`` tokens, ``t·h·w / merge²`` per
+    item of ``grid_thw`` (Qwen3-VL videos: one span per grid step)."""
 
     arch: str  # "qwen2_vl", "qwen2_5_vl" or "qwen3_vl"
     text: TextConfig
@@ -244,7 +245,9 @@ class QwenVLConfig:
     @property
     def deepstack_levels(self) -> int:
         """Qwen3-VL: the decoder layers (the first ones) after which DeepStack adds visual features."""
-        return len(self.vision.get("deepstack_visual_indexes") or ()) if self.arch == "qwen3_vl" else 0
+        if self.arch != "qwen3_vl":
+            return 0
+        return len(self.vision.get("deepstack_visual_indexes", (8, 16, 24)))  # transformers' default when unnamed
 
     @classmethod
     def from_hf(cls, cfg: dict[str, Any]) -> "QwenVLConfig":

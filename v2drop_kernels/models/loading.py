@@ -1,4 +1,5 @@
-"""Loading HF-format checkpoints (LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL) and building small random models.
+"""Loading HF-format checkpoints (LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL,
+Qwen3-VL) and building small random models.
 
 A checkpoint folder holds ``config.json`` and ``*.safetensors`` (one file or shards); ``model_type``
 in the config picks the model (:func:`load_model`). Every key layout ``transformers`` has written
@@ -9,7 +10,8 @@ is read:
     LLaVA-NeXT   as LLaVA, plus image_newline (llava-hf) or model.image_newline (4.52+)
     LLaVA-OneVision   as LLaVA-NeXT (its SigLIP tower under vision_tower.vision_model. or model.vision_tower.)
     Qwen-VL  model.layers.0...                  lm_head.weight                  visual.blocks.0...            (published)
-             model.language_model.layers.0...   lm_head.weight                  model.visual.blocks.0...      (4.52+)
+             model.language_model.layers.0...   lm_head.weight                  model.visual.blocks.0...      (4.52+;
+                                                                                 Qwen3-VL's published layout)
 """
 
 from __future__ import annotations

@@ -162,12 +162,16 @@ class QwenVL(VisionLanguageModel):
         planes = self._planes(host, image_grid_thw, video_grid_thw, second_per_grid_ts)
         levels = self.cfg.deepstack_levels
         for name, feats, deep in (("image", image_features, image_deepstack), ("video", video_features, video_deepstack)):
-            if deep is not None and (not levels or deep.dim() != 3 or deep.shape[0] != levels):
-                raise ValueError(f"{name}_deepstack of shape {tuple(deep.shape)}: this model adds "
-                                 + (f"{levels} DeepStack levels ([{levels}, tokens, hidden])" if levels else "no DeepStack features"))
-            if levels and feats is not None and deep is None:
-                raise ValueError(f"{name}_features need {name}_deepstack: {self.cfg.arch} adds DeepStack features to the "
-                                 f"visual tokens after its first {levels} layers")
+            if deep is None:
+                if levels and feats is not None:
+                    raise ValueError(f"{name}_features need {name}_deepstack: {self.cfg.arch} adds DeepStack features to "
+                                     f"the visual tokens after its first {levels} layers")
+                continue
+            rows = None if feats is None else feats.reshape(-1, feats.shape[-1]).shape
+            if not levels or deep.dim() != 3 or deep.shape[0] != levels or rows is None or tuple(deep.shape[1:]) != tuple(rows):
+                want = (f"[{levels}, tokens, hidden] with a row for each of the {name} features' "
+                        f"{'(none given)' if rows is None else rows[0]}") if levels else "no DeepStack features"
+                raise ValueError(f"{name}_deepstack of shape {tuple(deep.shape)}: this model adds {want}")
         return self._prefill_tokens(host, layout, [image_features, video_features], planes,
                                     deepstack=[image_deepstack, video_deepstack] if levels else None)
 

@@ -66,11 +66,12 @@ class VisionLanguageModel(GenerativeModel):
 
     # -- forward and generation -------------------------------------------------------------------------
     @torch.inference_mode()
-    def forward(self, prompts: Sequence[Tensor], *visual, policy: Policy | None = None, layout: str = "auto",
+    def forward(self, prompts: Sequence[Tensor], *visual, policy: Policy | None = None, layout: str = "padded",
                 backend: str | None = None, **named_visual) -> tuple[Tensor, Tokens]:
         """Prefill only: logits of every surviving token (float32) and the final :class:`Tokens`, in
-        the prefill's layout (``layout`` as in :meth:`generate`: ``auto`` is padded when every row
-        holds as many visual tokens, else packed; ``tokens.packed`` says which).
+        the prefill's layout: ``padded`` (the default: ``[B, S, vocab]``; rows must hold as many
+        visual tokens), ``packed`` (``[T, vocab]``) or ``auto`` (padded when they do, else packed;
+        ``tokens.packed`` says which).
         ``visual`` / ``named_visual``: the architecture's visual inputs (its :meth:`inputs`)."""
         tokens = self.inputs(prompts, layout, *visual, **named_visual)
         tokens = self.decoder.prefill(tokens, policy or Policy(), ctx=PruningContext(backend))

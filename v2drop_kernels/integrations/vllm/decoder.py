@@ -93,7 +93,8 @@ class PrunedDecoder:
         for layer in getattr(decoder, "layers", []):
             missing += [name for name in _LAYER_PARTS if not hasattr(layer, name)]
             missing += [f"self_attn.{name}" for name in _ATTENTION_PARTS if not hasattr(getattr(layer, "self_attn", None), name)]
-            if getattr(getattr(layer, "self_attn", None), "qk_norm", False):
+            attn = getattr(layer, "self_attn", None)
+            if getattr(attn, "qk_norm", False) or hasattr(attn, "q_norm"):  # Qwen3's per-head q/k norms
                 missing.append("a decoder without q/k norms")
         if missing:
             raise NotImplementedError(f"v2drop: {type(decoder).__name__} lacks {sorted(set(missing))}, which pruning uses")

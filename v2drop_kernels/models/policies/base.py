@@ -29,8 +29,10 @@ Adding a policy is one file in this folder plus one line in ``POLICIES`` (``__in
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Sequence
 
 import torch
@@ -46,12 +48,17 @@ from ..tokens import Tokens, packed_coordinates
 class OfPrompt:
     """A kept-count rule: ``ratio`` of the row's visual tokens *in the prompt* (where a float rule is
     a ratio of what is left), at least one. Written ``"25%"`` in a keep list (:func:`parse_keep`),
-    so that a flag or a JSON config can give it too."""
+    so that a flag or a JSON config can give it too. Kept as an exact fraction (``0.29`` is 29/100,
+    not the float just below it), so that ``"29%"`` of 100 tokens is 29."""
 
-    ratio: float
+    ratio: Fraction
+
+    def __post_init__(self):
+        exact = Fraction(str(self.ratio)) if isinstance(self.ratio, float) else Fraction(self.ratio)
+        object.__setattr__(self, "ratio", exact)
 
     def __repr__(self) -> str:
-        return f"{self.ratio * 100:g}%"
+        return f"{float(self.ratio) * 100:g}%"
 
 
 Rule = int | float | OfPrompt
@@ -153,7 +160,7 @@ def parse_keep(keep: Keep, stages: int) -> tuple[Rule, ...]:
     """Checks a keep schedule: per stage an int count (``>= 1``), a float ratio of what is left in
     ``[0, 1]``, or a ratio of the prompt's visual tokens (:class:`OfPrompt`, or a string such as
     ``"25%"``)."""
-    keep = tuple(_rule(value) for value in keep)
+    keep = tuple(parse_rule(value) for value in keep)
     if len(keep) != stages:
         raise ValueError(f"keep has {len(keep)} entries for {stages} pruning layers")
     for value in keep:
@@ -168,11 +175,11 @@ def parse_keep(keep: Keep, stages: int) -> tuple[Rule, ...]:
     return keep
 
 
-def _rule(value):
-    """``"25%"`` → ``OfPrompt(0.25)``; anything else unchanged (checked by :func:`parse_keep`)."""
+def parse_rule(value):
+    """``"25%"`` → ``OfPrompt(1/4)``; anything else unchanged (checked by :func:`parse_keep`)."""
     if isinstance(value, str) and value.strip().endswith("%"):
         try:
-            return OfPrompt(float(value.strip()[:-1]) / 100)
+            return OfPrompt(Fraction(value.strip()[:-1]) / 100)
         except ValueError:
             pass
     return value
@@ -219,16 +226,38 @@ def last_query_scores(tokens: Tokens, q: Tensor, k: Tensor, ctx: PruningContext)
     return ctx.mean_over_ranks(_last_query_scores(tokens, q, k))
 
 
+# float32 elements of the (token, row) logits one packed scoring call may hold (128 MiB): rows are
+# scored in groups past it
+_SCORE_BUDGET = 1 << 25
+
+
 def _last_query_scores(tokens: Tokens, q: Tensor, k: Tensor) -> Tensor:
     if not tokens.packed:
         return last_query_attention(q[:, :, -1:], k, tokens.valid)
-    # packed: every row's keys laid out as rows of one padded batch (in float32, the precision the
-    # scores are computed in), one call for the batch, the scores read back at the packed positions
-    rows, cols = packed_coordinates(tokens.lengths, q.device)
-    width = tokens.max_len
-    keys = k.new_zeros(tokens.batch, width, *k.shape[1:], dtype=torch.float32)
-    keys[rows, cols] = k.float()
-    valid = torch.zeros(tokens.batch, width, dtype=torch.bool, device=q.device)
-    valid[rows, cols] = True
-    q_last = q.index_select(0, tokens.last_index()).unsqueeze(2)  # [B, H, 1, Dh]
-    return last_query_attention(q_last, keys.transpose(1, 2), valid)[rows, cols]
+    # packed: the rows in as few groups as the budget allows (one, but for huge batches); no padded copy
+    heads, out, start, group = q.shape[1], [], 0, []
+    for n in tokens.lengths:
+        if group and (sum(group) + n) * heads * (len(group) + 1) > _SCORE_BUDGET:
+            out.append(_own_row_scores(q[start:start + sum(group)], k[start:start + sum(group)], group))
+            start, group = start + sum(group), []
+        group.append(n)
+    out.append(_own_row_scores(q[start:], k[start:], group))
+    return torch.cat(out) if len(out) > 1 else out[0]
+
+
+def _own_row_scores(q: Tensor, k: Tensor, lengths: list[int]) -> Tensor:
+    """:func:`~v2drop_kernels.models.attention.last_query_attention` of packed rows of ``lengths``
+    tokens (``q [T, H, Dh]``, ``k [T, Hkv, Dh]``), each row's last query over its own keys: every
+    key against every row's last query (``[T, H, B]`` float32 logits, the query heads in their key
+    groups: K read once, never repeated), each token's own row's logit kept, a softmax per row."""
+    t, h, dh = q.shape
+    b, hkv = len(lengths), k.shape[1]
+    rows, _ = packed_coordinates(lengths, q.device)
+    last = torch.tensor(list(itertools.accumulate(lengths)), device=q.device) - 1
+    q_last = q.index_select(0, last).float().view(b, hkv, h // hkv, dh)
+    logits = torch.einsum("tkd,bkgd->tkbg", k.float(), q_last)  # [T, Hkv, B, H / Hkv]
+    own = logits.gather(2, rows.view(t, 1, 1, 1).expand(t, hkv, 1, h // hkv)).reshape(t, h) * dh ** -0.5
+    by_row = rows[:, None].expand(t, h)
+    top = own.new_full((b, h), float("-inf")).scatter_reduce(0, by_row, own, "amax")
+    exp = (own - top[rows]).exp()
+    return (exp / own.new_zeros(b, h).index_add_(0, rows, exp)[rows]).mean(dim=1)
