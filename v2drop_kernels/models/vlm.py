@@ -106,7 +106,9 @@ class VisionLanguageModel(GenerativeModel):
         ``features``: one entry per :meth:`visual_inputs` kind (``[tokens, hidden]`` or more leading
         dims, in prompt order across the batch; ``None`` when absent); ``positions``: per prompt,
         host ``[n]`` or ``[3, n]`` position ids (``None``: ``0 .. n-1``); ``deepstack``: per kind,
-        its DeepStack features ``[levels, tokens, hidden]`` (Qwen3-VL) or ``None``."""
+        its DeepStack features ``[levels, tokens, hidden]`` (Qwen3-VL) or ``None``, given for every
+        kind whose features are (the architecture checks it: :meth:`QwenVL.tokens
+        <v2drop_kernels.models.qwen_vl.QwenVL.tokens>`)."""
         device = self.lm_head.weight.device
         kinds = self.visual_inputs()
         lengths = [p.numel() for p in host]
@@ -114,15 +116,9 @@ class VisionLanguageModel(GenerativeModel):
         what = f"{kinds[0].name} tokens" if len(kinds) == 1 else "visual tokens"
         layout = resolve_layout(layout, visual, what)
         positions = positions if positions is not None else [torch.arange(n) for n in lengths]
-        stack = None
-        if deepstack is not None and any(d is not None for d in deepstack):
-            for kind, feats, deep in zip(kinds, features, deepstack):
-                if feats is not None and deep is None:
-                    raise ValueError(f"{kind.name} features without their DeepStack features: this model adds them after "
-                                     f"its first layers (pass {kind.name}_deepstack, or the pixels)")
-            stack = torch.cat([d for d in deepstack if d is not None], 1)
-        else:
+        if deepstack is not None and all(d is None for d in deepstack):
             deepstack = None
+        stack = None if deepstack is None else torch.cat([d for d in deepstack if d is not None], 1)
         if layout == "packed":
             hidden, vis, feature_rows = self._embed(torch.cat(host).to(device), features, deepstack)
             index = torch.cat([torch.arange(n) for n in lengths]).to(device)
