@@ -1,6 +1,7 @@
 """Demo: a vision-language model generating with and without visual-token pruning.
 
-    v2drop-demo [--model PATH | --arch llava-1.5|llava-next|llava-ov|qwen2-vl|qwen2.5-vl|qwen3-vl] [--image IMG]
+    v2drop-demo [--model PATH | --arch llava-1.5|llava-next|llava-ov|qwen2-vl|qwen2.5-vl|qwen3-vl|qwen3.5]
+                [--image IMG]
                 [--prompt TEXT] [--max-new-tokens N]
                 [--policy none|v2drop|pdrop|fastv] [--layers 3,17,22] [--keep 0.5,0.5,0]
                 [--device cpu|cuda] [--dtype fp32|bf16|fp16] [--repeats N] [--json]
@@ -50,7 +51,7 @@ import torch
 
 from .backends import available_backends
 from .extras import MissingExtra, require
-from .models import (Llava, LlavaConfig, LlavaNext, LlavaNextConfig, LlavaOnevision, LlavaOnevisionConfig, Qwen3VL, QwenVL,
+from .models import (Llava, LlavaConfig, LlavaNext, LlavaNextConfig, LlavaOnevision, LlavaOnevisionConfig, Qwen3_5, Qwen3VL, QwenVL,
                      QwenVLConfig, load_model, make_policy, random_llava, random_qwen_vl, tiny_config, tiny_llava_next_config,
                      tiny_llava_onevision_config, tiny_qwen_config)
 from .models import llava_next, llava_onevision
@@ -97,9 +98,12 @@ ARCHITECTURES = {
     "qwen3_vl": Arch(QwenVLConfig, Qwen3VL, lambda: tiny_qwen_config("qwen3_vl"),
                      f"random Qwen3-VL-shaped model (28 layers x 128 wide, q/k norms, interleaved M-RoPE, DeepStack after "
                      f"layers 0-2; ViT 16 px patches merged 2x2: a 768 px image gives {QWEN_GRID ** 2} visual tokens)"),
+    "qwen3_5": Arch(QwenVLConfig, Qwen3_5, lambda: tiny_qwen_config("qwen3_5", layers=32),
+                    f"random Qwen3.5-shaped model (32 layers x 128 wide, every fourth full attention, the others Gated "
+                    f"DeltaNet; ViT 16 px patches merged 2x2: a 768 px image gives {QWEN_GRID ** 2} visual tokens)"),
 }
 ARCHS = {"llava-1.5": "llava", "llava-next": "llava_next", "llava-ov": "llava_onevision", "qwen2-vl": "qwen2_vl",
-         "qwen2.5-vl": "qwen2_5_vl", "qwen3-vl": "qwen3_vl"}
+         "qwen2.5-vl": "qwen2_5_vl", "qwen3-vl": "qwen3_vl", "qwen3.5": "qwen3_5"}
 
 
 # -- flags --------------------------------------------------------------------------------------------
@@ -253,8 +257,9 @@ def check_flags(parser: argparse.ArgumentParser, args) -> Plan:
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK) or (os.path.exists(args.heatmap) and not os.access(args.heatmap, os.W_OK)):
             parser.error(f"argument --heatmap: cannot write {args.heatmap}")
     try:
-        policy = make_policy(args.policy, args.layers, args.keep, schedule=arch.model.v2drop_schedule)
-        policy.check(num_layers)
+        layers = args.layers if args.layers is not None else arch.model.default_layers(args.policy)
+        policy = make_policy(args.policy, layers, args.keep, schedule=arch.model.v2drop_schedule)
+        policy.check(num_layers, cfg.text.attention_layers)
     except ValueError as e:
         parser.error(f"argument --policy: {e}")
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)

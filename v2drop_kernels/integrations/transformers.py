@@ -8,7 +8,9 @@ Supported: ``LlavaForConditionalGeneration`` and ``LlavaNextForConditionalGenera
 decoder), ``LlavaOnevisionForConditionalGeneration`` (Qwen2 decoder; images and videos),
 ``Qwen2VLForConditionalGeneration`` and ``Qwen2_5_VLForConditionalGeneration`` (images and
 videos; M-RoPE position ids), ``Qwen3VLForConditionalGeneration`` (images and videos; DeepStack: the
-features transformers hands its language model are added to the surviving visual tokens here).
+features transformers hands its language model are added to the surviving visual tokens here),
+``Qwen3_5ForConditionalGeneration`` (images and videos; its linear-attention layers keep their
+states in transformers' hybrid cache, through its conv / recurrent state API).
 
 How: the language model's ``forward`` is replaced (on this instance only) by the package's decoder
 loop (:class:`~v2drop_kernels.models.decoder.Decoder`) running on the model's own modules and
@@ -18,8 +20,10 @@ video tokens. Only documented interfaces are used: the language model's call (in
 weights; masks, positions and RoPE tables are computed here, not taken from ``transformers``' helpers.
 
 The cache carries the keys and values of the tokens that reached each layer, so its layers have
-different lengths after a drop. Layer 0 is never pruned, so ``get_seq_length()`` still counts
-every prompt column, which is what ``generate`` expects. For each layer the handle keeps the
+different lengths after a drop. ``get_seq_length()`` reads the first attention layer (layer 0, or a
+hybrid decoder's first full-attention layer), which must count every prompt column, as ``generate``
+expects: layer 0 is never pruned, and a hybrid decoder's first attention layer, when a drop came
+before it, keeps its entries at full width with holes where the dropped tokens were. For each layer the handle keeps the
 attention-mask column of every cached entry (``-1``: a hole) and so masks padding itself.
 
 Batches: left-padded rows (what ``generate`` takes). Rows whose visual-token counts differ (Qwen's
@@ -37,6 +41,7 @@ import torch
 from torch import Tensor
 
 from ..models.config import TextConfig
+from ..models.cache import row_positions
 from ..models.decoder import Decoder
 from ..models.policies import Policy
 from ..models.pruning import PrefillTrace, PruningContext
@@ -54,16 +59,18 @@ _SUPPORTED = {
     "qwen2_vl": (("qwen2_vl_text", "qwen2_vl"), ("image_token_id", "video_token_id")),
     "qwen2_5_vl": (("qwen2_5_vl_text", "qwen2_5_vl"), ("image_token_id", "video_token_id")),
     "qwen3_vl": (("qwen3_vl_text",), ("image_token_id", "video_token_id")),
+    "qwen3_5": (("qwen3_5_text",), ("image_token_id", "video_token_id")),
 }
 
 
 class _CacheAdapter:
     """The decoder's cache interface (``store``/``append``) over a ``transformers`` ``Cache``."""
 
-    def __init__(self, hf_cache, num_layers: int, pad: Tensor, width: int):
+    def __init__(self, hf_cache, num_layers: int, pad: Tensor, width: int, length_layer: int = 0):
         self.hf = hf_cache
         self.pad = pad  # int64 [B]: left padding of each row in the prompt
-        self.width = width  # the prompt's columns: layer 0 holds that many entries (the cache length generate reads)
+        self.width = width  # the prompt's columns: the length layer holds that many entries
+        self.length_layer = length_layer  # the layer whose length get_seq_length() reports (its first attention layer)
         self.columns: list[Tensor | None] = [None] * num_layers  # attention-mask column of each entry (-1: hole)
         self.mask: Tensor | None = None  # the step's 2D attention mask (None: no padding)
         self.mask_width = 0  # columns of that mask: the new token's column is mask_width - 1
@@ -72,7 +79,7 @@ class _CacheAdapter:
     def store(self, layer: int, k: Tensor, v: Tensor, tokens: Tokens) -> None:
         if tokens.packed:  # row r's entries go to columns [0, lengths[r]); the rest are holes
             b, (h, d) = tokens.batch, k.shape[1:]
-            width = self.width if layer == 0 else tokens.max_len  # every row may be padded (pad_to_multiple_of)
+            width = self.width if layer == self.length_layer else tokens.max_len  # every row may be padded (pad_to_multiple_of)
             keys, values = k.new_zeros(b, h, width, d), v.new_zeros(b, h, width, d)
             cols = torch.full((b, width), -1, dtype=torch.long, device=k.device)
             rows, at = packed_coordinates(tokens.lengths, k.device)
@@ -82,8 +89,26 @@ class _CacheAdapter:
             self.holes = self.holes or min(tokens.lengths) < width
         else:
             cols = torch.where(tokens.orig_pos >= 0, tokens.orig_pos + self.pad[:, None], -1)
+            short = self.width - k.shape[2] if layer == self.length_layer else 0
+            if short:  # tokens were dropped before the length layer: holes up to the prompt's width
+                k, v = (torch.nn.functional.pad(x, (0, 0, 0, short)) for x in (k, v))
+                cols = torch.nn.functional.pad(cols, (0, short), value=-1)
+                self.holes = True
         self.hf.update(k, v, layer)
         self.columns[layer] = cols
+
+    def store_state(self, layer: int, window: Tensor, state: Tensor, tokens: Tokens) -> None:
+        """A linear-attention layer's state after prefill, into transformers' cache (its convolution
+        state holds the last ``K`` inputs, one more than the package's window); its columns: the
+        attention-mask column of each token the layer saw (-1: none), for :meth:`PruningHandle.layer_columns`."""
+        self.hf.update_conv_state(torch.nn.functional.pad(window, (1, 0)), layer, conv_kernel_size=window.shape[-1] + 1)
+        self.hf.update_recurrent_state(state, layer)
+        orig = row_positions(tokens)
+        self.columns[layer] = torch.where(orig >= 0, orig + self.pad[:, None], -1)
+
+    def linear_state(self, layer: int) -> tuple[Tensor, Tensor]:
+        """The cache's own state tensors of a linear-attention layer, which a decode step updates in place."""
+        return self.hf.get_conv_state(layer), self.hf.get_recurrent_state(layer)
 
     def append(self, layer: int, k: Tensor, v: Tensor):
         keys, values = self.hf.update(k, v, layer)
@@ -197,7 +222,7 @@ class PruningHandle:
         if past == 0:  # prefill: prune here
             tokens, pad = self._prefill_tokens(inputs_embeds, position_ids, attention_mask, deepstack_visual_embeds,
                                                visual_pos_masks)
-            adapter = _CacheAdapter(past_key_values, len(self.lm.layers), pad, s)
+            adapter = _CacheAdapter(past_key_values, len(self.lm.layers), pad, s, self.cfg.attention_layers[0])
             past_key_values._v2drop_adapter = self._last = adapter  # the decode steps find it on their cache
             ctx = PruningContext(self.backend)
             self.trace = ctx.trace
@@ -215,7 +240,8 @@ class PruningHandle:
         return BaseModelOutputWithPast(last_hidden_state=hidden, **{self._cache_field: past_key_values})
 
     def layer_columns(self) -> list[Tensor]:
-        """Per layer, the attention-mask column of every entry in the last generation's cache (-1: a hole)."""
+        """Per layer, the attention-mask column of every entry in the last generation's cache (-1: a hole;
+        a linear-attention layer: of every prompt token it saw)."""
         return list(self._last.columns)
 
     def disable(self) -> None:
@@ -228,8 +254,8 @@ def enable_pruning(model, policy: Policy, backend: str | None = None) -> Pruning
     """Makes ``model`` prune visual tokens with ``policy`` in every forward and ``generate`` call:
     a ``transformers`` ``LlavaForConditionalGeneration`` or ``LlavaNextForConditionalGeneration``
     with a Llama decoder, ``LlavaOnevisionForConditionalGeneration`` with a Qwen2 decoder,
-    ``Qwen2VLForConditionalGeneration``, ``Qwen2_5_VLForConditionalGeneration`` or
-    ``Qwen3VLForConditionalGeneration``.
+    ``Qwen2VLForConditionalGeneration``, ``Qwen2_5_VLForConditionalGeneration``,
+    ``Qwen3VLForConditionalGeneration`` or ``Qwen3_5ForConditionalGeneration``.
 
     ``backend`` picks the ops' backend (``None``: the fastest for the model's device). Calling it
     again replaces the policy. Returns a handle whose ``disable()`` restores the stock forward.
@@ -245,7 +271,7 @@ def enable_pruning(model, policy: Policy, backend: str | None = None) -> Pruning
     if getattr(model, "_v2drop_handle", None) is not None:
         model._v2drop_handle.disable()
     handle = PruningHandle(model, policy, backend)
-    policy.check(len(handle.lm.layers))  # layers 1 .. L-1: layer 0 holds the cache length generate reads
+    policy.check(len(handle.lm.layers), handle.cfg.attention_layers)  # layers 1 .. L-1 (see _CacheAdapter.length_layer)
     model.model.forward = handle._outer_forward(type(model.model).forward.__get__(model.model))
     handle.lm.forward = types.MethodType(lambda _self, *a, **kw: handle._lm_forward(*a, **kw), handle.lm)
     model._v2drop_handle = handle

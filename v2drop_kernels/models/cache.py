@@ -12,6 +12,10 @@ holes of a packed prompt whose rows have different lengths (each row is laid out
 generated tokens go to a shared column, so shorter rows skip a few columns). Unwritten columns are
 masked, and buffers start zeroed, so masked entries are always finite.
 
+A linear-attention layer of a hybrid decoder (Qwen3.5) has no keys and values: it keeps each row's
+fixed-size state instead (:meth:`KVCache.store_state`: the convolution window and the recurrent
+state), which its decode step updates in place (:meth:`KVCache.linear_state`).
+
 Buffers come from a :class:`BufferPool` when one is given: the same shapes get the same tensors on
 the next call, which is what lets a captured decode graph be replayed by the next generation.
 """
@@ -22,6 +26,17 @@ import torch
 from torch import Tensor
 
 from .tokens import packed_coordinates
+
+
+def row_positions(tokens) -> Tensor:
+    """int64 ``[B, S]``: the prompt index of each token, row by row (packed rows from column 0;
+    -1 on padding and past a row's end)."""
+    if not tokens.packed:
+        return tokens.orig_pos
+    rows, columns = packed_coordinates(tokens.lengths, tokens.orig_pos.device)
+    orig = torch.full((tokens.batch, tokens.max_len), -1, dtype=torch.long, device=tokens.orig_pos.device)
+    orig[rows, columns] = tokens.orig_pos
+    return orig
 
 
 class BufferPool:
@@ -55,6 +70,7 @@ class KVCache:
         self.length = [0] * num_layers  # prefill entries (columns) per layer, on the host
         self.orig_pos: list[Tensor | None] = [None] * num_layers  # prompt index of each prefill entry
         self._columns: list[Tensor | None] = [None] * num_layers  # arange(capacity), for the step mask
+        self.states: dict[int, tuple[Tensor, Tensor]] = {}  # linear-attention layers: (conv window, recurrent state)
 
     def _buffer(self, name: str, shape, dtype, device) -> Tensor:
         if self.pool is not None:
@@ -70,19 +86,18 @@ class KVCache:
         cap = s + self.extra
         kbuf = self._buffer(f"k{layer}", (b, h, cap, d), k.dtype, k.device)
         vbuf = self._buffer(f"v{layer}", (b, h, cap, d), v.dtype, v.device)
+        orig = row_positions(tokens)
         if tokens.packed:  # row r's tokens go to columns [0, lengths[r]): one scatter, indices from host counts
             rows, columns = packed_coordinates(tokens.lengths, k.device)
             kbuf[rows, :, columns] = k
             vbuf[rows, :, columns] = v
-            orig = torch.full((b, s), -1, dtype=torch.long, device=k.device)
-            orig[rows, columns] = tokens.orig_pos
             valid = None
             if min(tokens.lengths) < s:
                 valid = (torch.arange(s)[None, :] < torch.tensor(tokens.lengths)[:, None]).to(k.device)
         else:
             kbuf[:, :, :s] = k
             vbuf[:, :, :s] = v
-            orig, valid = tokens.orig_pos, tokens.valid
+            valid = tokens.valid
         if valid is not None:  # decode columns are always valid
             valid_buf = self._buffer(f"valid{layer}", (b, cap), torch.bool, k.device)
             valid_buf[:, :s] = valid
@@ -92,6 +107,21 @@ class KVCache:
         columns.copy_(torch.arange(cap, device=k.device))
         self.k[layer], self.v[layer], self.valid[layer], self._columns[layer] = kbuf, vbuf, valid, columns
         self.length[layer], self.orig_pos[layer] = s, orig
+
+    def store_state(self, layer: int, window: Tensor, state: Tensor, tokens) -> None:
+        """Keeps a linear-attention layer's state after prefill: the convolution window ``[B, C, W]``
+        and the recurrent state ``[B, Hv, dk, dv]`` (float32), copied into buffers the decode steps
+        update in place; and the prompt index of each token the layer saw (``orig_pos``)."""
+        self.orig_pos[layer] = row_positions(tokens)
+        bufs = tuple(self._buffer(f"{name}{layer}", x.shape, x.dtype, x.device)
+                     for name, x in (("window", window), ("state", state)))
+        for buf, x in zip(bufs, (window, state)):
+            buf.copy_(x)
+        self.states[layer] = bufs
+
+    def linear_state(self, layer: int) -> tuple[Tensor, Tensor]:
+        """The ``(window, state)`` buffers of a linear-attention layer, for a decode step to update."""
+        return self.states[layer]
 
     def write_step(self, layer: int, k: Tensor, v: Tensor, step: Tensor) -> None:
         """Writes one decode step's ``k, v [B, Hkv, 1, Dh]`` at column ``length + step``."""
@@ -111,5 +141,10 @@ class KVCache:
         return list(self.length)
 
     def nbytes(self) -> int:
-        """Bytes of the prefill entries (keys and values, all layers)."""
+        """Bytes of the prefill entries (keys and values, all layers; a linear-attention layer's fixed
+        state is :meth:`state_nbytes`)."""
         return sum(2 * k[:, :, :n].numel() * k.element_size() for k, n in zip(self.k, self.length) if k is not None)
+
+    def state_nbytes(self) -> int:
+        """Bytes of the linear-attention layers' states (the same whatever was pruned)."""
+        return sum(x.numel() * x.element_size() for pair in self.states.values() for x in pair)

@@ -1,11 +1,14 @@
 """Configuration of the package's models, read from an HF ``config.json``.
 
-- :class:`TextConfig`: the decoder, a Llama (LLaVA-1.5), a Qwen2 (LLaVA-OneVision: q/k/v biases) or
-  a Qwen2-VL one (Qwen2-VL, Qwen2.5-VL: q/k/v biases and multimodal RoPE);
+- :class:`TextConfig`: the decoder, a Llama (LLaVA-1.5), a Qwen2 (LLaVA-OneVision: q/k/v biases),
+  a Qwen2-VL one (Qwen2-VL, Qwen2.5-VL: q/k/v biases and multimodal RoPE), Qwen3-VL's (q/k norms,
+  interleaved M-RoPE) or Qwen3.5's (hybrid: Gated DeltaNet layers, :class:`LinearAttentionConfig`,
+  between gated full-attention layers);
 - :class:`LlavaConfig`: LLaVA-1.5 (``llava`` model type); :class:`LlavaNextConfig`: LLaVA-NeXT
   (``llava_next``, anyres tiles); :class:`LlavaOnevisionConfig`: LLaVA-OneVision
   (``llava_onevision``: SigLIP, Qwen2, anyres tiles and videos);
-- :class:`QwenVLConfig`: Qwen2-VL and Qwen2.5-VL (``qwen2_vl``, ``qwen2_5_vl``), both the nested
+- :class:`QwenVLConfig`: Qwen2-VL, Qwen2.5-VL, Qwen3-VL and Qwen3.5 (``qwen2_vl``, ``qwen2_5_vl``,
+  ``qwen3_vl``, ``qwen3_5``), both the nested
   layout of ``transformers`` 5 (``text_config``) and the flat one of the published checkpoints.
 
 Only what the decoder needs is kept, in plain dataclasses. The vision towers keep their own HF
@@ -19,13 +22,46 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class LinearAttentionConfig:
+    """Qwen3.5's Gated DeltaNet layers: ``key_heads`` query/key heads of ``key_head_dim``,
+    ``value_heads`` value heads of ``value_head_dim`` (each group of ``value_heads / key_heads``
+    consecutive value heads shares a key head), a depthwise causal convolution of ``conv_kernel``
+    taps over the projected queries, keys and values."""
+
+    key_heads: int
+    value_heads: int
+    key_head_dim: int
+    value_head_dim: int
+    conv_kernel: int
+
+    @property
+    def key_dim(self) -> int:
+        return self.key_heads * self.key_head_dim
+
+    @property
+    def value_dim(self) -> int:
+        return self.value_heads * self.value_head_dim
+
+    @property
+    def conv_dim(self) -> int:
+        """Channels of the convolution: queries, keys, values."""
+        return 2 * self.key_dim + self.value_dim
+
+
+@dataclass(frozen=True)
 class TextConfig:
     """A Llama-style decoder: RMSNorm, RoPE, grouped-query attention, SwiGLU. Qwen2 differs only by
     biases on q/k/v (``qkv_bias``, none on o) and, in Qwen2-VL, by multimodal RoPE: ``mrope_section``
     splits the ``head_dim / 2`` rotary frequencies into temporal, height and width sections, each
     turned by its own plane of ``[3, ...]`` position ids. Qwen3-VL's decoder has no biases, an
     RMSNorm over each head's queries and keys before RoPE (``qk_norm``) and interleaved M-RoPE
-    (``mrope_interleaved``: frequencies T, H, W, T, H, W, ... within the sections' counts)."""
+    (``mrope_interleaved``: frequencies T, H, W, T, H, W, ... within the sections' counts).
+
+    Qwen3.5's decoder is hybrid: ``layer_types`` names each layer ``"full_attention"`` or
+    ``"linear_attention"`` (Gated DeltaNet, ``linear``); its attention layers gate their output
+    (``attn_output_gate``: ``q_proj`` gives each head's queries and then as many gate values,
+    ``out · sigmoid(gate)`` before ``o_proj``) and rotate only the first ``rotary_dim`` channels of
+    each head; its RMSNorms scale by ``1 + weight`` (``zero_centred_norms``)."""
 
     vocab_size: int
     hidden_size: int
@@ -42,6 +78,11 @@ class TextConfig:
     mrope_section: tuple[int, ...] | None = None  # multimodal RoPE (Qwen2-VL); None: one position plane
     mrope_interleaved: bool = False  # Qwen3-VL: the planes' frequencies interleaved, not in contiguous sections
     qk_norm: bool = False  # Qwen3: RMSNorm over head_dim on queries and keys (q_norm, k_norm) before RoPE
+    layer_types: tuple[str, ...] | None = None  # per layer "full_attention" / "linear_attention"; None: all full
+    linear: LinearAttentionConfig | None = None  # the linear-attention layers' shapes (Qwen3.5)
+    attn_output_gate: bool = False  # Qwen3.5: a sigmoid gate per attention output channel, from q_proj
+    rotary_dim: int | None = None  # channels of each head that RoPE turns (partial rotary); None: head_dim
+    zero_centred_norms: bool = False  # Qwen3.5: RMSNorm weights w scale by (1 + w), in float32
     mlp_bias: bool = False
     tie_word_embeddings: bool = False
     bos_token_id: int | None = 1
@@ -53,12 +94,16 @@ class TextConfig:
         """From an HF text config: ``llama``, ``qwen2`` (q/k/v biases, plain RoPE), a Qwen2-VL /
         Qwen2.5-VL text model (q/k/v biases, M-RoPE) or Qwen3-VL's (q/k norms, interleaved M-RoPE)."""
         model_type = cfg.get("model_type", "llama")
-        qwen3 = model_type in _QWEN3_TEXT_TYPES
+        if model_type in _MOE_TEXT_TYPES:
+            raise NotImplementedError(f"text model {model_type!r}: mixture-of-experts decoders are not implemented "
+                                      "(the dense Qwen3-VL and Qwen3.5 ones are)")
+        hybrid = model_type in _QWEN35_TEXT_TYPES
+        qwen3 = hybrid or model_type in _QWEN3_TEXT_TYPES
         qwen = qwen3 or model_type in _QWEN_TEXT_TYPES  # M-RoPE
         qwen2 = model_type == "qwen2"
         if not qwen and not qwen2 and model_type != "llama":
-            raise NotImplementedError(f"text model {model_type!r}: Llama, Qwen2, Qwen2-VL / Qwen2.5-VL and Qwen3-VL "
-                                      "decoders are implemented")
+            raise NotImplementedError(f"text model {model_type!r}: Llama, Qwen2, Qwen2-VL / Qwen2.5-VL, Qwen3-VL and "
+                                      "Qwen3.5 decoders are implemented")
         if cfg.get("hidden_act", "silu") != "silu":
             raise NotImplementedError(f"text_config.hidden_act={cfg['hidden_act']!r}: only SwiGLU ('silu') is implemented")
         if cfg.get("use_sliding_window"):
@@ -71,11 +116,22 @@ class TextConfig:
             raise NotImplementedError(f"RoPE type {rope_type!r} is not implemented (default and linear are)")
         heads = cfg["num_attention_heads"]
         head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
+        # partial rotary: transformers' Qwen3.5 default is a quarter of each head
+        factor = float(rope.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 0.25 if hybrid else 1.0)))
+        rotary_dim = int(head_dim * factor)
+        if rotary_dim % 2 or not 0 < rotary_dim <= head_dim:
+            raise ValueError(f"partial_rotary_factor {factor} gives {rotary_dim} rotary channels of head_dim {head_dim}; "
+                             "they must be even and at most head_dim")
         mrope = None
         if qwen:  # transformers' default section when the config names none
-            mrope = tuple(int(n) for n in rope.get("mrope_section", (24, 20, 20) if qwen3 else (16, 24, 24)))
-            if sum(mrope) != head_dim // 2:
-                raise ValueError(f"mrope_section {list(mrope)} must add up to head_dim / 2 = {head_dim // 2}")
+            default = (11, 11, 10) if hybrid else (24, 20, 20) if qwen3 else (16, 24, 24)
+            mrope = tuple(int(n) for n in rope.get("mrope_section", default))
+            if sum(mrope) != rotary_dim // 2:
+                raise ValueError(f"mrope_section {list(mrope)} must add up to the rotary frequencies, "
+                                 f"{'rotary_dim' if rotary_dim != head_dim else 'head_dim'} / 2 = {rotary_dim // 2}")
+        layer_types, linear = None, None
+        if hybrid:
+            layer_types, linear = _hybrid_layers(cfg)
         bias = cfg.get("attention_bias", False)
         return cls(
             vocab_size=cfg["vocab_size"],
@@ -91,8 +147,13 @@ class TextConfig:
             qkv_bias=bias if qwen3 else True if qwen or qwen2 else bias,
             o_bias=bias if qwen3 else False if qwen or qwen2 else bias,
             mrope_section=mrope,
-            mrope_interleaved=qwen3,  # transformers' Qwen3-VL always interleaves (its configs say mrope_interleaved)
+            mrope_interleaved=qwen3,  # transformers' Qwen3-VL and Qwen3.5 always interleave
             qk_norm=qwen3,
+            layer_types=layer_types,
+            linear=linear,
+            attn_output_gate=hybrid,
+            rotary_dim=None if rotary_dim == head_dim else rotary_dim,
+            zero_centred_norms=hybrid,
             mlp_bias=cfg.get("mlp_bias", False),
             tie_word_embeddings=cfg.get("tie_word_embeddings", False),
             bos_token_id=cfg.get("bos_token_id", 1),
@@ -101,8 +162,43 @@ class TextConfig:
         )
 
 
+    def is_linear(self, layer: int) -> bool:
+        """Whether decoder layer ``layer`` is a linear-attention (Gated DeltaNet) layer."""
+        return self.layer_types is not None and self.layer_types[layer] == "linear_attention"
+
+    @property
+    def attention_layers(self) -> tuple[int, ...]:
+        """The layers with softmax attention (and so a KV cache and last-token attention scores)."""
+        return tuple(i for i in range(self.num_layers) if not self.is_linear(i))
+
+
 _QWEN_TEXT_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen2_vl_text", "qwen2_5_vl_text")
 _QWEN3_TEXT_TYPES = ("qwen3_vl", "qwen3_vl_text")
+_QWEN35_TEXT_TYPES = ("qwen3_5", "qwen3_5_text")
+_MOE_TEXT_TYPES = ("qwen3_vl_moe", "qwen3_vl_moe_text", "qwen3_5_moe", "qwen3_5_moe_text")
+
+
+def _hybrid_layers(cfg: dict[str, Any]) -> tuple[tuple[str, ...], LinearAttentionConfig]:
+    """Qwen3.5's ``layer_types`` (transformers' default when absent: every ``full_attention_interval``-th
+    layer full attention, 4 when unnamed) and linear-attention shapes (transformers' defaults)."""
+    layers = cfg["num_hidden_layers"]
+    types = cfg.get("layer_types")
+    if types is None:
+        every = int(cfg.get("full_attention_interval", 4))
+        types = ["full_attention" if (i + 1) % every == 0 else "linear_attention" for i in range(layers)]
+    types = tuple(types)
+    unknown = sorted(set(types) - {"full_attention", "linear_attention"})
+    if unknown or len(types) != layers:
+        raise ValueError(f"layer_types must name each of the {layers} layers 'full_attention' or 'linear_attention', "
+                         f"got {list(types)}")
+    linear = LinearAttentionConfig(
+        key_heads=cfg.get("linear_num_key_heads", 16), value_heads=cfg.get("linear_num_value_heads", 32),
+        key_head_dim=cfg.get("linear_key_head_dim", 128), value_head_dim=cfg.get("linear_value_head_dim", 128),
+        conv_kernel=cfg.get("linear_conv_kernel_dim", 4))
+    if linear.value_heads % linear.key_heads:
+        raise ValueError(f"linear_num_value_heads {linear.value_heads} must be a multiple of linear_num_key_heads "
+                         f"{linear.key_heads}")
+    return types, linear
 
 
 @dataclass(frozen=True)
@@ -218,14 +314,18 @@ class LlavaOnevisionConfig(LlavaNextConfig):
 _ONEVISION_PINPOINTS = tuple((384 * h, 384 * w) for h in range(1, 7) for w in range(1, 7))
 
 
+QWEN_ARCHS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5")
+
+
 @dataclass(frozen=True)
 class QwenVLConfig:
     """Qwen2-VL / Qwen2.5-VL / Qwen3-VL: a ViT whose patch merger emits one token per 2×2 patches →
-    a Qwen2 decoder with M-RoPE (Qwen3-VL: a Qwen3 decoder, interleaved M-RoPE, DeepStack). Images
+    a Qwen2 decoder with M-RoPE (Qwen3-VL: a Qwen3 decoder, interleaved M-RoPE, DeepStack; Qwen3.5:
+    Qwen3-VL's inputs without DeepStack, a hybrid linear / full attention decoder). Images
     and videos are spans of ``image_token_id`` / ``video_token_id`` tokens, ``t·h·w / merge²`` per
     item of ``grid_thw`` (Qwen3-VL videos: one span per grid step)."""
 
-    arch: str  # "qwen2_vl", "qwen2_5_vl" or "qwen3_vl"
+    arch: str  # one of QWEN_ARCHS
     text: TextConfig
     vision: dict[str, Any] = field(repr=False)  # HF vision config as a dict
     image_token_id: int = 151655
@@ -252,9 +352,11 @@ class QwenVLConfig:
     @classmethod
     def from_hf(cls, cfg: dict[str, Any]) -> "QwenVLConfig":
         arch = cfg.get("model_type")
-        if arch not in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
-            raise NotImplementedError(f"model_type {arch!r}: only 'qwen2_vl', 'qwen2_5_vl' and 'qwen3_vl' load as Qwen-VL "
-                                      "models")
+        if arch in ("qwen3_vl_moe", "qwen3_5_moe"):
+            raise NotImplementedError(f"model_type {arch!r}: mixture-of-experts decoders are not implemented (the dense "
+                                      "'qwen3_vl' and 'qwen3_5' are)")
+        if arch not in QWEN_ARCHS:
+            raise NotImplementedError(f"model_type {arch!r}: only {', '.join(map(repr, QWEN_ARCHS))} load as Qwen-VL models")
         if "text_config" in cfg and cfg["text_config"]:  # transformers 5: nested
             text = dict(cfg["text_config"])
         else:  # the published checkpoints: the text model's keys at the top level

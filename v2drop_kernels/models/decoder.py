@@ -16,6 +16,11 @@ Per prefill layer ``i`` (``need = policy.needs(i)``: what the policy asked to be
     tokens, (q, k, v) = apply_drop(tokens, drop, q, k, v)
     hidden = post_attention(hidden, attention(q, k, v), weights[i])   # o_proj, residual, norm, SwiGLU
 
+A linear-attention layer of a hybrid decoder (Qwen3.5's Gated DeltaNet,
+:mod:`~v2drop_kernels.models.linear_attention`) runs its recurrence over the tokens that reach it
+instead (no ``inside_attention``: it has no attention scores), each row on its own: packed rows are
+laid out left-padded for it. Its cache entry is the row's fixed-size state (``store_state``).
+
 The cache of layer ``i`` keeps the ``k, v`` of the tokens that reached it. Nothing in prefill or
 decode reads the device back: every shape follows from host counts (``Tokens``). The dense maths
 (:func:`~v2drop_kernels.models.llama.pre_attention`, :func:`~v2drop_kernels.models.llama.post_attention`)
@@ -37,13 +42,14 @@ import contextlib
 import torch
 from torch import Tensor, nn
 
+from . import linear_attention
 from .attention import padded_attention, sdpa, varlen_attention
 from .config import TextConfig
 from .dropping import apply_drop
-from .llama import LayerWeights, Rotary, fuse_projections, layer_weights, post_attention, pre_attention
+from .llama import LayerWeights, Rotary, fuse_projections, layer_weights, post_attention, pre_attention, pre_linear
 from .policies.base import Handover
 from .pruning import PruningContext
-from .tokens import Tokens
+from .tokens import Tokens, packed_coordinates
 
 
 # Dynamo compiles a function once per specialisation, and its cache belongs to the function's code,
@@ -76,23 +82,20 @@ class Decoder:
     def __init__(self, model: nn.Module, cfg: TextConfig, rotary: Rotary | None = None):
         self.model, self.cfg = model, cfg
         self.rotary = rotary if rotary is not None else Rotary(cfg)
-        self.compiled = False
-        self._pre = self._pre_step = pre_attention
-        self._post = self._post_step = post_attention
+        self.compile(False)
 
     def compile(self, enabled: bool = True) -> "Decoder":
         """Runs the dense per-layer maths through ``torch.compile`` (``fullgraph``): dynamic sequence
         length for prefill, static shapes for the decode step. The first calls compile; the policy's
-        ops and attention stay outside the compiled functions."""
+        ops, attention and the linear-attention recurrence stay outside the compiled functions."""
         self.compiled = enabled
+        dense = (pre_attention, pre_linear, post_attention)
         if enabled:
-            self._pre = torch.compile(pre_attention, dynamic=True, fullgraph=True)
-            self._post = torch.compile(post_attention, dynamic=True, fullgraph=True)
-            self._pre_step = torch.compile(pre_attention, dynamic=False, fullgraph=True)
-            self._post_step = torch.compile(post_attention, dynamic=False, fullgraph=True)
+            self._pre, self._pre_linear, self._post = (torch.compile(f, dynamic=True, fullgraph=True) for f in dense)
+            self._pre_step, self._pre_linear_step, self._post_step = (torch.compile(f, dynamic=False, fullgraph=True)
+                                                                      for f in dense)
         else:
-            self._pre = self._pre_step = pre_attention
-            self._post = self._post_step = post_attention
+            self._pre, self._pre_linear, self._post = self._pre_step, self._pre_linear_step, self._post_step = dense
         return self
 
     def fuse_projections(self) -> "Decoder":
@@ -104,14 +107,34 @@ class Decoder:
 
     def weights(self) -> list[LayerWeights]:
         """Every layer's weights, as they are (nothing is fused or changed here)."""
-        return [layer_weights(layer, self.cfg.rms_norm_eps) for layer in self.model.layers]
+        return [layer_weights(layer, self.cfg) for layer in self.model.layers]
 
     def _qkv(self, pre, x: Tensor, w: LayerWeights, cos: Tensor, sin: Tensor, packed: bool):
-        """``q [B, H, S, Dh]``, ``k, v [B, Hkv, S, Dh]`` (packed: ``[T, H, Dh]``), RoPE applied."""
-        q, k, v = pre(x, w, cos, sin, self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim)
+        """``q [B, H, S, Dh]``, ``k, v [B, Hkv, S, Dh]`` (packed: ``[T, H, Dh]``), RoPE applied, and
+        the output gate (None without)."""
+        q, k, v, gate = pre(x, w, cos, sin, self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim)
         if packed:
-            return q, k, v
-        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            return q, k, v, gate
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), gate
+
+    def _linear_prefill(self, tokens: Tokens, w: LayerWeights) -> tuple[Tensor, Tensor, Tensor]:
+        """A linear-attention layer on the prefill tokens: ``(y`` for its output projection, in the
+        tokens' layout, the rows' convolution windows and recurrent states``)``."""
+        mixed, z, beta, g = self._pre_linear(tokens.hidden, w)
+        if not tokens.packed:
+            return linear_attention.prefill(mixed, z, beta, g, tokens.valid, w.mixer, self.cfg.rms_norm_eps)
+        width = tokens.max_len  # packed rows laid out left-padded, one row each
+        rows, cols = packed_coordinates(tokens.lengths, mixed.device, width=width)
+
+        def padded(x: Tensor) -> Tensor:
+            out = x.new_zeros(tokens.batch, width, *x.shape[1:])
+            out[rows, cols] = x
+            return out
+
+        valid = padded(torch.ones_like(beta[:, 0], dtype=torch.bool))
+        y, window, state = linear_attention.prefill(padded(mixed), padded(z), padded(beta), padded(g), valid, w.mixer,
+                                                    self.cfg.rms_norm_eps)
+        return y[rows, cols], window, state
 
     # -- prefill ------------------------------------------------------------------------------------
     def prefill(self, tokens: Tokens, policy, cache=None, ctx: PruningContext | None = None) -> Tokens:
@@ -122,7 +145,7 @@ class Decoder:
 
     def _prefill(self, tokens: Tokens, policy, cache, ctx: PruningContext) -> Tokens:
         weights = self.weights()
-        policy.check(len(weights))
+        policy.check(len(weights), self.cfg.attention_layers)
         handover = Handover(policy)
         device = tokens.hidden.device
         rope_of, cos, sin = None, None, None
@@ -131,14 +154,27 @@ class Decoder:
                 drop = handover.before_layer(i, tokens, ctx)
                 if drop is not None:
                     tokens = apply_drop(tokens, drop, backend=ctx.backend)[0]
+            if w.mixer is not None:  # linear attention: its recurrence over the tokens that reach it
+                ctx.record_layer(tokens.num_visual, tokens.hidden.shape[-2])
+                if policy.keeps_input(i):
+                    handover.keep_input(i, tokens.hidden)
+                y, window, state = self._linear_prefill(tokens, w)
+                if cache is not None:
+                    cache.store_state(i, window, state, tokens)
+                tokens.hidden = self._post(tokens.hidden, y, w)
+                continue
             if rope_of is not tokens.position_ids:  # RoPE tables once per token set, not per layer
                 rope_of = tokens.position_ids
                 cos, sin = self.rotary(tokens.position_ids, tokens.hidden.dtype, planes=tokens.planes)
-            q, k, v = self._qkv(self._pre, tokens.hidden, w, cos, sin, tokens.packed)
+            q, k, v, gate = self._qkv(self._pre, tokens.hidden, w, cos, sin, tokens.packed)
             with ctx.hook(device):
                 drop = handover.inside_attention(i, tokens, q, k, ctx)
                 if drop is not None:
-                    tokens, (q, k, v) = apply_drop(tokens, drop, q, k, v, backend=ctx.backend)
+                    if gate is None:
+                        tokens, (q, k, v) = apply_drop(tokens, drop, q, k, v, backend=ctx.backend)
+                    else:  # the gate is one more per-token tensor to compact (a head axis of one, like the hidden states)
+                        tokens, (q, k, v, gate) = apply_drop(tokens, drop, q, k, v, gate.unsqueeze(1), backend=ctx.backend)
+                        gate = gate.squeeze(1)
             ctx.record_layer(tokens.num_visual, tokens.hidden.shape[-2])  # what this layer's attention and cache see
             if policy.keeps_input(i):  # e.g. V²Drop before layer i + 1 scores against this layer's input
                 handover.keep_input(i, tokens.hidden)
@@ -148,7 +184,7 @@ class Decoder:
                 out = padded_attention(q, k, v, tokens.valid, causal=True).transpose(1, 2).flatten(-2)
             if cache is not None:
                 cache.store(i, k, v, tokens)
-            tokens.hidden = self._post(tokens.hidden, out, w)
+            tokens.hidden = self._post(tokens.hidden, out, w, gate)
             if tokens.deepstack is not None and i < tokens.deepstack.shape[0]:
                 tokens = _add_deepstack(tokens, i)
         tokens.hidden = self.model.norm(tokens.hidden)
@@ -165,7 +201,7 @@ class Decoder:
             cache.write_step(i, k, v, step)
             return sdpa(q, cache.k[i], cache.v[i], attn_mask=cache.step_mask(i, step))
 
-        return self._decode_layers(hidden, position_ids, planes, attend)
+        return self._decode_layers(hidden, position_ids, planes, attend, cache)
 
     def decode(self, hidden: Tensor, position_ids: Tensor, cache, planes: bool = False) -> Tensor:
         """One step over a cache that grows: ``cache.append(layer, k, v)`` returns the layer's keys,
@@ -175,17 +211,24 @@ class Decoder:
             keys, values, valid = cache.append(i, k, v)
             return padded_attention(q, keys, values, valid, causal=False)
 
-        return self._decode_layers(hidden, position_ids, planes, attend)
+        return self._decode_layers(hidden, position_ids, planes, attend, cache)
 
-    def _decode_layers(self, hidden: Tensor, position_ids: Tensor, planes: bool, attend) -> Tensor:
+    def _decode_layers(self, hidden: Tensor, position_ids: Tensor, planes: bool, attend, cache) -> Tensor:
         """The one decode loop: every layer on one new token per row; ``attend(layer, q, k, v)``
-        stores the step's K/V in the cache and returns the attention output ``[B, H, 1, Dh]``."""
+        stores the step's K/V in the cache and returns the attention output ``[B, H, 1, Dh]``; a
+        linear-attention layer updates ``cache.linear_state(layer)`` in place."""
         cos, sin = self.rotary(position_ids, hidden.dtype, planes=planes)  # once per step, for every layer
         with _compile_scope(self.compiled):
             for i, w in enumerate(self.weights()):
-                q, k, v = self._qkv(self._pre_step, hidden, w, cos, sin, packed=False)
+                if w.mixer is not None:  # linear attention: one step of its recurrence, on its state in place
+                    mixed, z, beta, g = self._pre_linear_step(hidden, w)
+                    y = linear_attention.decode_step(mixed, z, beta, g, *cache.linear_state(i), w.mixer,
+                                                     self.cfg.rms_norm_eps)
+                    hidden = self._post_step(hidden, y, w)
+                    continue
+                q, k, v, gate = self._qkv(self._pre_step, hidden, w, cos, sin, packed=False)
                 out = attend(i, q, k, v).transpose(1, 2).flatten(-2)
-                hidden = self._post_step(hidden, out, w)
+                hidden = self._post_step(hidden, out, w, gate)
         return self.model.norm(hidden)
 
 

@@ -31,8 +31,10 @@ class Generation:
     tokens: Tensor  # int64 [B, n] generated ids (after EOS a row repeats the pad id)
     trace: PrefillTrace  # visual tokens per row each layer attended to, scores of each drop
     cache_lengths: list[int]  # KV entries per layer after prefill (columns, padding included)
-    layer_positions: list[Tensor]  # per layer int64 [B, L]: prompt index of each KV entry (-1: padding)
+    layer_positions: list[Tensor]  # per layer int64 [B, L]: prompt index of each KV entry (-1: padding; a
+    # linear-attention layer: of each prompt token it saw)
     kv_cache_bytes: int  # bytes of the KV entries in use after prefill
+    state_bytes: int = 0  # bytes of the linear-attention layers' fixed-size states (Qwen3.5; 0 without)
     timings_ms: dict[str, float] = field(default_factory=dict)  # vision, prefill, decode
     peak_memory_bytes: int | None = None  # CUDA allocator peak over the call (None on CPU)
     prefill_logits: Tensor | None = None  # [B, vocab] logits of the last prompt token
@@ -99,6 +101,7 @@ class GenerativeModel(nn.Module):
             cache_lengths=cache.lengths(),
             layer_positions=list(cache.orig_pos),
             kv_cache_bytes=cache.nbytes(),
+            state_bytes=cache.state_nbytes(),
             timings_ms=clock.laps,
             peak_memory_bytes=torch.cuda.max_memory_allocated(device) if cuda else None,
             prefill_logits=prefill_logits,

@@ -2,7 +2,10 @@
 
 The same modules hold a Qwen2 decoder (Qwen2-VL, Qwen2.5-VL): it differs by its q/k/v biases and,
 for the VL models, by multimodal RoPE (:class:`Rotary` with ``mrope_section``); and Qwen3-VL's: no
-biases, per-head q/k norms (``self_attn.q_norm``, ``k_norm``), interleaved multimodal RoPE.
+biases, per-head q/k norms (``self_attn.q_norm``, ``k_norm``), interleaved multimodal RoPE; and
+Qwen3.5's hybrid one: Gated DeltaNet layers (``layers.N.linear_attn``,
+:mod:`~v2drop_kernels.models.linear_attention`) between attention layers whose ``q_proj`` also
+gives a sigmoid output gate, partial rotary, RMSNorms scaling by ``1 + weight``.
 
 Module and parameter names follow ``transformers``' ``LlamaModel`` (``layers.N.self_attn.q_proj``,
 ``layers.N.mlp.gate_proj``, ``layers.N.input_layernorm``, ...), so an HF state dict loads by name
@@ -20,19 +23,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import linear_attention
 from .config import TextConfig
 
 
 class RMSNorm(nn.Module):
-    """``x / rms(x) * weight``, computed in float32 like the original Llama (and HF)."""
+    """``x / rms(x) * weight``, computed in float32 like the original Llama (and HF);
+    ``zero_centred`` (Qwen3.5): ``* (1 + weight)``, the weight starting at zero."""
 
-    def __init__(self, size: int, eps: float):
+    def __init__(self, size: int, eps: float, zero_centred: bool = False):
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(size))
+        self.weight = nn.Parameter(torch.zeros(size) if zero_centred else torch.ones(size))
         self.variance_epsilon = eps
+        self.zero_centred = zero_centred
 
     def forward(self, x: Tensor) -> Tensor:
-        return rms_norm(x, self.weight, self.variance_epsilon)
+        return rms_norm(x, self.weight, self.variance_epsilon, self.zero_centred)
 
 
 class Rotary(nn.Module):
@@ -43,12 +49,13 @@ class Rotary(nn.Module):
     ``j`` falls in (sections taken in turn: temporal, height, width). Interleaved
     (``cfg.mrope_interleaved``, Qwen3-VL): frequency ``j`` turns by height when ``j ≡ 1 (mod 3)`` and
     ``j < 3 · section[1]``, by width when ``j ≡ 2 (mod 3)`` and ``j < 3 · section[2]``, else by time.
-    Text tokens have three equal planes, which is plain RoPE.
+    Text tokens have three equal planes, which is plain RoPE. Partial rotary (``cfg.rotary_dim``,
+    Qwen3.5): the tables cover the first ``rotary_dim`` channels of a head, the rest are not turned.
     """
 
     def __init__(self, cfg: TextConfig):
         super().__init__()
-        dim = cfg.head_dim
+        dim = cfg.rotary_dim or cfg.head_dim
         # On the CPU even inside a `torch.device("meta")` block (checkpoint loading builds the model there).
         inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float, device="cpu") / dim))
         # A plain attribute, not a buffer: ``model.to(torch.bfloat16)`` must not round the frequencies.
@@ -57,8 +64,8 @@ class Rotary(nn.Module):
         self._on_device: dict[torch.device, tuple[Tensor, Tensor | None]] = {}
 
     def forward(self, position_ids: Tensor, dtype: torch.dtype, planes: bool = False) -> tuple[Tensor, Tensor]:
-        """``cos, sin`` of shape ``position_ids.shape + (head_dim,)``, computed in float32; with
-        ``planes`` (M-RoPE ids ``[3, ...]``) of shape ``position_ids.shape[1:] + (head_dim,)``."""
+        """``cos, sin`` of shape ``position_ids.shape + (rotary_dim,)``, computed in float32; with
+        ``planes`` (M-RoPE ids ``[3, ...]``) of shape ``position_ids.shape[1:] + (rotary_dim,)``."""
         tables = self._on_device.get(position_ids.device)
         if tables is None:
             plane_of = None if self.plane_of is None else self.plane_of.to(position_ids.device)
@@ -84,8 +91,12 @@ def mrope_planes(section: Sequence[int], interleaved: bool) -> Tensor:
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotates ``x`` (``[..., Dh]``) by the angles whose tables broadcast against it."""
-    half = x.shape[-1] // 2
+    """Rotates ``x`` (``[..., Dh]``) by the angles whose tables broadcast against it: all of each
+    head, or its first ``cos.shape[-1]`` channels (partial rotary)."""
+    rot = cos.shape[-1]
+    if rot < x.shape[-1]:
+        return torch.cat((apply_rope(x[..., :rot], cos, sin), x[..., rot:]), dim=-1)
+    half = rot // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
 
@@ -94,13 +105,14 @@ class Attention(nn.Module):
     def __init__(self, cfg: TextConfig):
         super().__init__()
         d, hd, bias = cfg.hidden_size, cfg.head_dim, cfg.qkv_bias
-        self.q_proj = nn.Linear(d, cfg.num_heads * hd, bias=bias)
+        gate = 2 if cfg.attn_output_gate else 1  # Qwen3.5: each head's queries, then its gate values
+        self.q_proj = nn.Linear(d, cfg.num_heads * hd * gate, bias=bias)
         self.k_proj = nn.Linear(d, cfg.num_kv_heads * hd, bias=bias)
         self.v_proj = nn.Linear(d, cfg.num_kv_heads * hd, bias=bias)
         self.o_proj = nn.Linear(cfg.num_heads * hd, d, bias=cfg.o_bias)
         if cfg.qk_norm:  # Qwen3: an RMSNorm over each head's queries and keys, before RoPE
-            self.q_norm = RMSNorm(hd, cfg.rms_norm_eps)
-            self.k_norm = RMSNorm(hd, cfg.rms_norm_eps)
+            self.q_norm = RMSNorm(hd, cfg.rms_norm_eps, cfg.zero_centred_norms)
+            self.k_norm = RMSNorm(hd, cfg.rms_norm_eps, cfg.zero_centred_norms)
 
 
 class MLP(nn.Module):
@@ -118,12 +130,18 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: TextConfig):
+    """Attention (``self_attn``) or, for a linear-attention layer of a hybrid decoder, Gated DeltaNet
+    (``linear_attn``), then the MLP."""
+
+    def __init__(self, cfg: TextConfig, index: int = 0):
         super().__init__()
-        self.self_attn = Attention(cfg)
+        if cfg.is_linear(index):
+            self.linear_attn = linear_attention.GatedDeltaNet(cfg)
+        else:
+            self.self_attn = Attention(cfg)
         self.mlp = MLP(cfg)
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.zero_centred_norms)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.zero_centred_norms)
 
 
 class LlamaModel(nn.Module):
@@ -132,8 +150,8 @@ class LlamaModel(nn.Module):
     def __init__(self, cfg: TextConfig):
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.zero_centred_norms)
 
 
 # -- a layer's maths, as functions of its weights ---------------------------------------------------------
@@ -145,7 +163,10 @@ class LayerWeights(NamedTuple):
     """One decoder layer's weights. ``qkv`` and ``gate_up`` are projection groups whose outputs are
     concatenated: one fused linear (``[Hq·Dh + 2·Hkv·Dh, D]``, ``[2F, D]``) or the three / two
     separate ones of a model that must not be touched (transformers' own, in the integration).
-    ``q_norm``, ``k_norm``: the per-head query and key norms (Qwen3), or None."""
+    ``q_norm``, ``k_norm``: the per-head query and key norms (Qwen3), or None; ``gate``: ``q_proj``
+    also gives the output gate (Qwen3.5); ``zero_centred``: the norms scale by ``1 + weight``.
+    A linear-attention layer has no ``qkv``: ``mixer`` holds its own weights and ``o`` is its
+    ``out_proj``."""
 
     input_norm: Tensor
     qkv: tuple[Linear, ...]
@@ -156,12 +177,19 @@ class LayerWeights(NamedTuple):
     eps: float
     q_norm: Tensor | None = None
     k_norm: Tensor | None = None
+    gate: bool = False
+    zero_centred: bool = False
+    mixer: "linear_attention.Mixer | None" = None
 
 
-def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
-    """``x / rms(x) * weight`` computed in float32, as Llama (and HF) do."""
+def rms_norm(x: Tensor, weight: Tensor, eps: float, zero_centred: bool = False) -> Tensor:
+    """``x / rms(x) * weight`` computed in float32, as Llama (and HF) do; ``zero_centred``:
+    ``* (1 + weight)``, the product in float32 too (Qwen3.5's order of rounding)."""
     xf = x.float()
-    return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    if zero_centred:
+        return (normed * (1.0 + weight.float())).to(x.dtype)
+    return weight * normed.to(x.dtype)
 
 
 def _project(x: Tensor, groups: Sequence[Linear]) -> Tensor:
@@ -173,21 +201,36 @@ def _project(x: Tensor, groups: Sequence[Linear]) -> Tensor:
 def pre_attention(x: Tensor, w: LayerWeights, cos: Tensor, sin: Tensor, heads: int, kv_heads: int, head_dim: int):
     """Input norm, q/k/v projections (and the per-head q/k norms where the layer has them), RoPE:
     ``q [..., Hq, Dh]``, ``k, v [..., Hkv, Dh]`` for tokens ``x [..., D]`` whose RoPE tables
-    ``cos, sin [..., Dh]`` are given."""
-    qkv = _project(rms_norm(x, w.input_norm, w.eps), w.qkv)
-    q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
-    q, k, v = q.unflatten(-1, (heads, head_dim)), k.unflatten(-1, (kv_heads, head_dim)), v.unflatten(-1, (kv_heads, head_dim))
+    ``cos, sin [..., rotary_dim]`` are given, and the output gate ``[..., Hq·Dh]`` (None without)."""
+    qkv = _project(rms_norm(x, w.input_norm, w.eps, w.zero_centred), w.qkv)
+    width = heads * head_dim * (2 if w.gate else 1)
+    q, k, v = qkv.split([width, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
+    q, k, v = q.unflatten(-1, (heads, -1)), k.unflatten(-1, (kv_heads, head_dim)), v.unflatten(-1, (kv_heads, head_dim))
+    gate = None
+    if w.gate:  # per head: head_dim queries, then head_dim gate values
+        q, gate = q.split(head_dim, dim=-1)
+        gate = gate.flatten(-2)
     if w.q_norm is not None:
-        q, k = rms_norm(q, w.q_norm, w.eps), rms_norm(k, w.k_norm, w.eps)
+        q, k = rms_norm(q, w.q_norm, w.eps, w.zero_centred), rms_norm(k, w.k_norm, w.eps, w.zero_centred)
     cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # broadcast over heads
-    return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+    return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, gate
 
 
-def post_attention(residual: Tensor, attn: Tensor, w: LayerWeights) -> Tensor:
-    """Output projection and residual, then the SwiGLU MLP with its norm and residual."""
+def pre_linear(x: Tensor, w: LayerWeights):
+    """A linear-attention layer's input norm and projections:
+    :func:`~v2drop_kernels.models.linear_attention.project`'s ``(mixed, z, beta, g)``."""
+    return linear_attention.project(rms_norm(x, w.input_norm, w.eps, w.zero_centred), w.mixer, _project)
+
+
+def post_attention(residual: Tensor, attn: Tensor, w: LayerWeights, gate: Tensor | None = None) -> Tensor:
+    """The output gate (``attn · sigmoid(gate)``, where the layer has one), output projection and
+    residual, then the SwiGLU MLP with its norm and residual."""
+    if gate is not None:
+        attn = attn * torch.sigmoid(gate)
     hidden = residual + F.linear(attn, *w.o)
-    gate, up = _project(rms_norm(hidden, w.post_norm, w.eps), w.gate_up).chunk(2, dim=-1)
-    return hidden + F.linear(F.silu(gate) * up, *w.down)
+    up_in = rms_norm(hidden, w.post_norm, w.eps, w.zero_centred)
+    gate_, up = _project(up_in, w.gate_up).chunk(2, dim=-1)
+    return hidden + F.linear(F.silu(gate_) * up, *w.down)
 
 
 def _linear(module: nn.Linear) -> Linear:
@@ -199,8 +242,7 @@ def fuse_projections(layer: nn.Module) -> None:
     each: the modules' weights (and biases) become views of the fused ones, so there is no second
     copy, and loading and ``state_dict`` still see the modules' own names; ``requires_grad`` is kept.
     Called once at load time (the models' ``fuse_projections``); :func:`layer_weights` only reads."""
-    attn, mlp = layer.self_attn, layer.mlp
-    for modules in ((attn.q_proj, attn.k_proj, attn.v_proj), (mlp.gate_proj, mlp.up_proj)):
+    for modules in (_input_projections(layer), (layer.mlp.gate_proj, layer.mlp.up_proj)):
         with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, even under inference mode
             fused_w = torch.cat([m.weight for m in modules])
             biases = [m.bias for m in modules]
@@ -237,21 +279,37 @@ def _is_view(part: Tensor, whole: Tensor, row: int) -> bool:
     return part.data_ptr() == whole.data_ptr() + row * whole.stride(0) * whole.element_size()
 
 
-def layer_weights(layer: nn.Module, eps: float) -> LayerWeights:
-    """The weights of a layer with HF Llama names, read only: q/k/v and gate/up as one linear each
-    where :func:`fuse_projections` joined them (and they are still joined), else one per module."""
-    attn, mlp = layer.self_attn, layer.mlp
-    qkv = (attn.q_proj, attn.k_proj, attn.v_proj)
-    gate_up = (mlp.gate_proj, mlp.up_proj)
-    fused_qkv, fused_gate_up = _fused(qkv), _fused(gate_up)
+def _input_projections(layer: nn.Module) -> tuple[nn.Linear, ...]:
+    """The linears that read a layer's normed input: q/k/v, or a linear-attention layer's qkv/z/b/a."""
+    if hasattr(layer, "linear_attn"):
+        mix = layer.linear_attn
+        return mix.in_proj_qkv, mix.in_proj_z, mix.in_proj_b, mix.in_proj_a
+    return layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj
+
+
+def _group(modules: Sequence[nn.Linear]) -> tuple[Linear, ...]:
+    fused = _fused(modules)
+    return (fused,) if fused else tuple(_linear(m) for m in modules)
+
+
+def layer_weights(layer: nn.Module, cfg: TextConfig) -> LayerWeights:
+    """The weights of a layer with HF Llama names (Qwen3.5's too), read only: q/k/v (or a linear-
+    attention layer's input projections) and gate/up as one linear each where
+    :func:`fuse_projections` joined them (and they are still joined), else one per module."""
+    mlp = layer.mlp
+    common = dict(input_norm=layer.input_layernorm.weight, post_norm=layer.post_attention_layernorm.weight,
+                  gate_up=_group((mlp.gate_proj, mlp.up_proj)), down=_linear(mlp.down_proj), eps=cfg.rms_norm_eps,
+                  zero_centred=cfg.zero_centred_norms)
+    if hasattr(layer, "linear_attn"):
+        mix = layer.linear_attn
+        mixer = linear_attention.mixer_weights(mix, cfg.linear, _group(_input_projections(layer)))
+        return LayerWeights(qkv=(), o=_linear(mix.out_proj), mixer=mixer, **common)
+    attn = layer.self_attn
     return LayerWeights(
-        input_norm=layer.input_layernorm.weight,
-        qkv=(fused_qkv,) if fused_qkv else tuple(_linear(m) for m in qkv),
+        qkv=_group(_input_projections(layer)),
         o=_linear(attn.o_proj),
-        post_norm=layer.post_attention_layernorm.weight,
-        gate_up=(fused_gate_up,) if fused_gate_up else tuple(_linear(m) for m in gate_up),
-        down=_linear(mlp.down_proj),
-        eps=eps,
         q_norm=attn.q_norm.weight if hasattr(attn, "q_norm") else None,
         k_norm=attn.k_norm.weight if hasattr(attn, "k_norm") else None,
+        gate=cfg.attn_output_gate,
+        **common,
     )

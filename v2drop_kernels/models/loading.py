@@ -1,5 +1,5 @@
 """Loading HF-format checkpoints (LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL,
-Qwen3-VL) and building small random models.
+Qwen3-VL, Qwen3.5) and building small random models.
 
 A checkpoint folder holds ``config.json`` and ``*.safetensors`` (one file or shards); ``model_type``
 in the config picks the model (:func:`load_model`). Every key layout ``transformers`` has written
@@ -11,7 +11,8 @@ is read:
     LLaVA-OneVision   as LLaVA-NeXT (its SigLIP tower under vision_tower.vision_model. or model.vision_tower.)
     Qwen-VL  model.layers.0...                  lm_head.weight                  visual.blocks.0...            (published)
              model.language_model.layers.0...   lm_head.weight                  model.visual.blocks.0...      (4.52+;
-                                                                                 Qwen3-VL's published layout)
+                                                                                 Qwen3-VL's and Qwen3.5's
+                                                                                 published layout)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .config import LlavaConfig, LlavaNextConfig, LlavaOnevisionConfig, QwenVLCo
 from .llava import Llava
 from .llava_next import LlavaNext
 from .llava_onevision import LlavaOnevision
+from .qwen3_5 import Qwen3_5
 from .qwen3_vl import Qwen3VL
 from .qwen_vl import QwenVL, build_vision_tower
 
@@ -154,16 +156,17 @@ def load_llava_onevision(path: str | Path, dtype: torch.dtype = torch.float32,
 
 
 def load_qwen_vl(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> QwenVL:
-    """Builds :class:`QwenVL` (Qwen2-VL or Qwen2.5-VL) or :class:`Qwen3VL` from a local checkpoint folder."""
+    """Builds :class:`QwenVL` (Qwen2-VL or Qwen2.5-VL), :class:`Qwen3VL` or :class:`Qwen3_5` from a local
+    checkpoint folder (Qwen3.5's multi-token-prediction head, ``mtp.*``, is not read)."""
     cfg = with_generation_eos(QwenVLConfig.from_hf(read_config(path)), _generation_config(path).get("eos_token_id"))
     return _assemble_qwen_vl(cfg, _read_weights(Path(path), dtype, device), device, str(path))
 
 
 # The registry: a checkpoint's model_type -> its loader (adding an architecture adds its line here).
 LOADERS = {None: load_llava, "llava": load_llava, "llava_next": load_llava_next, "qwen2_vl": load_qwen_vl,
-           "qwen2_5_vl": load_qwen_vl, "qwen3_vl": load_qwen_vl, "llava_onevision": load_llava_onevision}
+           "qwen2_5_vl": load_qwen_vl, "qwen3_vl": load_qwen_vl, "qwen3_5": load_qwen_vl, "llava_onevision": load_llava_onevision}
 # the Qwen-VL family: arch -> model class
-_QWEN_CLASSES = {"qwen2_vl": QwenVL, "qwen2_5_vl": QwenVL, "qwen3_vl": Qwen3VL}
+_QWEN_CLASSES = {"qwen2_vl": QwenVL, "qwen2_5_vl": QwenVL, "qwen3_vl": Qwen3VL, "qwen3_5": Qwen3_5}
 
 
 def llava_from_transformers(hf_model) -> Llava:
@@ -195,8 +198,8 @@ def llava_onevision_from_transformers(hf_model) -> LlavaOnevision:
 
 def qwen_vl_from_transformers(hf_model) -> QwenVL:
     """:class:`QwenVL` on the weights of an in-memory ``Qwen2VLForConditionalGeneration`` or
-    ``Qwen2_5_VLForConditionalGeneration``, :class:`Qwen3VL` on a ``Qwen3VLForConditionalGeneration``'s
-    (the same tensors, not copies)."""
+    ``Qwen2_5_VLForConditionalGeneration``, :class:`Qwen3VL` on a ``Qwen3VLForConditionalGeneration``'s,
+    :class:`Qwen3_5` on a ``Qwen3_5ForConditionalGeneration``'s (the same tensors, not copies)."""
     cfg = with_generation_eos(QwenVLConfig.from_hf(hf_model.config.to_dict()), _hf_generation_eos(hf_model))
     device = next(hf_model.parameters()).device
     return _assemble_qwen_vl(cfg, hf_model.state_dict(), device, type(hf_model).__name__)
@@ -278,15 +281,18 @@ def tiny_config(layers: int = 32, hidden: int = 128, image_size: int = 336, patc
 
 
 def tiny_qwen_config(arch: str = "qwen2_vl", layers: int = 28, hidden: int = 128, vocab: int = 512) -> QwenVLConfig:
-    """A small Qwen2-VL / Qwen2.5-VL / Qwen3-VL-shaped config: 28 layers like the 7B models by
+    """A small Qwen2-VL / Qwen2.5-VL / Qwen3-VL / Qwen3.5-shaped config: 28 layers like the 7B models by
     default, M-RoPE sections in the 7B's (Qwen3-VL: 8B's) proportions, a vision tower with 14 px
-    (Qwen3-VL: 16 px) patches and 2×2 merging: 2 blocks, Qwen3-VL 3 with a DeepStack merger on each,
-    so that DeepStack adds features after decoder layers 0, 1, 2 (the 8B: 3 levels too)."""
+    (Qwen3-VL, Qwen3.5: 16 px) patches and 2×2 merging: 2 blocks, Qwen3-VL 3 with a DeepStack merger
+    on each, so that DeepStack adds features after decoder layers 0, 1, 2 (the 8B: 3 levels too).
+    Qwen3.5: every fourth layer full attention (pass ``layers=32`` for the published depth), the
+    linear-attention heads in its proportions (twice as many value heads as key heads), a quarter
+    of each head rotated, M-RoPE sections (11, 11, 10)'s proportions."""
     heads = 4
     vision = {"depth": 2, "hidden_size": hidden, "num_heads": 4, "patch_size": 14, "spatial_merge_size": 2,
               "temporal_patch_size": 2, "in_channels": 3}
-    freqs = hidden // heads // 2
-    spatial = freqs * (20 if arch == "qwen3_vl" else 24) // 64  # the 7B's (16, 24, 24) of 64, Qwen3-VL-8B's (24, 20, 20)
+    freqs = hidden // heads // 2 // (4 if arch == "qwen3_5" else 1)  # Qwen3.5 rotates a quarter of each head
+    spatial = freqs * (20 if arch == "qwen3_vl" else 11 if arch == "qwen3_5" else 24) // (32 if arch == "qwen3_5" else 64)
     text = {"mrope_section": [freqs - 2 * spatial, spatial, spatial], "rope_theta": 1e6}
     if arch == "qwen2_vl":
         vision.update(embed_dim=64, mlp_ratio=2)
@@ -297,8 +303,17 @@ def tiny_qwen_config(arch: str = "qwen2_vl", layers: int = 28, hidden: int = 128
         vision.update(depth=3, hidden_size=64, out_hidden_size=hidden, intermediate_size=128, patch_size=16,
                       num_position_embeddings=2304, deepstack_visual_indexes=[0, 1, 2])
         text.update(rope_theta=5e6, mrope_interleaved=True)
+    elif arch == "qwen3_5":
+        vision.update(hidden_size=64, out_hidden_size=hidden, intermediate_size=128, patch_size=16,
+                      num_position_embeddings=2304)
+        text.update(rope_theta=1e7, mrope_interleaved=True, partial_rotary_factor=0.25)
     else:
-        raise ValueError(f"arch must be 'qwen2_vl', 'qwen2_5_vl' or 'qwen3_vl', got {arch!r}")
+        raise ValueError(f"arch must be one of 'qwen2_vl', 'qwen2_5_vl', 'qwen3_vl', 'qwen3_5', got {arch!r}")
+    hybrid = {}
+    if arch == "qwen3_5":
+        head = hidden // heads
+        hybrid = {"full_attention_interval": 4, "head_dim": head, "linear_num_key_heads": 2, "linear_num_value_heads": 4,
+                  "linear_key_head_dim": head, "linear_value_head_dim": head, "linear_conv_kernel_dim": 4}
     return QwenVLConfig.from_hf({
         "model_type": arch, "image_token_id": vocab - 3, "video_token_id": vocab - 2, "vision_start_token_id": vocab - 5,
         "vision_end_token_id": vocab - 4,
@@ -306,6 +321,7 @@ def tiny_qwen_config(arch: str = "qwen2_vl", layers: int = 28, hidden: int = 128
             "model_type": arch + "_text", "vocab_size": vocab, "hidden_size": hidden, "intermediate_size": 2 * hidden + hidden // 2,
             "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": 2, "rms_norm_eps": 1e-6,
             "rope_parameters": {"rope_type": "default", **text}, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
+            **hybrid,
         },
         "vision_config": vision,
     })

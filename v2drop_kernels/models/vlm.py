@@ -10,8 +10,9 @@ An architecture is a subclass holding only what differs (``llava.py``, ``qwen_vl
 - ``inputs(prompts, layout, <its visual inputs, under transformers' names>)``: the encoder (pixels →
   features per kind, in prompt order) and the position ids of a prompt (``None``: ``0 .. n-1``;
   M-RoPE: ``[3, n]`` planes), handed to :meth:`VisionLanguageModel._prefill_tokens`;
-- ``v2drop_schedule``, its default V²Drop schedule; and, in ``loading.py``, its checkpoint key map
-  and a line of the ``model_type`` registry.
+- ``v2drop_schedule``, its default V²Drop schedule (and ``pdrop_layers``, ``fastv_k`` where the
+  published PyramidDrop and FastV layers do not fit it); and, in ``loading.py``, its checkpoint key
+  map and a line of the ``model_type`` registry.
 """
 
 from __future__ import annotations
@@ -46,6 +47,14 @@ class VisionLanguageModel(GenerativeModel):
     subclass adds."""
 
     v2drop_schedule: str  # the architecture's default V²Drop schedule (see policies.v2drop)
+    pdrop_layers: tuple[int, ...] = (8, 16, 24)  # PyramidDrop's published boundaries
+    fastv_k: int = 2  # FastV's published K
+
+    @classmethod
+    def default_layers(cls, policy: str) -> list[int] | None:
+        """The pruning layers of ``policy``'s default schedule on this architecture where it has its
+        own (PyramidDrop's, FastV's), else None (the policy's own default; V²Drop's named schedule)."""
+        return {"pdrop": list(cls.pdrop_layers), "fastv": [cls.fastv_k]}.get(policy)
 
     def _build_language(self, text: TextConfig) -> None:
         """The decoder side: language model, LM head (tied when the config says), RoPE, decoder."""

@@ -80,11 +80,22 @@ class Policy:
     name = "none"
     layers: tuple[int, ...] = ()
 
-    def check(self, num_layers: int) -> None:
-        """Raises ValueError when the schedule does not fit a ``num_layers``-layer decoder."""
+    def check(self, num_layers: int, attention_layers: Sequence[int] | None = None) -> None:
+        """Raises ValueError when the schedule does not fit a ``num_layers``-layer decoder whose
+        softmax-attention layers are ``attention_layers`` (None: all of them; a hybrid decoder's
+        linear-attention layers have no attention scores to rank tokens by)."""
         for layer in self.layers:
             if not 1 <= layer < num_layers:
                 raise ValueError(f"{self.name}: layer {layer} is outside 1..{num_layers - 1} of this decoder")
+        if attention_layers is None:
+            return
+        for layer in self.layers:
+            need = self.needs(layer)
+            scored = need.attention_of if need.attention_of is not None else layer if need.inside_attention else None
+            if scored is not None and scored not in attention_layers:
+                raise ValueError(f"{self.name}: the drop at layer {layer} ranks by layer {scored}'s attention, but layer "
+                                 f"{scored} is a linear-attention layer (no attention scores); this decoder's attention "
+                                 f"layers are {list(attention_layers)}")
 
     def needs(self, layer: int) -> Needs:
         return Needs()
