@@ -1,4 +1,5 @@
-"""Tiny random HF Qwen2-VL / Qwen2.5-VL / Qwen3-VL models and processor-style inputs for them (no download)."""
+"""Tiny random HF Qwen2-VL / Qwen2.5-VL / Qwen3-VL / Qwen3.5 models and processor-style inputs for them (no
+download)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,24 @@ DEEPSTACK_INDEXES = [0, 1]  # vision blocks whose merged outputs are added after
 DEEPSTACK_LEVELS = len(DEEPSTACK_INDEXES)
 QWEN3_POSITION_EMBEDDINGS = 16  # the vision tower's learned 4 x 4 position grid, resampled to each grid
 
+# Qwen3.5: hybrid decoder (Gated DeltaNet linear attention, every third layer full attention with an output
+# gate), partial rotary (the first 8 of each head's 16 channels: 4 interleaved M-RoPE frequencies T H W T),
+# Qwen3-VL's vision tower without DeepStack, timestamped per-frame video spans like Qwen3-VL.
+QWEN35_ARCH = "qwen3.5"
+HYBRID_ARCHS = (QWEN35_ARCH,)  # not in ALL_ARCHS: the tests over ALL_ARCHS run attention-only decoders
+QWEN35_MROPE_SECTION = [2, 1, 1]  # over rotary_dim // 2 = 4 frequencies: j = 0..3 -> T H W T
+QWEN35_PARTIAL_ROTARY = 0.5
+QWEN35_LAYER_PATTERN = ("linear_attention", "linear_attention", "full_attention")
+LINEAR_KEY_HEADS, LINEAR_VALUE_HEADS = 2, 4
+LINEAR_KEY_DIM, LINEAR_VALUE_DIM = 8, 8
+LINEAR_CONV_KERNEL = 4
+
+
+def qwen35_layer_types(layers: int) -> list[str]:
+    """Qwen3.5 tiny ``layer_types``: ``linear, linear, full`` repeated (full attention at ``l % 3 == 2``)."""
+    return [QWEN35_LAYER_PATTERN[i % len(QWEN35_LAYER_PATTERN)] for i in range(layers)]
+
+
 # Qwen3-VL video prompts: "<{seconds:.1f} seconds>" as text before each frame's span, tokenized here as
 # "<" digits... "." digit " seconds>" with these (plain text) ids.
 TIME_OPEN, TIME_DOT, TIME_CLOSE = 50, 51, 52
@@ -69,9 +88,22 @@ def _qwen3_text_config(layers: int) -> dict:
     return text
 
 
+def _qwen35_text_config(layers: int) -> dict:
+    text = _text_config(layers)
+    text.update(head_dim=HEAD_DIM, attention_bias=False, layer_types=qwen35_layer_types(layers),
+                linear_num_key_heads=LINEAR_KEY_HEADS, linear_num_value_heads=LINEAR_VALUE_HEADS,
+                linear_key_head_dim=LINEAR_KEY_DIM, linear_value_head_dim=LINEAR_VALUE_DIM,
+                linear_conv_kernel_dim=LINEAR_CONV_KERNEL,
+                rope_parameters={"rope_type": "default", "rope_theta": QWEN3_ROPE_THETA,
+                                 "partial_rotary_factor": QWEN35_PARTIAL_ROTARY,
+                                 "mrope_section": QWEN35_MROPE_SECTION, "mrope_interleaved": True})
+    return text
+
+
 def tiny_qwen_config(arch: str, layers: int = TEXT_LAYERS):
-    """The ``transformers`` config of a tiny Qwen2-VL (``"qwen2-vl"``), Qwen2.5-VL (``"qwen2.5-vl"``) or
-    Qwen3-VL (``"qwen3-vl"``: 3 vision blocks, DeepStack from blocks 0 and 1 into decoder layers 0 and 1)."""
+    """The ``transformers`` config of a tiny Qwen2-VL (``"qwen2-vl"``), Qwen2.5-VL (``"qwen2.5-vl"``),
+    Qwen3-VL (``"qwen3-vl"``: 3 vision blocks, DeepStack from blocks 0 and 1 into decoder layers 0 and 1) or
+    Qwen3.5 (``"qwen3.5"``: 2 vision blocks, :func:`qwen35_layer_types` decoder layers)."""
     tokens = dict(image_token_id=IMAGE_TOKEN, video_token_id=VIDEO_TOKEN, vision_start_token_id=VISION_START,
                   vision_end_token_id=VISION_END, tie_word_embeddings=False)
     if arch == "qwen2-vl":
@@ -99,21 +131,47 @@ def tiny_qwen_config(arch: str, layers: int = TEXT_LAYERS):
                       num_position_embeddings=QWEN3_POSITION_EMBEDDINGS, deepstack_visual_indexes=DEEPSTACK_INDEXES,
                       initializer_range=0.05)
         return Qwen3VLConfig(text_config=_qwen3_text_config(layers), vision_config=vision, **tokens)
-    raise ValueError(f"unknown arch {arch!r}, expected one of {ALL_ARCHS}")
+    if arch == QWEN35_ARCH:
+        from transformers import Qwen3_5Config
+
+        vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=HIDDEN,
+                      in_channels=CHANNELS, patch_size=PATCH, temporal_patch_size=TEMPORAL_PATCH,
+                      spatial_merge_size=MERGE, num_position_embeddings=QWEN3_POSITION_EMBEDDINGS,
+                      initializer_range=0.05)
+        return Qwen3_5Config(text_config=_qwen35_text_config(layers), vision_config=vision, **tokens)
+    raise ValueError(f"unknown arch {arch!r}, expected one of {ALL_ARCHS + HYBRID_ARCHS}")
 
 
 def tiny_qwen_vl(arch: str, seed: int = 0, layers: int = TEXT_LAYERS, attn_implementation: str | None = None):
-    """A random float32 Qwen2-VL / Qwen2.5-VL / Qwen3-VL ``...ForConditionalGeneration`` in eval mode."""
+    """A random float32 Qwen2-VL / Qwen2.5-VL / Qwen3-VL / Qwen3.5 ``...ForConditionalGeneration`` in eval mode."""
     import transformers
 
     cls = getattr(transformers, {"qwen2-vl": "Qwen2VLForConditionalGeneration",
                                  "qwen2.5-vl": "Qwen2_5_VLForConditionalGeneration",
-                                 QWEN3_ARCH: "Qwen3VLForConditionalGeneration"}[arch])
+                                 QWEN3_ARCH: "Qwen3VLForConditionalGeneration",
+                                 QWEN35_ARCH: "Qwen3_5ForConditionalGeneration"}[arch])
     config = tiny_qwen_config(arch, layers)
     if attn_implementation is not None:
         config._attn_implementation = attn_implementation
     torch.manual_seed(seed)
-    return cls(config).float().eval()
+    model = cls(config).float().eval()
+    if arch == QWEN35_ARCH:
+        _perturb_qwen35(model, seed)
+    return model
+
+
+def _perturb_qwen35(model, seed: int) -> None:
+    """Qwen3.5's init leaves every zero-centred RMSNorm weight at 0, the gated norms' at 1 and ``dt_bias`` at 1,
+    so that a swapped or misapplied norm would go unseen: spread them (reproducibly, from ``seed``). And the
+    padding token's embedding row, zero at init (``padding_idx``), gets values as in a trained checkpoint, so that
+    left padding reaching a linear-attention layer unmasked would show."""
+    gen = torch.Generator().manual_seed(10_000 + seed)
+    with torch.no_grad():
+        for name, param in model.model.language_model.named_parameters():
+            if name.endswith("norm.weight") or name.endswith("dt_bias"):
+                param.add_(0.2 * torch.randn(param.shape, generator=gen))
+        embed = model.model.language_model.embed_tokens.weight
+        embed[PAD] = torch.randn(embed.shape[1], generator=gen) * embed.std()
 
 
 def save_tiny_qwen_vl(folder: Path, arch: str, seed: int = 0, layers: int = TEXT_LAYERS) -> Path:
@@ -163,11 +221,11 @@ def timestamp_ids(seconds: float) -> list[int]:
 def visual_item_ids(grid: tuple[int, ...], arch: str = "qwen2-vl", fps: float = 2.0) -> list[int]:
     """Prompt ids of one image ``(h, w)`` or video ``(t, h, w)`` (patch grid) as the arch's processor writes it.
 
-    Qwen2-VL / 2.5-VL, and Qwen3-VL images: ``<vision_start> pad * n <vision_end>``. Qwen3-VL videos: per
-    temporal group (frame) ``g``, the timestamp text ``<t_g seconds>`` then ``<vision_start> video_pad * (h w / 4)
-    <vision_end>`` (so ``get_rope_index`` sees each frame as its own span, with ``t = 1``).
+    Qwen2-VL / 2.5-VL, and Qwen3-VL / Qwen3.5 images: ``<vision_start> pad * n <vision_end>``. Qwen3-VL / Qwen3.5
+    videos: per temporal group (frame) ``g``, the timestamp text ``<t_g seconds>`` then ``<vision_start> video_pad *
+    (h w / 4) <vision_end>`` (so ``get_rope_index`` sees each frame as its own span, with ``t = 1``).
     """
-    if len(grid) == 3 and arch == QWEN3_ARCH:
+    if len(grid) == 3 and arch in (QWEN3_ARCH, QWEN35_ARCH):
         t, h, w = grid
         frame = [VISION_START] + [VIDEO_TOKEN] * (h * w // (MERGE * MERGE)) + [VISION_END]
         return [i for s in frame_times(t, fps) for i in timestamp_ids(s) + frame]
@@ -183,13 +241,13 @@ def multimodal_inputs(rows: list[list[tuple[int, ...]]], arch: str = "qwen2-vl",
     ``rows[b]`` lists the visual items of prompt ``b`` in order: ``(h, w)`` is an image, ``(t, h, w)``
     a video (``t`` temporal groups = ``2t`` frames); sizes are in patches, ``h`` and ``w`` even.
     Prompt ``b`` is ``before[b]``, then per item ``<vision_start> pad*n <vision_end>`` (items separated by
-    one text token), then ``after[b]``; on ``"qwen3-vl"`` a video is one such span per temporal group, each
-    after its timestamp text (:func:`visual_item_ids`). Images go to ``pixel_values`` / ``image_grid_thw``,
+    one text token), then ``after[b]``; on ``"qwen3-vl"`` and ``"qwen3.5"`` a video is one such span per temporal
+    group, each after its timestamp text (:func:`visual_item_ids`). Images go to ``pixel_values`` / ``image_grid_thw``,
     videos to ``pixel_values_videos`` / ``video_grid_thw`` (plus ``second_per_grid_ts = 2 / fps`` for
     Qwen2.5-VL), each in prompt order, row-major, like the HF processor.
     """
-    if arch not in ALL_ARCHS:
-        raise ValueError(f"unknown arch {arch!r}, expected one of {ALL_ARCHS}")
+    if arch not in ALL_ARCHS + HYBRID_ARCHS:
+        raise ValueError(f"unknown arch {arch!r}, expected one of {ALL_ARCHS + HYBRID_ARCHS}")
     gen = torch.Generator().manual_seed(seed)
     prompts = []
     images, image_grids, videos, video_grids = [], [], [], []
@@ -238,8 +296,8 @@ def image_inputs(grids: list, arch: str = "qwen2-vl", before: list[list[int]] | 
 
 def video_inputs(grids: list, arch: str = "qwen2-vl", before: list[list[int]] | None = None,
                  after: list[list[int]] | None = None, seed: int = 0, fps: float = 2.0) -> dict[str, torch.Tensor]:
-    """One prompt per entry of ``grids``: a ``(t, h, w)`` video grid or a list of them (Qwen3-VL: timestamped
-    per-frame spans)."""
+    """One prompt per entry of ``grids``: a ``(t, h, w)`` video grid or a list of them (Qwen3-VL, Qwen3.5:
+    timestamped per-frame spans)."""
     return multimodal_inputs(_rows(grids), arch, before, after, seed, fps)
 
 
@@ -380,4 +438,5 @@ def assert_kept_like_the_oracle(hf, ours, inputs: dict, make, oracle_args) -> No
             assert torch.equal(visual_seen(entries[row], prompt), kept), (row, layer)
         torch.testing.assert_close(out.prefill_logits[row], oracle.last_logits, atol=1e-4, rtol=0)
     if len(prompts) == 1:
-        assert out.cache_lengths == [len(s) for s in oracle.seen]
+        attention = ours.cfg.text.attention_layers  # a linear-attention layer keeps no KV entries
+        assert out.cache_lengths == [len(s) if i in attention else 0 for i, s in enumerate(oracle.seen)]

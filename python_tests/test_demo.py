@@ -156,15 +156,23 @@ def test_demo_uses_the_tokenizer_of_the_checkpoint_folder(tmp_path):
     assert isinstance(pruned["generated_text"], str) and len(pruned["generated_text"].split()) == 3
 
 
-@pytest.mark.parametrize("arch", ["qwen2-vl", "qwen2.5-vl", "qwen3-vl"])
-def test_qwen_demo_runs_the_official_qwen2_vl_schedule(arch, tmp_path):
+@pytest.mark.parametrize("arch, layers", [("qwen2-vl", 28), ("qwen2.5-vl", 28), ("qwen3-vl", 28), ("qwen3.5", 32)])
+def test_qwen_demo_runs_the_official_qwen2_vl_schedule(arch, layers, tmp_path):
     png = tmp_path / "heat.png"
     summary = demo.main(["--json", "--arch", arch, "--max-new-tokens", "3", "--repeats", "1", "--heatmap", str(png)])
     pruned, none = summary["runs"]
-    assert pruned["visual_tokens_per_layer"] == [576] * 3 + [144] * 13 + [7] * 6 + [1] * 6  # 25%, 5%, 0% (at least 1)
-    assert none["visual_tokens_per_layer"] == [576] * 28
+    assert pruned["visual_tokens_per_layer"] == [576] * 3 + [144] * 13 + [7] * 6 + [1] * (layers - 22)  # 25%, 5%, 0% (≥ 1)
+    assert none["visual_tokens_per_layer"] == [576] * layers
     assert pruned["kv_cache_bytes"] < 0.5 * none["kv_cache_bytes"]
     assert png.stat().st_size > 0
+
+
+def test_qwen3_5_demo_defaults_fastv_to_a_full_attention_layer(capsys):
+    summary = demo.main(["--json", "--arch", "qwen3.5", "--policy", "fastv", "--max-new-tokens", "2", "--repeats", "1"])
+    assert summary["runs"][0]["visual_tokens_per_layer"] == [576] * 4 + [288] * 28  # K = 4: ranked by layer 3
+    with pytest.raises(SystemExit):
+        demo.main(["--arch", "qwen3.5", "--policy", "pdrop", "--layers", "8,16,24"])
+    assert "layer 8 is a linear-attention layer" in capsys.readouterr().err
 
 
 def test_demo_loads_a_qwen_folder_and_checks_its_arch(tmp_path, capsys):

@@ -231,8 +231,10 @@ def test_unsupported_architectures_are_refused():
                                          num_attention_heads=2)).eval()
     with pytest.raises(NotImplementedError, match="pruning is implemented for .* not LlamaForCausalLM"):
         enable_pruning(llama, V2Drop(layers=(1,), keep=(0.5,)))
-    with pytest.raises(NotImplementedError, match="only 'qwen2_vl', 'qwen2_5_vl' and 'qwen3_vl'"):
+    with pytest.raises(NotImplementedError, match="mixture-of-experts decoders are not implemented"):
         QwenVLConfig.from_hf({"model_type": "qwen3_vl_moe", "vision_config": {}})  # the MoE variants are not implemented
+    with pytest.raises(NotImplementedError, match="only 'qwen2_vl', 'qwen2_5_vl', 'qwen3_vl', 'qwen3_5' load"):
+        QwenVLConfig.from_hf({"model_type": "glm4v", "vision_config": {}})
     with pytest.raises(NotImplementedError, match="sliding-window"):
         QwenVLConfig.from_hf({"model_type": "qwen2_vl", "vision_config": {}, "text_config": {
             "model_type": "qwen2_vl_text", "vocab_size": 8, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1,
