@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Early warning for transformers API changes: runs the transformers-dependent tests (the generate
-# integration, the Qwen-VL tests and the model parity tests) against the NEWEST transformers release, with every other
+# integration, the Qwen-VL and Qwen3.5 tests and the model parity tests) against the NEWEST transformers release, with every other
 # dependency pinned as in requirements-dev.txt. Run from the repo root after `make test` (or
 # `make build`) has built v2drop_kernels/_C*.so; it uses a scratch venv and leaves .venv alone.
 # Extra arguments go to pytest.
@@ -18,4 +18,5 @@ sed -n 's/^\(torch==[^ #]*\).*/\1/p' requirements-dev.txt >"$work/constraints.tx
 "$py" -m pip install --quiet --upgrade -c "$work/constraints.txt" 'transformers>=5.23'
 "$py" -c 'import torch, transformers; print(f"transformers {transformers.__version__} (torch {torch.__version__})")'
 
-PYTHONPATH="$PWD" "$py" -m pytest python_tests/test_integration_transformers.py python_tests/test_qwen_vl.py python_tests/test_models.py -q "$@"
+PYTHONPATH="$PWD" "$py" -m pytest python_tests/test_integration_transformers.py python_tests/test_qwen_vl.py python_tests/test_qwen3_5.py \
+    python_tests/test_linear_attention.py python_tests/test_models.py -q "$@"

@@ -1,7 +1,7 @@
 """End-to-end benchmark: latency, throughput and memory of 7B-sized vision-language models with and
 without pruning, beside transformers on the same weights, in one run.
 
-    python bench/e2e.py                 # GPU: LLaVA-1.5-7B, LLaVA-NeXT-7B, LLaVA-OV-7B, Qwen2.5-VL-7B, Qwen3-VL-8B
+    python bench/e2e.py                 # GPU: LLaVA-1.5-7B, LLaVA-NeXT-7B, LLaVA-OV-7B, Qwen2.5-VL-7B, Qwen3-VL-8B, Qwen3.5-9B
     python bench/e2e.py --cpu           # CPU mode: tiny twins and small workloads (exercises the script; no claim)
     python bench/e2e.py --models qwen2.5-vl-7b --workloads image,video32 --batches 1 --publish
 
@@ -30,25 +30,38 @@ visual-token counts are the real ones) and this package's model runs on the same
   head_dim 128, vocabulary 151936, q/k norms, interleaved M-RoPE (24, 20, 20), θ = 5·10⁶), a ViT of
   16 px patches merged 2 × 2 with three DeepStack levels (the 8B's count; added after decoder
   layers 0, 1, 2 here, as there).
+- ``qwen3.5-9b``: ``Qwen3_5ForConditionalGeneration`` (the same loader), a hybrid decoder of the
+  widths of transformers' ``Qwen3_5TextConfig`` defaults (its docstring's "Qwen3.5-9B style
+  configuration"; not a downloaded ``config.json``, which this script cannot fetch): 32 layers,
+  three Gated DeltaNet linear-attention layers to one gated full-attention layer (layers 3, 7, ...,
+  31), hidden 4096, MLP 12288, 16 heads, 4 KV heads, head_dim 256, linear attention 16 key and 32
+  value heads of 128, convolution kernel 4, vocabulary 248320, a quarter of each head rotated,
+  interleaved M-RoPE (11, 11, 10) (the section transformers' Qwen3.5 rotary embedding falls back
+  to; its config has none), θ = 10⁷ (the published Qwen3.5 models' value as far as known, not
+  checked against a checkpoint; transformers' default is 10⁴); a ViT of 16 px patches merged 2 × 2,
+  no DeepStack.
 
 Workloads (visual tokens of a prompt):
 
-- ``image``: LLaVA-1.5 one 336 px image (576); Qwen2.5-VL and Qwen3-VL one image of 48 × 48
-  patches (576);
+- ``image``: LLaVA-1.5 one 336 px image (576); Qwen2.5-VL, Qwen3-VL and Qwen3.5 one image of
+  48 × 48 patches (576);
 - ``highres``: LLaVA-1.5 five images of 576 (2,880: an anyres image's five tiles, as separate
-  images); Qwen2.5-VL and Qwen3-VL one image of 96 × 120 patches (2,880);
+  images); Qwen2.5-VL, Qwen3-VL and Qwen3.5 one image of 96 × 120 patches (2,880);
 - ``anyres``: LLaVA-NeXT one 672 × 672 image, for which anyres picks the 2 × 2 grid: the base
   tile's 576 and the unpadded grid's 48 rows of 48 and a newline (2,928, PyramidDrop's LLaVA-NeXT
   setting of ≈ 5 × 576); LLaVA-OneVision one 768 × 768 image, its 2 × 2 grid (729 + 54 × 55 = 3,699);
 - ``video32``, ``video64``: LLaVA-1.5 32 / 64 frames as separate images of 196 (6,272 / 12,544);
   LLaVA-OneVision one video of 32 / 64 frames through ``pixel_values_videos``, 196 a frame and a
   newline (6,273 / 12,545); Qwen2.5-VL one video of 32 / 64 grid steps of 14 × 14 tokens; Qwen3-VL
-  the same, each grid step its own span after a six-token timestamp, as its processor writes it.
+  and Qwen3.5 the same, each grid step its own span after a six-token timestamp, as their processors
+  write it.
 
-CPU mode (``--cpu``): tiny twins of the same five architectures (``tiny-llava-1.5``,
-``tiny-llava-next``, ``tiny-llava-ov``, ``tiny-qwen2.5-vl``, ``tiny-qwen3-vl``: the layer counts of
-the full models, widths 112 to 128, vocabulary 512), batches 1 and 2, workloads ``image`` (576) and
-``video8`` (8 × 196) for LLaVA-1.5, Qwen2.5-VL and Qwen3-VL, and anyres at a third of the tile
+CPU mode (``--cpu``): tiny twins of the same six architectures (``tiny-llava-1.5``,
+``tiny-llava-next``, ``tiny-llava-ov``, ``tiny-qwen2.5-vl``, ``tiny-qwen3-vl``, ``tiny-qwen3.5``:
+the layer counts (Qwen3.5: and layer pattern) of the full models, widths 112 to 128, vocabulary
+512; ``tiny-qwen3.5``: head_dim 32 (8 rotary channels, M-RoPE (2, 1, 1)), linear attention 2 key
+and 4 value heads of 32), batches 1 and 2, workloads ``image`` (576) and ``video8`` (8 × 196) for
+LLaVA-1.5, Qwen2.5-VL, Qwen3-VL and Qwen3.5, and anyres at a third of the tile
 size: LLaVA-NeXT 112 px tiles, a 224 × 224 image (64 + 16 × 17 = 336); LLaVA-OneVision 128 px
 tiles (9 × 9 patches), a 256 × 256 image (81 + 18 × 19 = 423) and ``video8`` (8 frames of 5 × 5
 pooled tokens and a newline: 201).
@@ -67,8 +80,9 @@ one long answer: our decode lap over its steps; transformers' between its stream
 weight-read floor of a decode step (bytes of the decoder weights a step reads / measured copy
 bandwidth) and TPOT / floor, tokens/s, peak GPU memory (of the timed 8-token answers: the counter
 reset right before each, after the warm-up, the same for every row; the largest of the repeats), KV
-bytes after prefill, and the pruning share of prefill (synchronised time in the policy's hooks, from
-the decoder's pruning context).
+bytes after prefill (Qwen3.5: its full-attention layers' entries; the linear-attention layers'
+fixed-size state, the same whatever is pruned, is not in it), and the pruning share of prefill
+(synchronised time in the policy's hooks, from the decoder's pruning context).
 Times are medians (with their range) of ``--repeats`` runs after a warm-up, by CUDA events on a
 GPU and wall clock on CPU; reductions are against ``none`` of the same decoder (transformers+v2drop
 against transformers). A figure that cannot be (not positive, not finite) stops the run.
@@ -79,9 +93,12 @@ Schedules: LLaVA-1.5 images and LLaVA-NeXT use V²Drop's LLaVA-1.5 schedule (bef
 and every LLaVA-OneVision workload the published LLaVA-OneVision video setting (layers 3, 16, 22
 keeping 25% and 5% of the prompt's visual tokens, then one; no image setting is published for it);
 Qwen2.5-VL the official Qwen2-VL port's (layers 3, 16, 22 keep 25%, 5%, 0% of what is left), and
-Qwen3-VL too (no schedule is published for it).
-PyramidDrop: boundaries 8, 16, 24 with λ = 0.5 (PyramidDrop's LLaVA-1.5 and LLaVA-NeXT setting).
-FastV: K = 2, R = 50%.
+Qwen3-VL and Qwen3.5 too (no schedule is published for either).
+PyramidDrop: boundaries 8, 16, 24 with λ = 0.5 (PyramidDrop's LLaVA-1.5 and LLaVA-NeXT setting);
+Qwen3.5 the package's ``Qwen3_5.pdrop_layers`` (7, 15, 23: the full-attention layers nearest 8, 16,
+24, as PyramidDrop ranks by attention scores, which linear-attention layers have none of).
+FastV: K = 2, R = 50%; Qwen3.5 ``Qwen3_5.fastv_k`` (K = 4: ranked by layer 3, its first
+full-attention layer).
 """
 
 from __future__ import annotations
@@ -99,16 +116,19 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import copy_bandwidth_gbs, cpu_name, git_commit, markdown_table, today, write_results  # noqa: E402
 
-from v2drop_kernels.models import (FastV, Policy, PyramidDrop, V2Drop, llava_from_transformers,  # noqa: E402
-                                   llava_next_from_transformers, llava_onevision_from_transformers, qwen_vl_from_transformers)
+from v2drop_kernels.models import (FastV, Policy, PyramidDrop, Qwen3_5, V2Drop, VisionLanguageModel,  # noqa: E402
+                                   llava_from_transformers, llava_next_from_transformers, llava_onevision_from_transformers,
+                                   qwen_vl_from_transformers)
 
-# name: (family, (layers, hidden, mlp, heads, kv heads, vocab))
+# name: (family, (layers, hidden, mlp, heads, kv heads, vocab)); Qwen3.5 adds the linear-attention widths
+# (key heads, value heads, head dim)
 MODELS = {
     "llava-1.5-7b": ("llava", (32, 4096, 11008, 32, 32, 32064)),  # Vicuna-7B
     "llava-next-7b": ("llava-next", (32, 4096, 11008, 32, 32, 32064)),  # Vicuna-7B, as llava-v1.6-vicuna-7b
     "llava-ov-7b": ("llava-ov", (28, 3584, 18944, 28, 4, 152064)),  # Qwen2-7B: q/k/v biases, RoPE θ 1e6
     "qwen2.5-vl-7b": ("qwen2.5-vl", (28, 3584, 18944, 28, 4, 152064)),  # Qwen2-7B widths: q/k/v biases and M-RoPE
     "qwen3-vl-8b": ("qwen3-vl", (36, 4096, 12288, 32, 8, 151936)),  # Qwen3-8B widths (Qwen3-VL-8B-Instruct's text_config)
+    "qwen3.5-9b": ("qwen3.5", (32, 4096, 12288, 16, 4, 248320, (16, 32, 128))),  # transformers' Qwen3_5TextConfig defaults
 }
 CPU_MODELS = {
     "tiny-llava-1.5": ("llava", (32, 128, 344, 4, 4, 512)),
@@ -116,9 +136,10 @@ CPU_MODELS = {
     "tiny-llava-ov": ("llava-ov", (28, 112, 592, 4, 1, 512)),
     "tiny-qwen2.5-vl": ("qwen2.5-vl", (28, 128, 592, 4, 2, 512)),
     "tiny-qwen3-vl": ("qwen3-vl", (36, 128, 384, 4, 2, 512)),
+    "tiny-qwen3.5": ("qwen3.5", (32, 128, 384, 4, 2, 512, (2, 4, 32))),
 }
 TEXT_BEFORE, TEXT_AFTER = 35, 20  # system prompt, question
-TIMESTAMP = 6  # text tokens of a Qwen3-VL frame's timestamp ("<1.5 seconds>")
+TIMESTAMP = 6  # text tokens of a Qwen3-VL / Qwen3.5 frame's timestamp ("<1.5 seconds>")
 # the rows of one (model, workload, batch), selectable with --policies
 ROWS = ("none", "v2drop", "v2drop-eager-ops", "pdrop", "fastv", "eager", "transformers", "transformers+v2drop")
 PUBLISHED = {"v2drop_image_latency": 31.5, "v2drop_video_latency": 74.2}  # reductions the paper reports
@@ -182,9 +203,9 @@ class Video(NamedTuple):
 
 
 class QwenGrid(NamedTuple):
-    """One Qwen-VL image or video of grid ``(t, h, w)`` in patches (14 px, Qwen3-VL 16 px), merged
-    2 × 2 (one model for every grid); a Qwen3-VL video is one span per grid step, each after a
-    timestamp (``TIMESTAMP`` text tokens), as its processor writes it."""
+    """One Qwen-VL image or video of grid ``(t, h, w)`` in patches (14 px, Qwen3-VL and Qwen3.5 16 px),
+    merged 2 × 2 (one model for every grid); a Qwen3-VL or Qwen3.5 video is one span per grid step,
+    each after a timestamp (``TIMESTAMP`` text tokens), as their processors write it."""
 
     t: int
     h: int
@@ -197,7 +218,7 @@ class QwenGrid(NamedTuple):
         patches = randn(gen, device, hf.dtype, batch * n, 3 * 2 * patch * patch)
         grid = torch.tensor([[self.t, self.h, self.w]] * batch, device=device)
         token = cfg.video_token_id if self.video else cfg.image_token_id
-        spans = self.t if self.video and cfg.model_type == "qwen3_vl" else 1
+        spans = self.t if self.video and cfg.model_type in ("qwen3_vl", "qwen3_5") else 1
         span = torch.cat([full(cfg.vision_start_token_id, 1), full(token, n // 4 // spans), full(cfg.vision_end_token_id, 1)])
         if spans > 1:  # timestamp text before each frame's span
             span = torch.cat([torch.cat([torch.randint(3, cfg.text_config.vocab_size - 8, (TIMESTAMP,), generator=gen), span])
@@ -326,6 +347,32 @@ def build_qwen3(shape, _tower, device: str, dtype: torch.dtype):
     return hf, qwen_vl_from_transformers(hf)
 
 
+def build_qwen3_5(shape, _tower, device: str, dtype: torch.dtype):
+    """Qwen3.5: a hybrid decoder (every fourth layer gated full attention, the others Gated DeltaNet
+    linear attention with ``shape[-1]`` = (key heads, value heads, head dim); q/k norms, a quarter
+    of each head rotated by interleaved M-RoPE of the (11, 11, 10) proportions, θ = 10⁷, head_dim
+    hidden / heads) and a one-block ViT of width 64, 16 px patches merged 2×2, no DeepStack."""
+    from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
+
+    *dense, (linear_k, linear_v, linear_dim) = shape
+    text = _text_qwen(dense, (24, 20, 20), 1e7)  # its M-RoPE sections are replaced below
+    freqs = shape[1] // shape[3] // 4 // 2  # rotary frequencies: a quarter of each head, halves
+    height, width = freqs * 11 // 32, freqs * 10 // 32  # (11, 11, 10) at 32 frequencies
+    text["rope_parameters"] |= {"partial_rotary_factor": 0.25, "mrope_interleaved": True,
+                                "mrope_section": [freqs - height - width, height, width]}
+    text |= {"head_dim": shape[1] // shape[3], "linear_num_key_heads": linear_k, "linear_num_value_heads": linear_v,
+             "linear_key_head_dim": linear_dim, "linear_value_head_dim": linear_dim, "linear_conv_kernel_dim": 4,
+             "full_attention_interval": 4}
+    cfg = Qwen3_5Config(
+        text_config=text,
+        vision_config={"depth": 1, "hidden_size": 64, "out_hidden_size": shape[1], "intermediate_size": 128, "num_heads": 2,
+                       "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2, "num_position_embeddings": 2304},
+        tie_word_embeddings=False, **_qwen_tokens(dense[-1]),
+    )
+    hf = _instantiate(Qwen3_5ForConditionalGeneration, cfg, device, dtype)
+    return hf, qwen_vl_from_transformers(hf)
+
+
 def _text_qwen(shape, proportions: tuple[int, int, int], theta: float) -> dict:
     """A Qwen-VL text config of ``shape`` whose M-RoPE sections keep ``proportions`` (of 64)."""
     layers, hidden, mlp, heads, kv_heads, vocab = shape
@@ -362,12 +409,16 @@ class Family(NamedTuple):
     """How one architecture is benchmarked: ``build(shape, tower, device, dtype)`` → (transformers'
     model, this package's on the same tensors), one model per ``tower`` its workloads need; the
     workloads (name → :class:`Images` / :class:`Anyres` / :class:`Video` / :class:`QwenGrid`) on a
-    GPU and on CPU; ``v2drop(workload, visual tokens of a prompt)`` → its V²Drop schedule."""
+    GPU and on CPU; ``v2drop(workload, visual tokens of a prompt)`` → its V²Drop schedule;
+    ``pdrop_layers`` and ``fastv_k``: PyramidDrop's boundaries and FastV's K on it (the package's
+    defaults for the architecture: the published ones unless its model class has its own)."""
 
     build: Callable
     workloads: dict
     cpu_workloads: dict
     v2drop: Callable[[str, int], V2Drop]
+    pdrop_layers: tuple[int, ...] = VisionLanguageModel.pdrop_layers
+    fastv_k: int = VisionLanguageModel.fastv_k
 
 
 FAMILIES = {
@@ -391,18 +442,25 @@ FAMILIES = {
                         "video32": QwenGrid(32, 28, 28, video=True), "video64": QwenGrid(64, 28, 28, video=True)},
                        {"image": QwenGrid(1, 48, 48), "video8": QwenGrid(8, 28, 28, video=True)},
                        lambda w, n: V2Drop(schedule="qwen2-vl")),  # no published Qwen3-VL schedule
+    "qwen3.5": Family(build_qwen3_5,
+                      {"image": QwenGrid(1, 48, 48), "highres": QwenGrid(1, 96, 120),
+                       "video32": QwenGrid(32, 28, 28, video=True), "video64": QwenGrid(64, 28, 28, video=True)},
+                      {"image": QwenGrid(1, 48, 48), "video8": QwenGrid(8, 28, 28, video=True)},
+                      lambda w, n: V2Drop(schedule=Qwen3_5.v2drop_schedule),  # "qwen2-vl": none published for Qwen3.5
+                      pdrop_layers=Qwen3_5.pdrop_layers, fastv_k=Qwen3_5.fastv_k),  # only full-attention layers rank
 }
 
 
 def policies(workload: str, num_visual: int, family: str = "llava") -> dict[str, tuple[Policy, str | None]]:
     """Policy name → (policy, ops backend); ``None`` is the fastest backend for the device."""
-    v2 = lambda: FAMILIES[family].v2drop(workload, num_visual)  # noqa: E731
+    spec = FAMILIES[family]
+    v2 = lambda: spec.v2drop(workload, num_visual)  # noqa: E731
     return {
         "none": (Policy(), None),
         "v2drop": (v2(), None),
         "v2drop-eager-ops": (v2(), "reference"),
-        "pdrop": (PyramidDrop(layers=(8, 16, 24), ratio=0.5), None),
-        "fastv": (FastV(k=2, r=0.5), None),
+        "pdrop": (PyramidDrop(layers=spec.pdrop_layers, ratio=0.5), None),
+        "fastv": (FastV(k=spec.fastv_k, r=0.5), None),
     }
 
 

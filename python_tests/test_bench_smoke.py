@@ -105,24 +105,32 @@ def test_e2e_benchmark_cpu_mode_writes_its_results(tmp_path):
     assert "| tiny-llava-1.5 | image | 1 | v2drop | fast |" in e2e.summarize(str(tmp_path / "e2e_cpu.json"))
 
 
-@pytest.mark.parametrize("model, layers", [("tiny-qwen2.5-vl", 28), ("tiny-qwen3-vl", 36)])
+@pytest.mark.parametrize("model, layers", [("tiny-qwen2.5-vl", 28), ("tiny-qwen3-vl", 36), ("tiny-qwen3.5", 32)])
 def test_e2e_benchmark_cpu_mode_runs_the_qwen_shapes(tmp_path, model, layers):
-    """The Qwen2.5-VL and Qwen3-VL rows: transformers' model and this package's on its weights, an
-    image and a video workload (Qwen3-VL: a span per frame, DeepStack), the official Qwen2-VL V²Drop
-    schedule in both."""
+    """The Qwen2.5-VL, Qwen3-VL and Qwen3.5 rows: transformers' model and this package's on its
+    weights, an image and a video workload (Qwen3-VL and Qwen3.5: a span per frame; Qwen3-VL
+    DeepStack), the official Qwen2-VL V²Drop schedule in all three; Qwen3.5 also PyramidDrop and
+    FastV at its full-attention layers (boundaries 7, 15, 23; K = 4), the only ones with scores."""
     pytest.importorskip("matplotlib")
     spec = importlib.util.spec_from_file_location("e2e", E2E)
     e2e = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(e2e)
+    hybrid = model == "tiny-qwen3.5"
     rows = e2e.main(["--cpu", "--models", model, "--workloads", "image,video8", "--batches", "1",
-                     "--policies", "none,v2drop,transformers,transformers+v2drop", "--repeats", "1", "--long", "3",
-                     "--out", str(tmp_path)])
+                     "--policies", "none,v2drop,transformers,transformers+v2drop" + (",pdrop,fastv" if hybrid else ""),
+                     "--repeats", "1", "--long", "3", "--out", str(tmp_path)])
     by = {(r["workload"], r["policy"]): r for r in rows}
     for workload, visual in (("image", 576), ("video8", 8 * 196)):
         kept = [visual] * 3 + [visual // 4] * 13 + [max(1, visual // 4 * 5 // 100)] * 6 + [1] * (layers - 22)
         assert by[workload, "none"]["visual per layer (avg)"] == by[workload, "transformers"]["visual per layer (avg)"] == visual
         assert by[workload, "v2drop"]["visual per layer (avg)"] == pytest.approx(sum(kept) / layers)
         assert by[workload, "transformers+v2drop"]["visual per layer (avg)"] == pytest.approx(sum(kept) / layers)
+        if hybrid:
+            pdrop = [visual] * 7 + [visual // 2] * 8 + [visual // 4] * 8 + [visual // 8] * 9
+            assert by[workload, "pdrop"]["visual per layer (avg)"] == pytest.approx(sum(pdrop) / layers)
+            assert by[workload, "fastv"]["visual per layer (avg)"] == pytest.approx((4 * visual + 28 * (visual // 2)) / layers)
+            for policy in ("v2drop", "pdrop", "fastv"):
+                assert by[workload, policy]["KV after prefill GiB"] < by[workload, "none"]["KV after prefill GiB"]
 
 
 def test_e2e_summary_refuses_impossible_figures(tmp_path):

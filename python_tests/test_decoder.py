@@ -249,7 +249,13 @@ def test_cuda_graph_decode_matches_eager_and_syncs_only_at_checks(checkpoint, na
 
 # -- Qwen-VL: the same decoder with M-RoPE planes -----------------------------------------------------------
 
-@pytest.fixture(scope="module", params=["qwen2.5-vl", "qwen3-vl"])  # Qwen3-VL: q/k norms, interleaved M-RoPE, DeepStack
+# Qwen3.5's tiny model has full attention at layers 2 and 5 only: PyramidDrop and FastV rank there
+HYBRID_POLICIES = {**POLICIES, "pdrop": lambda: make_policy("pdrop", [2, 5], [0.5, 0.5]),
+                   "fastv": lambda: make_policy("fastv", [3], [0.5])}
+
+
+# Qwen3-VL: q/k norms, interleaved M-RoPE, DeepStack; Qwen3.5: Gated DeltaNet layers between gated attention layers
+@pytest.fixture(scope="module", params=["qwen2.5-vl", "qwen3-vl", "qwen3.5"])
 def qwen(request):
     from qwen_helpers import multimodal_inputs, ours_args, tiny_qwen_vl
 
@@ -257,27 +263,28 @@ def qwen(request):
 
     inputs = multimodal_inputs([[(8, 8)], [(4, 8), (2, 4, 4)]], arch=request.param, seed=8)  # rows of 16 and 8 + 8 visual tokens
     prompts, vision = ours_args(inputs)
-    return tiny_qwen_vl(request.param, seed=8), qwen_vl_from_transformers, prompts, vision
+    policies = HYBRID_POLICIES if request.param == "qwen3.5" else POLICIES
+    return tiny_qwen_vl(request.param, seed=8), qwen_vl_from_transformers, prompts, vision, policies
 
 
 @pytest.mark.parametrize("layout", ["padded", "packed"])
 @pytest.mark.parametrize("name", list(POLICIES))
 def test_qwen_prefill_and_decode_read_nothing_back(qwen, monkeypatch, name, layout):
-    hf, convert, prompts, vision = qwen
+    hf, convert, prompts, vision, policies = qwen
     model = convert(hf)
-    expected = model.generate(prompts, **vision, max_new_tokens=4, policy=POLICIES[name](), layout=layout)
+    expected = model.generate(prompts, **vision, max_new_tokens=4, policy=policies[name](), layout=layout)
     guarded(model, monkeypatch)
-    out = model.generate(prompts, **vision, max_new_tokens=4, policy=POLICIES[name](), layout=layout)
+    out = model.generate(prompts, **vision, max_new_tokens=4, policy=policies[name](), layout=layout)
     assert torch.equal(out.tokens, expected.tokens)
 
 
 def test_qwen_compiled_decoder_gives_the_eager_tokens_and_kept_sets(qwen):
-    hf, convert, prompts, vision = qwen
+    hf, convert, prompts, vision, policies = qwen
     eager, compiled = convert(hf), convert(hf)
     compiled.decoder.compile()
     for name, layout in [("none", "padded"), ("v2drop", "padded"), ("pdrop", "packed"), ("v2drop", "packed")]:
-        a = eager.generate(prompts, **vision, max_new_tokens=6, policy=POLICIES[name](), layout=layout)
-        b = compiled.generate(prompts, **vision, max_new_tokens=6, policy=POLICIES[name](), layout=layout)
+        a = eager.generate(prompts, **vision, max_new_tokens=6, policy=policies[name](), layout=layout)
+        b = compiled.generate(prompts, **vision, max_new_tokens=6, policy=policies[name](), layout=layout)
         assert torch.equal(a.tokens, b.tokens), (name, layout)
         assert all(torch.equal(x, y) for x, y in zip(a.layer_positions, b.layer_positions)), (name, layout)
         torch.testing.assert_close(a.prefill_logits, b.prefill_logits, atol=1e-4, rtol=1e-4)
@@ -286,11 +293,11 @@ def test_qwen_compiled_decoder_gives_the_eager_tokens_and_kept_sets(qwen):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("name", list(POLICIES))
 def test_qwen_cuda_graph_decode_matches_eager_and_prefill_never_syncs(qwen, name):
-    hf, convert, prompts, vision = qwen
+    hf, convert, prompts, vision, policies = qwen
     model = convert(copy.deepcopy(hf).cuda())  # the module's model stays on the CPU
     vision = {k: v.cuda() for k, v in vision.items()}
-    eager = model.generate(prompts, **vision, max_new_tokens=12, policy=POLICIES[name](), cuda_graph=False)
-    graph = model.generate(prompts, **vision, max_new_tokens=12, policy=POLICIES[name](), cuda_graph=True)
+    eager = model.generate(prompts, **vision, max_new_tokens=12, policy=policies[name](), cuda_graph=False)
+    graph = model.generate(prompts, **vision, max_new_tokens=12, policy=policies[name](), cuda_graph=True)
     assert torch.equal(graph.tokens, eager.tokens)
     for layout in ("padded", "packed"):
         with torch.inference_mode():
@@ -300,4 +307,4 @@ def test_qwen_cuda_graph_decode_matches_eager_and_prefill_never_syncs(qwen, name
                                   video_features=videos, video_grid_thw=vision["video_grid_thw"],
                                   second_per_grid_ts=vision.get("second_per_grid_ts"), image_deepstack=image_deepstack,
                                   video_deepstack=video_deepstack)  # building the inputs may sync
-        prefill_never_syncs(model, tokens, POLICIES[name]())
+        prefill_never_syncs(model, tokens, policies[name]())
