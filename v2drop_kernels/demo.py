@@ -16,19 +16,22 @@ LLaVA-1.6's anyres grids: the 672 × 448 synthetic image is a base tile and 2 ×
 visual tokens), LLaVA-OneVision (28 Qwen2 layers of width 128, a 384 px SigLIP tower, the 7B's
 grids and ``anyres_max_9``: the same image gives 2,709 visual tokens), Qwen2-VL / Qwen2.5-VL (28
 layers of width 128 with M-RoPE, a 2-block ViT with 14 px patches merged 2×2: a 672 px image gives
-576 visual tokens) or Qwen3-VL (the same with q/k norms, interleaved M-RoPE and a 3-block ViT of
-16 px patches whose DeepStack features are added after decoder layers 0-2: a 768 px image).
+576 visual tokens), Qwen3-VL (the same with q/k norms, interleaved M-RoPE and a 3-block ViT of
+16 px patches whose DeepStack features are added after decoder layers 0-2: a 768 px image) or
+Qwen3.5 (32 layers, every fourth gated full attention and the others Gated DeltaNet; a 768 px image).
 Random weights generate meaningless token ids; the demo shows the mechanics: which visual tokens
 each layer keeps, the time of each phase, the memory. With ``--model`` it loads an HF checkpoint
-folder (LLaVA-1.5 ``llava-hf`` layout, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL or
-Qwen3-VL, told apart by ``model_type``), and its processor or tokenizer when the folder has one. LLaVA-NeXT and
+folder (LLaVA-1.5 ``llava-hf`` layout, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, Qwen3-VL or
+Qwen3.5, told apart by ``model_type``), and its processor or tokenizer when the folder has one. LLaVA-NeXT and
 -OneVision images are cut into tiles by ``transformers``' image processor for the model's grids
 (the folder's own when it has one); Qwen images are resized here to 24 × 24 merged patches
-(672 × 672 px, Qwen3-VL 768: 576 visual tokens), so the flags can be checked before any work.
+(672 × 672 px, Qwen3-VL and Qwen3.5 768: 576 visual tokens), so the flags can be checked before any work.
 V²Drop's default schedule is the model's: LLaVA-1.5's (layers 3, 17, 22 keep 50%, 50%, 0%; also
 LLaVA-NeXT's), the paper's LLaVA-OneVision video setting (layers 3, 16, 22 keep 25% and 5% of the
 prompt's visual tokens, then one) or the official Qwen2-VL port's (layers 3, 16, 22 keep 25%, 5%,
-0% of what is left; also Qwen3-VL's, for which none is published). ``--heatmap`` draws the image the vision tower saw (LLaVA-NeXT and -OneVision:
+0% of what is left; also Qwen3-VL's and Qwen3.5's, for which none is published). PyramidDrop's and
+FastV's default layers are the model's too: the published 8, 16, 24 and K = 2, or on Qwen3.5, whose
+scores exist at its full-attention layers only, 7, 15, 23 and K = 4. ``--heatmap`` draws the image the vision tower saw (LLaVA-NeXT and -OneVision:
 the base tile, the whole image at one tile's size).
 
 ``--keep`` lists, per pruning layer, the visual tokens kept: counts (``288,144,1``), ratios of
@@ -144,7 +147,7 @@ def _positive(text: str) -> int:
 
 def build_parser(prog: str = "python -m v2drop_kernels.demo") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="HF LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL or Qwen3-VL folder "
+    parser.add_argument("--model", help="HF LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, Qwen3-VL or Qwen3.5 folder "
                                         "(default: a small random model built here)")
     parser.add_argument("--arch", choices=list(ARCHS), default=None,
                         help="shape of the random model (default llava-1.5); with --model, the folder's must match")

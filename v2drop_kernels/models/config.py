@@ -92,7 +92,8 @@ class TextConfig:
     @classmethod
     def from_hf(cls, cfg: dict[str, Any]) -> "TextConfig":
         """From an HF text config: ``llama``, ``qwen2`` (q/k/v biases, plain RoPE), a Qwen2-VL /
-        Qwen2.5-VL text model (q/k/v biases, M-RoPE) or Qwen3-VL's (q/k norms, interleaved M-RoPE)."""
+        Qwen2.5-VL text model (q/k/v biases, M-RoPE), Qwen3-VL's (q/k norms, interleaved M-RoPE) or
+        Qwen3.5's (hybrid linear / gated full attention, partial rotary, norms scaling by 1 + w)."""
         model_type = cfg.get("model_type", "llama")
         if model_type in _MOE_TEXT_TYPES:
             raise NotImplementedError(f"text model {model_type!r}: mixture-of-experts decoders are not implemented "
@@ -323,7 +324,7 @@ class QwenVLConfig:
     a Qwen2 decoder with M-RoPE (Qwen3-VL: a Qwen3 decoder, interleaved M-RoPE, DeepStack; Qwen3.5:
     Qwen3-VL's inputs without DeepStack, a hybrid linear / full attention decoder). Images
     and videos are spans of ``image_token_id`` / ``video_token_id`` tokens, ``t·h·w / merge²`` per
-    item of ``grid_thw`` (Qwen3-VL videos: one span per grid step)."""
+    item of ``grid_thw`` (Qwen3-VL and Qwen3.5 videos: one span per grid step)."""
 
     arch: str  # one of QWEN_ARCHS
     text: TextConfig
