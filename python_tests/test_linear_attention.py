@@ -84,6 +84,51 @@ def test_left_padding_leaves_the_state_of_the_unpadded_row():
     torch.testing.assert_close(window2, window)
 
 
+def test_strong_and_spiky_decays_stay_exact():
+    """Decays of e^-20 to e^-300 on some tokens (the decay between two tokens is a difference of
+    cumulative sums within a chunk): the chunked rule stays within 1e-4 of a float64 recurrence."""
+    q, k, v, g, beta = _inputs(1, 96, 2, 8, 4, seed=9)
+    gen = torch.Generator().manual_seed(2)
+    spikes = torch.rand(g.shape, generator=gen) < 0.1
+    g = torch.where(spikes, -torch.tensor([20.0, 80.0, 300.0])[torch.randint(0, 3, g.shape, generator=gen)], g * 0.01)
+    want_o, want_state = la.recurrent_delta_rule(*(x.double() for x in (q, k, v, g, beta)))
+    got_o, got_state = la.chunked_delta_rule(q, k, v, g, beta)
+    assert torch.isfinite(got_o).all()
+    torch.testing.assert_close(got_o.double(), want_o, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got_state.double(), want_state, atol=1e-4, rtol=1e-4)
+
+
+def test_a_bf16_layer_equals_transformers_prefill_and_decode_steps():
+    """One Gated DeltaNet layer of a bf16 model, the package's functions on its weights, against
+    transformers' module with its hybrid cache: the prompt's output, three decode steps and the
+    final state, bit for bit (the step's convolution accumulates as the prefill's does)."""
+    pytest.importorskip("transformers.models.qwen3_5")
+    from qwen_helpers import QWEN35_ARCH, tiny_qwen_vl
+    from transformers import DynamicCache
+
+    from v2drop_kernels.models import TextConfig
+    from v2drop_kernels.models.llama import layer_weights, pre_linear
+
+    hf = tiny_qwen_vl(QWEN35_ARCH, seed=5).to(torch.bfloat16)
+    cfg = TextConfig.from_hf(hf.config.text_config.to_dict())
+    layer = hf.model.language_model.layers[0]
+    w = layer_weights(layer, cfg)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 13, cfg.hidden_size, generator=gen).to(torch.bfloat16)
+    steps = [torch.randn(2, 1, cfg.hidden_size, generator=gen).to(torch.bfloat16) for _ in range(3)]
+    cache = DynamicCache(config=hf.config.text_config)
+    with torch.no_grad():
+        want = [layer.linear_attn(layer.input_layernorm(h), cache_params=cache) for h in (x, *steps)]
+        y, window, state = la.prefill(*pre_linear(x, w), None, w.mixer, cfg.rms_norm_eps)
+        got = [torch.nn.functional.linear(y, *w.o)]
+        for h in steps:
+            got.append(torch.nn.functional.linear(la.decode_step(*pre_linear(h, w), window, state, w.mixer,
+                                                                 cfg.rms_norm_eps), *w.o))
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+    assert torch.equal(state, cache.get_recurrent_state(0))
+
+
 def test_the_rules_match_transformers_reference():
     mod = pytest.importorskip("transformers.models.qwen3_5.modeling_qwen3_5")
     gen = torch.Generator().manual_seed(11)

@@ -101,7 +101,7 @@ def test_linear_state_after_a_pruned_prefill_is_the_oracle_s(models, name, case)
             torch.testing.assert_close(state[row], want[layer][1], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("case", ["image", "batch3-packed"])
+@pytest.mark.parametrize("case", ["image", "batch3-packed", "batch3-padded"])
 @pytest.mark.parametrize("name", sorted(POLICIES))
 def test_pruned_decode_equals_the_oracle(models, name, case):
     """32 greedy tokens of a pruned generation (the static decode step over the KV cache and the
@@ -126,18 +126,32 @@ def test_transformers_generate_prunes_like_the_package_model(models, name, case)
                                                  POLICIES[name][0])
 
 
-def test_transformers_pruned_decode_runs_on_its_hybrid_cache(models):
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_transformers_pruned_decode_runs_on_its_hybrid_cache(models, name):
     """Through enable_pruning, 32 tokens of a pruned generation equal the package model's: the linear
-    layers' states live in transformers' cache, updated in place by the decode steps."""
+    layers' states live in transformers' cache, updated in place by the decode steps (PyramidDrop
+    drops inside layer 2, the layer get_seq_length reads, which keeps its width with holes)."""
     hf, ours = models
+    make = POLICIES[name][0]
     inputs = multimodal_inputs(CASES["batch3-packed"], arch=QWEN35_ARCH, seed=7)
     prompts, vision = ours_args(inputs)
-    handle = enable_pruning(hf, POLICIES["v2drop"][0]())
+    handle = enable_pruning(hf, make())
     try:
         got = hf_generate(hf, inputs, NEW)
     finally:
         handle.disable()
-    assert got == ours.generate(prompts, **vision, max_new_tokens=NEW, policy=POLICIES["v2drop"][0]()).tokens.tolist()
+    assert got == ours.generate(prompts, **vision, max_new_tokens=NEW, policy=make()).tokens.tolist()
+
+
+def test_the_decode_graph_key_reads_every_layer_s_weights(models):
+    """The captured decode graph is keyed on each layer's first input projection, a linear-attention
+    layer's included (it has no q/k/v)."""
+    _, ours = models
+    key = ours.decoder.weights_key()
+    layers = ours.language_model.layers
+    assert len(key) == len(layers) == len(set(key))
+    assert key[0] == layers[0].linear_attn.in_proj_qkv.weight.data_ptr()  # fused: the joined weight starts there
+    assert key[2] == layers[2].self_attn.q_proj.weight.data_ptr()
 
 
 def test_a_checkpoint_folder_loads(models, tmp_path):
@@ -180,8 +194,12 @@ def test_the_published_defaults_fit_the_32_layer_model():
         PyramidDrop().check(32, text.attention_layers)  # PyramidDrop's own 8, 16, 24 are linear layers here
 
 
-def test_moe_variants_are_refused():
+def test_moe_variants_and_other_linear_attention_are_refused():
     with pytest.raises(NotImplementedError, match="mixture-of-experts"):
         QwenVLConfig.from_hf({"model_type": "qwen3_5_moe", "text_config": {}, "vision_config": {}})
     with pytest.raises(NotImplementedError, match="mixture-of-experts"):
         TextConfig.from_hf({"model_type": "qwen3_5_moe_text"})
+    with pytest.raises(NotImplementedError, match="only Qwen3.5's"):
+        TextConfig.from_hf({"model_type": "qwen2", "vocab_size": 8, "hidden_size": 8, "intermediate_size": 8,
+                            "num_hidden_layers": 2, "num_attention_heads": 1,
+                            "layer_types": ["linear_attention", "full_attention"]})

@@ -133,6 +133,9 @@ class TextConfig:
         layer_types, linear = None, None
         if hybrid:
             layer_types, linear = _hybrid_layers(cfg)
+        elif "linear_attention" in (cfg.get("layer_types") or ()):
+            raise NotImplementedError(f"text model {model_type!r} with linear-attention layers: only Qwen3.5's "
+                                      "(qwen3_5_text) are implemented")
         bias = cfg.get("attention_bias", False)
         return cls(
             vocab_size=cfg["vocab_size"],

@@ -109,6 +109,11 @@ class Decoder:
         """Every layer's weights, as they are (nothing is fused or changed here)."""
         return [layer_weights(layer, self.cfg) for layer in self.model.layers]
 
+    def weights_key(self) -> tuple[int, ...]:
+        """The address of each layer's first input projection (q/k/v, or a linear-attention layer's):
+        a captured decode graph read the weights at these addresses."""
+        return tuple((w.qkv or w.mixer.proj)[0][0].data_ptr() for w in self.weights())
+
     def _qkv(self, pre, x: Tensor, w: LayerWeights, cos: Tensor, sin: Tensor, packed: bool):
         """``q [B, H, S, Dh]``, ``k, v [B, Hkv, S, Dh]`` (packed: ``[T, H, Dh]``), RoPE applied, and
         the output gate (None without)."""
@@ -162,6 +167,8 @@ class Decoder:
                 if cache is not None:
                     cache.store_state(i, window, state, tokens)
                 tokens.hidden = self._post(tokens.hidden, y, w)
+                if tokens.deepstack is not None and i < tokens.deepstack.shape[0]:
+                    tokens = _add_deepstack(tokens, i)
                 continue
             if rope_of is not tokens.position_ids:  # RoPE tables once per token set, not per layer
                 rope_of = tokens.position_ids

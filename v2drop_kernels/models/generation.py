@@ -144,7 +144,7 @@ class GenerativeModel(nn.Module):
         if graph and max_new - 1 > self.WARMUP_STEPS:  # shorter answers run their few steps eagerly
             # The graph bakes in the buffers' addresses and these host values: reuse it only if all agree.
             key = (pool.allocations, tuple(cache.length), tuple(v is None for v in cache.valid), pad, self.decoder.compiled,
-                   tuple(w.qkv[0][0].data_ptr() for w in self.decoder.weights()))
+                   self.decoder.weights_key())
             run = self._graphs.get(key)
             if run is None:
                 first_step = self.WARMUP_STEPS

@@ -23,8 +23,8 @@ token by token, that the tests check both against. Rows are left-padded ``[B, S,
 enters as zeros with no decay (``g = 0``, ``beta = 0``), so it leaves the state and window at zero.
 
 Memory traffic of a prefill layer: the projections read ``x`` once and write ``[S, 2·Hk·dk + 2·Hv·dv
-+ 2·Hv]``; the chunked rule reads q, k, v once and writes the output, plus one ``[C, C]`` matrix per
-chunk and head. A decode step reads and writes the state once (``4·Hv·dk·dv`` bytes per row).
++ 2·Hv]``; the chunked rule reads q, k, v once and writes the output, plus three ``[C, C]`` matrices
+(decays, the triangular system, the chunk's attention) per chunk and head. A decode step reads and writes the state once (``4·Hv·dk·dv`` bytes per row).
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ class GatedDeltaNet(nn.Module):
         self.in_proj_z = nn.Linear(d, lin.value_dim, bias=False)
         self.in_proj_b = nn.Linear(d, lin.value_heads, bias=False)
         self.in_proj_a = nn.Linear(d, lin.value_heads, bias=False)
-        self.conv1d = nn.Conv1d(lin.conv_dim, lin.conv_dim, lin.conv_kernel, groups=lin.conv_dim, bias=False,
-                                padding=lin.conv_kernel - 1)
+        # the weight only (transformers' name and shape): causal_conv / conv_step compute with it
+        self.conv1d = nn.Conv1d(lin.conv_dim, lin.conv_dim, lin.conv_kernel, groups=lin.conv_dim, bias=False)
         self.dt_bias = nn.Parameter(torch.ones(lin.value_heads))
         self.A_log = nn.Parameter(torch.zeros(lin.value_heads))
         self.norm = GatedNorm(lin.value_head_dim, cfg.rms_norm_eps)
@@ -144,7 +144,9 @@ def conv_step(x: Tensor, window: Tensor, weight: Tensor) -> Tensor:
     k = weight.shape[-1]
     full = torch.cat([window, x.unsqueeze(-1).to(window.dtype)], dim=-1)
     window.copy_(full[..., 1:])
-    return F.silu((full[..., -k:].to(weight.dtype) * weight).sum(-1)).to(x.dtype)
+    # the prefill's convolution on the last K inputs (accumulated as F.conv1d does, so bf16 rounds alike)
+    out = F.conv1d(full[..., -k:].to(weight.dtype), weight.unsqueeze(1), groups=weight.shape[0])[..., 0]
+    return F.silu(out).to(x.dtype)
 
 
 # -- one layer's prefill and decode step -------------------------------------------------------------

@@ -228,9 +228,8 @@ def post_attention(residual: Tensor, attn: Tensor, w: LayerWeights, gate: Tensor
     if gate is not None:
         attn = attn * torch.sigmoid(gate)
     hidden = residual + F.linear(attn, *w.o)
-    up_in = rms_norm(hidden, w.post_norm, w.eps, w.zero_centred)
-    gate_, up = _project(up_in, w.gate_up).chunk(2, dim=-1)
-    return hidden + F.linear(F.silu(gate_) * up, *w.down)
+    mlp_gate, up = _project(rms_norm(hidden, w.post_norm, w.eps, w.zero_centred), w.gate_up).chunk(2, dim=-1)
+    return hidden + F.linear(F.silu(mlp_gate) * up, *w.down)
 
 
 def _linear(module: nn.Linear) -> Linear:

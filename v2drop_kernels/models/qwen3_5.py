@@ -21,8 +21,10 @@ schedule that asks a linear-attention layer for them). No schedule is published 
 ``v2drop_schedule`` is the official Qwen2-VL port's (``"qwen2-vl"``: before layers 3, 16, 22);
 for 32 layers whose every fourth is full attention (3, 7, 11, ...), this package's choices for the
 other two are ``pdrop_layers`` (7, 15, 23: the full-attention layers nearest PyramidDrop's 8, 16,
-24) and ``fastv_k`` 4 (ranked by layer 3, the first full-attention layer). The MoE variants
-(``qwen3_5_moe``) are refused.
+24) and ``fastv_k`` 4 (ranked by layer 3, the first full-attention layer). They are fixed layer
+numbers, chosen for 32 layers: for another depth or layer pattern pass the layers (``Policy.check``
+refuses any that name a linear-attention layer's scores). The MoE variants (``qwen3_5_moe``) are
+refused.
 """
 
 from __future__ import annotations

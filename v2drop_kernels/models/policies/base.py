@@ -91,11 +91,12 @@ class Policy:
             return
         for layer in self.layers:
             need = self.needs(layer)
-            scored = need.attention_of if need.attention_of is not None else layer if need.inside_attention else None
-            if scored is not None and scored not in attention_layers:
-                raise ValueError(f"{self.name}: the drop at layer {layer} ranks by layer {scored}'s attention, but layer "
-                                 f"{scored} is a linear-attention layer (no attention scores); this decoder's attention "
-                                 f"layers are {list(attention_layers)}")
+            scored = [i for i in (need.attention_of, layer if need.inside_attention else None) if i is not None]
+            for i in scored:
+                if i not in attention_layers:
+                    raise ValueError(f"{self.name}: the drop at layer {layer} ranks by layer {i}'s attention, but layer "
+                                     f"{i} is a linear-attention layer (no attention scores); this decoder's attention "
+                                     f"layers are {list(attention_layers)}")
 
     def needs(self, layer: int) -> Needs:
         return Needs()
