@@ -81,6 +81,8 @@ class Mixer(NamedTuple):
 
 
 def mixer_weights(module: nn.Module, cfg: LinearAttentionConfig, proj: tuple) -> Mixer:
+    """The :class:`Mixer` of a ``linear_attn`` module (the package's or ``transformers``'), read only,
+    with its input projections ``proj`` as :func:`~v2drop_kernels.models.llama.layer_weights` groups them."""
     return Mixer(proj, module.conv1d.weight.squeeze(1), module.dt_bias, module.A_log, module.norm.weight, cfg)
 
 
