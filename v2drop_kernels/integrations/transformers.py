@@ -23,7 +23,8 @@ The cache carries the keys and values of the tokens that reached each layer, so 
 different lengths after a drop. ``get_seq_length()`` reads the first attention layer (layer 0, or a
 hybrid decoder's first full-attention layer), which must count every prompt column, as ``generate``
 expects: layer 0 is never pruned, and a hybrid decoder's first attention layer, when a drop came
-before it, keeps its entries at full width with holes where the dropped tokens were. For each layer the handle keeps the
+before it, keeps its entries at full width with holes where the dropped tokens were. For each
+layer the handle keeps the
 attention-mask column of every cached entry (``-1``: a hole) and so masks padding itself.
 
 Batches: left-padded rows (what ``generate`` takes). Rows whose visual-token counts differ (Qwen's
