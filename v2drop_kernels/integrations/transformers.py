@@ -24,8 +24,8 @@ different lengths after a drop. ``get_seq_length()`` reads the first attention l
 hybrid decoder's first full-attention layer), which must count every prompt column, as ``generate``
 expects: layer 0 is never pruned, and a hybrid decoder's first attention layer, when a drop came
 before it, keeps its entries at full width with holes where the dropped tokens were. For each
-layer the handle keeps the
-attention-mask column of every cached entry (``-1``: a hole) and so masks padding itself.
+layer the handle keeps the attention-mask column of every cached entry (``-1``: a hole) and so
+masks padding itself.
 
 Batches: left-padded rows (what ``generate`` takes). Rows whose visual-token counts differ (Qwen's
 images of different sizes) are pruned in the packed layout, then laid back into the cache row by
