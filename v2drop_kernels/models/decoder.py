@@ -49,7 +49,7 @@ from .dropping import apply_drop
 from .llama import LayerWeights, Rotary, fuse_projections, layer_weights, post_attention, pre_attention, pre_linear
 from .policies.base import Handover
 from .pruning import PruningContext
-from .tokens import Tokens, packed_coordinates
+from .tokens import Tokens, packed_coordinates, unpack_left_padded
 
 
 # Dynamo compiles a function once per specialisation, and its cache belongs to the function's code,
@@ -128,17 +128,11 @@ class Decoder:
         mixed, z, beta, g = self._pre_linear(tokens.hidden, w)
         if not tokens.packed:
             return linear_attention.prefill(mixed, z, beta, g, tokens.valid, w.mixer, self.cfg.rms_norm_eps)
-        width = tokens.max_len  # packed rows laid out left-padded, one row each
-        rows, cols = packed_coordinates(tokens.lengths, mixed.device, width=width)
-
-        def padded(x: Tensor) -> Tensor:
-            out = x.new_zeros(tokens.batch, width, *x.shape[1:])
-            out[rows, cols] = x
-            return out
-
-        valid = padded(torch.ones_like(beta[:, 0], dtype=torch.bool))
-        y, window, state = linear_attention.prefill(padded(mixed), padded(z), padded(beta), padded(g), valid, w.mixer,
-                                                    self.cfg.rms_norm_eps)
+        # packed rows laid out left-padded, one row each, and the output gathered back
+        rows, cols = at = packed_coordinates(tokens.lengths, mixed.device, width=tokens.max_len)
+        valid = unpack_left_padded(tokens, torch.ones_like(beta[:, 0], dtype=torch.bool), at)
+        inputs = (unpack_left_padded(tokens, x, at) for x in (mixed, z, beta, g))
+        y, window, state = linear_attention.prefill(*inputs, valid, w.mixer, self.cfg.rms_norm_eps)
         return y[rows, cols], window, state
 
     # -- prefill ------------------------------------------------------------------------------------
@@ -167,31 +161,30 @@ class Decoder:
                 if cache is not None:
                     cache.store_state(i, window, state, tokens)
                 tokens.hidden = self._post(tokens.hidden, y, w)
-                if tokens.deepstack is not None and i < tokens.deepstack.shape[0]:
-                    tokens = _add_deepstack(tokens, i)
-                continue
-            if rope_of is not tokens.position_ids:  # RoPE tables once per token set, not per layer
-                rope_of = tokens.position_ids
-                cos, sin = self.rotary(tokens.position_ids, tokens.hidden.dtype, planes=tokens.planes)
-            q, k, v, gate = self._qkv(self._pre, tokens.hidden, w, cos, sin, tokens.packed)
-            with ctx.hook(device):
-                drop = handover.inside_attention(i, tokens, q, k, ctx)
-                if drop is not None:
-                    if gate is None:
-                        tokens, (q, k, v) = apply_drop(tokens, drop, q, k, v, backend=ctx.backend)
-                    else:  # the gate is one more per-token tensor to compact (a head axis of one, like the hidden states)
-                        tokens, (q, k, v, gate) = apply_drop(tokens, drop, q, k, v, gate.unsqueeze(1), backend=ctx.backend)
-                        gate = gate.squeeze(1)
-            ctx.record_layer(tokens.num_visual, tokens.hidden.shape[-2])  # what this layer's attention and cache see
-            if policy.keeps_input(i):  # e.g. V²Drop before layer i + 1 scores against this layer's input
-                handover.keep_input(i, tokens.hidden)
-            if tokens.packed:
-                out = varlen_attention(q, k, v, tokens.cu_seqlens, tokens.bounds).flatten(-2)
-            else:
-                out = padded_attention(q, k, v, tokens.valid, causal=True).transpose(1, 2).flatten(-2)
-            if cache is not None:
-                cache.store(i, k, v, tokens)
-            tokens.hidden = self._post(tokens.hidden, out, w, gate)
+            else:  # attention, with the drop inside it
+                if rope_of is not tokens.position_ids:  # RoPE tables once per token set, not per layer
+                    rope_of = tokens.position_ids
+                    cos, sin = self.rotary(tokens.position_ids, tokens.hidden.dtype, planes=tokens.planes)
+                q, k, v, gate = self._qkv(self._pre, tokens.hidden, w, cos, sin, tokens.packed)
+                with ctx.hook(device):
+                    drop = handover.inside_attention(i, tokens, q, k, ctx)
+                    if drop is not None:
+                        if gate is None:
+                            tokens, (q, k, v) = apply_drop(tokens, drop, q, k, v, backend=ctx.backend)
+                        else:  # the gate: one more per-token tensor to compact (a head axis of one, as the hidden states)
+                            tokens, (q, k, v, gate) = apply_drop(tokens, drop, q, k, v, gate.unsqueeze(1),
+                                                                 backend=ctx.backend)
+                            gate = gate.squeeze(1)
+                ctx.record_layer(tokens.num_visual, tokens.hidden.shape[-2])  # what this layer's attention and cache see
+                if policy.keeps_input(i):  # e.g. V²Drop before layer i + 1 scores against this layer's input
+                    handover.keep_input(i, tokens.hidden)
+                if tokens.packed:
+                    out = varlen_attention(q, k, v, tokens.cu_seqlens, tokens.bounds).flatten(-2)
+                else:
+                    out = padded_attention(q, k, v, tokens.valid, causal=True).transpose(1, 2).flatten(-2)
+                if cache is not None:
+                    cache.store(i, k, v, tokens)
+                tokens.hidden = self._post(tokens.hidden, out, w, gate)
             if tokens.deepstack is not None and i < tokens.deepstack.shape[0]:
                 tokens = _add_deepstack(tokens, i)
         tokens.hidden = self.model.norm(tokens.hidden)

@@ -57,12 +57,16 @@ def pack_left_padded(tokens: "Tokens", lengths: list[int]) -> "Tokens":
                   visual_row=None if tokens.visual_row is None else tokens.visual_row[rows, cols])
 
 
-def unpack_left_padded(tokens: "Tokens") -> Tensor:
-    """Packed ``tokens.hidden [T, D]`` as left-padded rows ``[B, max_len, D]`` (zeros on padding):
-    row ``b``'s last entry is its last token."""
-    rows, cols = packed_coordinates(tokens.lengths, tokens.hidden.device, width=tokens.max_len)
-    out = tokens.hidden.new_zeros(tokens.batch, tokens.max_len, tokens.hidden.shape[-1])
-    out[rows, cols] = tokens.hidden
+def unpack_left_padded(tokens: "Tokens", x: Tensor | None = None,
+                       coordinates: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """A packed per-token tensor ``x [T, ...]`` (default ``tokens.hidden``) as left-padded rows
+    ``[B, max_len, ...]`` (zeros on padding): row ``b``'s last entry is its last token.
+    ``coordinates``: ``packed_coordinates(tokens.lengths, device, width=tokens.max_len)``, when the
+    caller lays out several tensors (or gathers them back) with the same ones."""
+    x = tokens.hidden if x is None else x
+    rows, cols = coordinates if coordinates is not None else packed_coordinates(tokens.lengths, x.device, width=tokens.max_len)
+    out = x.new_zeros(tokens.batch, tokens.max_len, *x.shape[1:])
+    out[rows, cols] = x
     return out
 
 
