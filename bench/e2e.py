@@ -119,6 +119,7 @@ from common import copy_bandwidth_gbs, cpu_name, git_commit, markdown_table, tod
 from v2drop_kernels.models import (FastV, Policy, PyramidDrop, Qwen3_5, V2Drop, VisionLanguageModel,  # noqa: E402
                                    llava_from_transformers, llava_next_from_transformers, llava_onevision_from_transformers,
                                    qwen_vl_from_transformers)
+from v2drop_kernels.models.loading import mrope_section  # noqa: E402
 
 # name: (family, (layers, hidden, mlp, heads, kv heads, vocab)); Qwen3.5 adds the linear-attention widths
 # (key heads, value heads, head dim)
@@ -355,11 +356,8 @@ def build_qwen3_5(shape, _tower, device: str, dtype: torch.dtype):
     from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
 
     *dense, (linear_k, linear_v, linear_dim) = shape
-    text = _text_qwen(dense, (24, 20, 20), 1e7)  # its M-RoPE sections are replaced below
-    freqs = shape[1] // shape[3] // 4 // 2  # rotary frequencies: a quarter of each head, halves
-    height, width = freqs * 11 // 32, freqs * 10 // 32  # (11, 11, 10) at 32 frequencies
-    text["rope_parameters"] |= {"partial_rotary_factor": 0.25, "mrope_interleaved": True,
-                                "mrope_section": [freqs - height - width, height, width]}
+    text = _text_qwen(dense, (11, 11, 10), 1e7, rotary=4)  # a quarter of each head rotated
+    text["rope_parameters"] |= {"partial_rotary_factor": 0.25, "mrope_interleaved": True}
     text |= {"head_dim": shape[1] // shape[3], "linear_num_key_heads": linear_k, "linear_num_value_heads": linear_v,
              "linear_key_head_dim": linear_dim, "linear_value_head_dim": linear_dim, "linear_conv_kernel_dim": 4,
              "full_attention_interval": 4}
@@ -373,14 +371,14 @@ def build_qwen3_5(shape, _tower, device: str, dtype: torch.dtype):
     return hf, qwen_vl_from_transformers(hf)
 
 
-def _text_qwen(shape, proportions: tuple[int, int, int], theta: float) -> dict:
-    """A Qwen-VL text config of ``shape`` whose M-RoPE sections keep ``proportions`` (of 64)."""
+def _text_qwen(shape, proportions: tuple[int, int, int], theta: float, rotary: int = 1) -> dict:
+    """A Qwen-VL text config of ``shape`` whose M-RoPE sections keep ``proportions`` (a published
+    model's sections), over the rotary frequencies of ``1 / rotary`` of each head."""
     layers, hidden, mlp, heads, kv_heads, vocab = shape
-    freqs = hidden // heads // 2
-    spatial = freqs * proportions[1] // 64
+    section = mrope_section(hidden // heads // rotary // 2, proportions)
     return {"vocab_size": vocab, "hidden_size": hidden, "intermediate_size": mlp, "num_hidden_layers": layers,
             "num_attention_heads": heads, "num_key_value_heads": kv_heads, "max_position_embeddings": 32768,
-            "rope_parameters": {"rope_type": "default", "rope_theta": theta, "mrope_section": [freqs - 2 * spatial, spatial, spatial]},
+            "rope_parameters": {"rope_type": "default", "rope_theta": theta, "mrope_section": section},
             "eos_token_id": None, "pad_token_id": 0, "initializer_range": 0.02}
 
 

@@ -280,6 +280,15 @@ def tiny_config(layers: int = 32, hidden: int = 128, image_size: int = 336, patc
     })
 
 
+def mrope_section(freqs: int, proportions: tuple[int, int, int]) -> list[int]:
+    """M-RoPE sections (temporal, height, width) over ``freqs`` rotary frequencies in the
+    ``proportions`` of a published model's sections (e.g. Qwen2-VL-7B's (16, 24, 24)): height and
+    width rounded down, temporal takes the rest."""
+    total = sum(proportions)
+    height, width = freqs * proportions[1] // total, freqs * proportions[2] // total
+    return [freqs - height - width, height, width]
+
+
 def tiny_qwen_config(arch: str = "qwen2_vl", layers: int = 28, hidden: int = 128, vocab: int = 512) -> QwenVLConfig:
     """A small Qwen2-VL / Qwen2.5-VL / Qwen3-VL / Qwen3.5-shaped config: 28 layers like the 7B models by
     default, M-RoPE sections in the 7B's (Qwen3-VL: 8B's) proportions, a vision tower with 14 px
@@ -292,8 +301,8 @@ def tiny_qwen_config(arch: str = "qwen2_vl", layers: int = 28, hidden: int = 128
     vision = {"depth": 2, "hidden_size": hidden, "num_heads": 4, "patch_size": 14, "spatial_merge_size": 2,
               "temporal_patch_size": 2, "in_channels": 3}
     freqs = hidden // heads // 2 // (4 if arch == "qwen3_5" else 1)  # Qwen3.5 rotates a quarter of each head
-    spatial = freqs * (20 if arch == "qwen3_vl" else 11 if arch == "qwen3_5" else 24) // (32 if arch == "qwen3_5" else 64)
-    text = {"mrope_section": [freqs - 2 * spatial, spatial, spatial], "rope_theta": 1e6}
+    proportions = {"qwen3_vl": (24, 20, 20), "qwen3_5": (11, 11, 10)}.get(arch, (16, 24, 24))  # the 8B's, 9B's, 7B's
+    text = {"mrope_section": mrope_section(freqs, proportions), "rope_theta": 1e6}
     if arch == "qwen2_vl":
         vision.update(embed_dim=64, mlp_ratio=2)
     elif arch == "qwen2_5_vl":
